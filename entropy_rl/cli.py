@@ -1,0 +1,37 @@
+"""`entropy-rl` command line: one sub-command per job, each living in its own module.
+
+entropy-rl train [--config RECIPE.yaml] [--field value ...]   GRPO with entropy diagnostics/regularizers
+entropy-rl eval  ...                                          math benchmarks, entropy-reward curve
+entropy-rl fit   RUN_DIR [RUN_DIR ...]                        entropy-performance law R = -a exp(H) + b
+entropy-rl plot  RUN_DIR [RUN_DIR ...]                        entropy / reward curves of runs
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Sub-command -> module exposing `main(argv: list[str]) -> int`. Imported lazily: `import trl` alone costs seconds.
+COMMANDS = {
+    "train": "entropy_rl.train",
+    "eval": "entropy_rl.evaluate",
+    "fit": "entropy_rl.fit",
+    "plot": "entropy_rl.plot",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"entropy-rl: unknown command {command!r}; choose one of {sorted(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Clip-Cov (Cui et al. 2025, arXiv:2505.22617): stop the gradient of a few random high-covariance tokens.
+
+cov_t = (A_t - mean A)(log p_t - mean log p) over valid tokens. Among tokens with lb < cov_t < ub that the PPO clip has
+not already clipped, a random `clip_cov_ratio` share of all valid tokens (at least one) gets loss weight 0; the tokens
+stay in the loss denominator, as in the authors' verl code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import check
+from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, masked_mean, register
+
+
+def token_covariance(batch: TokenBatch, reduce: Reducer) -> torch.Tensor:
+    """Centered product of advantage and (detached) log-prob, the statistic Clip-Cov and KL-Cov rank tokens by."""
+    logps, adv, mask = batch.logps.detach(), batch.advantages, batch.mask
+    return (adv - masked_mean(adv, mask, reduce)) * (logps - masked_mean(logps, mask, reduce))
+
+
+def scatter_valid(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Inverse of `x[mask]`: place values of the valid tokens back into a [B, T] tensor (False elsewhere)."""
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device)
+    out[mask] = flat
+    return out
+
+
+@register
+@dataclass
+class ClipCov(Regularizer):
+    name = "clip_cov"
+    kind = "loss"
+    clip_cov_ratio: float = 2e-4
+    clip_cov_lb: float = 1.0
+    clip_cov_ub: float = 5.0
+
+    def __post_init__(self) -> None:
+        check(0 < self.clip_cov_ratio <= 1, "clip_cov_ratio", self.clip_cov_ratio, "a fraction in (0, 1]")
+        check(self.clip_cov_lb < self.clip_cov_ub, "clip_cov_lb", self.clip_cov_lb, f"< clip_cov_ub={self.clip_cov_ub}")
+
+    def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
+        mask = batch.mask
+        cov = token_covariance(batch, reduce)
+        candidates = mask & ~batch.ppo_clipped() & (cov > self.clip_cov_lb) & (cov < self.clip_cov_ub)
+        # Select over the valid tokens of every rank in one canonical order, so any process count picks the same ones.
+        flat, offset = reduce.cat(candidates[mask])
+        n_clip = max(int(self.clip_cov_ratio * flat.numel()), 1)
+        index = flat.nonzero().squeeze(-1)
+        order = torch.randperm(index.numel(), generator=generator, device=generator.device if generator else "cpu")
+        chosen = torch.zeros_like(flat)
+        chosen[index[order[:n_clip].to(index.device)]] = True
+        selected = scatter_valid(chosen[offset : offset + int(mask.sum())], mask)
+        metrics = by_advantage_sign(selected, mask, batch.advantages, "clip_cov/clipped_frac")
+        metrics |= by_advantage_sign(candidates, mask, batch.advantages, "clip_cov/candidate_frac")
+        return Edits(weight=(~selected).to(batch.logps.dtype), metrics=metrics)

@@ -1,0 +1,53 @@
+"""Clip_V (Wang et al. 2026, arXiv:2602.03392): drop non-positive-advantage tokens with a large N - S, capped.
+
+D_t = N_t - S_t (N_t = E_{v~p}[S_v] needs the whole next-token distribution). A penalised token with D > 0 lowers
+entropy; tokens with A <= 0 and D > mu std(D) are removed from the loss. If more than `clip_v_max_frac` of the valid
+tokens would go, only the top-`budget` negative-advantage ones by D are removed (zero-advantage violators always go:
+they carry no gradient). The raw D, not D - mean, is compared, as in the authors' code. Whole step batch, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import check
+from ..stats import discriminator
+from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from .clip_b import DEGENERATE_STD, spread
+from .clip_cov import scatter_valid
+
+
+@register
+@dataclass
+class ClipV(Regularizer):
+    name = "clip_v"
+    kind = "filter"
+    needs = frozenset({"entropies", "nec"})
+    step_level = True
+    clip_v_mu: float = 8.5
+    clip_v_max_frac: float = 1e-4
+
+    def __post_init__(self) -> None:
+        check(self.clip_v_mu > 0, "clip_v_mu", self.clip_v_mu, "a threshold > 0 (in standard deviations)")
+        check(0 < self.clip_v_max_frac <= 1, "clip_v_max_frac", self.clip_v_max_frac, "a fraction in (0, 1]")
+
+    @torch.no_grad()
+    def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
+        mask, adv = batch.mask, batch.advantages
+        d = batch.nec - discriminator(batch.old_logps, batch.entropies)
+        _, std = spread(d, mask, reduce)
+        violates = mask & (d > self.clip_v_mu * std) & (adv <= 0) & (std >= DEGENERATE_STD)
+        n_valid = int(reduce.sum(mask.sum()))
+        removed = violates
+        if int(reduce.sum(violates.sum())) > self.clip_v_max_frac * n_valid:
+            budget = max(int(self.clip_v_max_frac * n_valid), 1)
+            negative = violates & (adv < 0)
+            flat, offset = reduce.cat(torch.where(negative, d, -torch.inf)[mask])
+            top = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+            top[torch.topk(flat, min(budget, flat.numel())).indices] = True
+            top &= torch.isfinite(flat)
+            removed = (violates & (adv == 0)) | scatter_valid(top[offset : offset + int(mask.sum())], mask)
+        metrics = by_advantage_sign(removed, mask, adv, "clip_v/removed_frac")
+        return Edits(keep=~removed, metrics=metrics)

@@ -1,0 +1,41 @@
+"""KL-Cov (Cui et al. 2025, arXiv:2505.22617): a |log-ratio| penalty on the highest-covariance tokens, no PPO clip.
+
+The top `kl_cov_ratio` share (a fraction: 2e-3 = 0.2 %) of valid tokens by signed covariance get
+loss -A r + kl_cov_coef |log p - log p_old|; every other token gets the unclipped -A r. On-policy the ratio is 1 and
+the penalty 0, so the method needs off-policy updates (num_iterations > 1 or more generation than accumulation steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import check
+from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from .clip_cov import scatter_valid, token_covariance
+
+
+@register
+@dataclass
+class KLCov(Regularizer):
+    name = "kl_cov"
+    kind = "loss"
+    uses_ppo_clip = False
+    kl_cov_ratio: float = 2e-3
+    kl_cov_coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(0 < self.kl_cov_ratio <= 1, "kl_cov_ratio", self.kl_cov_ratio, "a fraction in (0, 1] (2e-3 = 0.2 %)")
+        check(self.kl_cov_coef >= 0, "kl_cov_coef", self.kl_cov_coef, "a coefficient >= 0")
+
+    def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
+        mask = batch.mask
+        flat, offset = reduce.cat(token_covariance(batch, reduce)[mask])
+        top = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+        if flat.numel():
+            k = max(1, int(flat.numel() * self.kl_cov_ratio))
+            top[torch.topk(flat, k).indices] = True
+        selected = scatter_valid(top[offset : offset + int(mask.sum())], mask)
+        metrics = by_advantage_sign(selected, mask, batch.advantages, "kl_cov/penalized_frac")
+        return Edits(penalty=selected, penalty_coef=self.kl_cov_coef, metrics=metrics)

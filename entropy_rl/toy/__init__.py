@@ -1,0 +1,17 @@
+"""Built-in CPU default: a tiny character-level Llama and a two-operand addition task (see docs/toy.md)."""
+
+from entropy_rl.toy.model import accuracy, build_model, load_toy
+from entropy_rl.toy.task import arithmetic_reward, extract_integer, make_problems
+from entropy_rl.toy.tokenizer import build_tokenizer
+from entropy_rl.toy.warmup import warm_start
+
+__all__ = [
+    "accuracy",
+    "arithmetic_reward",
+    "build_model",
+    "build_tokenizer",
+    "extract_integer",
+    "load_toy",
+    "make_problems",
+    "warm_start",
+]

@@ -1,0 +1,391 @@
+"""EntropyGRPOTrainer: TRL's GRPOTrainer plus per-step token-dynamics diagnostics and entropy regularizers.
+
+The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
+- `_compute_loss` hands TRL a shallow copy of the micro-batch and keeps a reference to it, so that
+- `_get_per_token_logps_and_entropies`, when TRL calls it for the training loss, can (1) measure the tokens (entropy,
+  Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, and (2) apply the
+  regularizer's edits before TRL reads the advantages: loss weights become per-token advantages (exact for the
+  PPO-clip surrogate, whose branch depends only on the sign of A), a KL-Cov penalty is added after TRL's loss with
+  TRL's own normaliser, and removed tokens leave the loss mask through TRL's `tool_mask`;
+- `_generate_and_score_completions` computes step-level edits (Clip_B / Clip_V, and `stat_scope=global`) once per
+  rollout batch over every rank;
+- one all-reduce per optimizer step (`_finish_step`, run from a callback after the optimizer step) turns the sums into
+  metrics, logged through TRL and appended to `metrics.jsonl`.
+tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked signature or behaviour relied on here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOTrainer
+from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+from . import stats
+from .config import EntropyGRPOConfig
+from .jsonl import append_row, keep_rows, read_rows
+from .regularizers import LOCAL, Edits, TokenBatch
+from .regularizers.base import penalty_loss
+
+# TRL generation metrics copied into each metrics.jsonl row (the latest value of the step).
+TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
+# Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
+WEIGHT_KEY, PENALTY_KEY = "entropy_rl_weight", "entropy_rl_penalty"
+
+
+def _head_transform(config: Any) -> tuple[float, float | None]:
+    """The logit scale and softcap that TRL's fused head applies (trl.trainer.utils.add_fused_lm_head)."""
+    text_config = config.get_text_config()
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+    scale = getattr(text_config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(text_config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(text_config, "lm_head_multiplier", None)
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    return (1.0 if scale is None else float(scale)), softcap
+
+
+class AcceleratorReducer:
+    """Statistics over every rank of the step (the `Reducer` of entropy_rl.regularizers.base)."""
+
+    def __init__(self, accelerator: Any):
+        self.accelerator = accelerator
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(x.double(), reduction="sum")
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(x.reshape(1)).max()
+
+    def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
+        as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
+        padded = self.accelerator.pad_across_processes(as_float, dim=0)
+        chunks = self.accelerator.gather(padded).split(padded.numel())
+        full = torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes, strict=True)]).to(x.dtype)
+        return full, sum(sizes[: self.accelerator.process_index])
+
+
+class _StepEndCallback(TrainerCallback):
+    """Runs the trainer's once-per-optimizer-step work after the update (the Trainer calls on_step_end after it)."""
+
+    def __init__(self, trainer: EntropyGRPOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._open_metrics_file()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._finish_step()
+
+
+class EntropyGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer with entropy diagnostics and regularizers (`--regularizer`).
+
+    With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe.
+    """
+
+    args: EntropyGRPOConfig
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, EntropyGRPOConfig):
+            raise TypeError(f"args must be an EntropyGRPOConfig, got {type(self.args).__name__}")
+        self.regularizer = self.args.build_regularizer()
+        kinds = {getattr(part, "kind", None) for part in getattr(self.regularizer, "parts", [self.regularizer])}
+        self._step_level = "filter" in kinds or ("loss" in kinds and self.args.stat_scope == "global")
+        self._loss_level = "loss" in kinds and self.args.stat_scope == "micro_batch"
+        self._needs_nec = "nec" in self.regularizer.needs
+        if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
+            self.epsilon_low, self.epsilon_high = 1.0, math.inf
+        # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
+        self._generator = torch.Generator().manual_seed(self.args.seed)
+        self._reducer = AcceleratorReducer(self.accelerator)
+
+        self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
+        self._penalty: torch.Tensor | None = None  # KL-Cov per-token penalty of that micro-batch
+        self._step_sums: torch.Tensor | None = None  # stats.SUM_FIELDS accumulated over the step's micro-batches
+        self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
+        self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
+        self._hidden: list[torch.Tensor] = []  # final hidden states captured during a forward
+        self._capture_hidden = False
+        self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
+        self._metrics_path = Path(self.args.output_dir) / self.args.metrics_file
+        self._step_started = time.perf_counter()
+        if self.args.diagnostics or self._needs_nec:
+            self._policy_model().base_model.register_forward_hook(self._capture_hidden_hook)
+        self.add_callback(_StepEndCallback(self))
+
+    # ---------------------------------------------------------------- hooks into TRL (guarded by the contract test)
+    def _compute_loss(self, model, inputs):
+        # A copy: edits replace keys for this micro-batch only; TRL reuses the buffered batch across iterations.
+        self._loss_inputs = dict(inputs)
+        try:
+            loss = super()._compute_loss(model, self._loss_inputs)
+            if self._penalty is not None:
+                loss = loss + self._normalize_like_trl(self._penalty, self._loss_inputs)
+            return loss
+        finally:
+            self._loss_inputs, self._penalty = None, None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        inputs = self._loss_inputs
+        is_loss_call = inputs is not None and kwargs.get("compute_entropy", False) and self.model.training
+        self._capture_hidden = is_loss_call and (self.args.diagnostics or (self._loss_level and self._needs_nec))
+        try:
+            logps, entropies, *rest = super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        finally:
+            self._capture_hidden = False
+        if is_loss_call:
+            s, nec = self._discriminators(logits_to_keep, inputs) if self._hidden else (None, None)
+            advantages = inputs["advantages"]
+            self._apply_edits(logps, entropies.detach(), nec, inputs)
+            if self.args.diagnostics:
+                self._record_micro_batch(logps.detach(), entropies.detach(), s, nec, advantages, inputs)
+        return (logps, entropies, *rest)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._step_level and self.model.training:
+            self._step_level_edits(output)
+        return output
+
+    def _capture_hidden_hook(self, module, args, output) -> None:
+        if self._capture_hidden:
+            self._hidden.append(output.last_hidden_state.detach())
+
+    # ---------------------------------------------------------------- regularizers
+    def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
+        return TokenBatch(
+            logps=logps,
+            old_logps=old_logps,
+            advantages=inputs["advantages"],
+            mask=self._loss_mask(inputs),
+            entropies=entropies,
+            nec=nec,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+        )
+
+    def _apply_edits(self, logps, entropies, nec, inputs) -> None:
+        """Turn the micro-batch's edits into what TRL's loss reads: per-token advantages and an extra penalty."""
+        old = inputs.get("old_per_token_logps")
+        batch = self._token_batch(logps, logps.detach() if old is None else old, entropies, nec, inputs)
+        if self._loss_level:
+            edits = self.regularizer.edits(batch, LOCAL, self._generator)
+            self._add_reg_metrics(edits)
+        else:
+            edits = Edits(weight=inputs.get(WEIGHT_KEY), penalty=inputs.get(PENALTY_KEY))
+            edits.penalty_coef = getattr(self.regularizer, "kl_cov_coef", 0.0) if edits.penalty is not None else 0.0
+        if edits.weight is not None:
+            inputs["advantages"] = batch.advantages * edits.weight
+        if edits.penalty is not None:
+            self._penalty = penalty_loss(batch, edits)
+
+    @torch.no_grad()
+    def _step_level_edits(self, output: dict[str, Any]) -> None:
+        """Edits over the whole rollout batch of every rank, from the rollout policy: one no-grad forward."""
+        logps, entropies, nec = self._rollout_policy_stats(output)
+        batch = self._token_batch(logps, logps, entropies, nec, output)
+        edits = self.regularizer.edits(batch, self._reducer, self._generator)
+        self._add_reg_metrics(edits)
+        if edits.weight is not None:
+            output[WEIGHT_KEY] = edits.weight
+        if edits.penalty is not None:
+            output[PENALTY_KEY] = edits.penalty
+        if edits.keep is not None:
+            keep = edits.keep.to(output["completion_mask"].dtype)
+            output["tool_mask"] = output["tool_mask"] * keep if "tool_mask" in output else keep
+            # DAPO-style losses divide by the global count of loss tokens: recount what is left.
+            local = self._loss_mask(output).sum()
+            output["num_items_in_batch"] = self.accelerator.gather(local).sum()
+
+    def _rollout_policy_stats(self, output: dict[str, Any]):
+        ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        keep = output["completion_ids"].size(1)
+        self._capture_hidden = self._needs_nec
+        try:
+            logps, entropies, _ = super()._get_per_token_logps_and_entropies(
+                self.model, ids, attention, keep, batch_size=self.args.per_device_train_batch_size, compute_entropy=True
+            )
+        finally:
+            self._capture_hidden = False
+        nec = self._discriminators(keep, output)[1] if self._hidden else None
+        return logps, entropies, nec
+
+    def _normalize_like_trl(self, per_token: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """Aggregate an extra per-token loss exactly as TRL 1.16's `_compute_loss` aggregates its own (by loss_type)."""
+        mask = self._loss_mask(inputs)
+        accumulation = self.current_gradient_accumulation_steps
+        total = (per_token * mask).sum()
+        if self.loss_type in ("grpo", "sapo"):
+            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+        if self.loss_type == "bnpo":
+            return total / mask.sum().clamp(min=1.0) / accumulation
+        if self.loss_type == "dr_grpo":
+            return total / (per_token.size(0) * self.max_completion_length) / accumulation
+        if self.loss_type == "luspo":
+            return (per_token * mask).sum(-1).mean() / accumulation
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        return total / (normalizer * accumulation / self.args.steps_per_generation)
+
+    def _add_reg_metrics(self, edits: Edits) -> None:
+        for name, (total, count) in edits.metrics.items():
+            pair = torch.stack([total.double(), count.double()])
+            self._reg_sums[name] = pair if name not in self._reg_sums else self._reg_sums[name] + pair
+
+    # ---------------------------------------------------------------- diagnostics
+    def _policy_model(self) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = inputs["completion_mask"]
+        return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+
+    def _discriminators(self, logits_to_keep: int, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """S and N of every completion token from the captured hidden states: one chunked fp32 pass over the vocab.
+
+        S and N both come from this pass so that S - N is exact even when the forward ran in bf16.
+        """
+        hidden = torch.cat(self._hidden, dim=0)[:, -logits_to_keep - 1 : -1]
+        self._hidden.clear()
+        mask = self._loss_mask(inputs).bool()
+        model = self._policy_model()
+        head = model.get_output_embeddings()
+        scale, softcap = _head_transform(model.config)
+        weight, bias = head.weight, head.bias
+        with maybe_gather_lm_head_ctx(weight, bias):
+            if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor
+                weight = weight.full_tensor()
+                bias = bias.full_tensor() if bias is not None else None
+            logp, entropy, nec = stats.vocab_stats(
+                hidden[mask],
+                weight,
+                inputs["completion_ids"][mask],
+                bias=bias,
+                temperature=self.temperature,
+                logit_scale=scale,
+                softcap=softcap,
+            )
+        zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        return zeros.masked_scatter(mask, stats.discriminator(logp, entropy)), zeros.masked_scatter(mask, nec)
+
+    def _record_micro_batch(self, logps, entropies, s, nec, advantages, inputs) -> None:
+        mask = self._loss_mask(inputs).bool()
+        advantages = stats.per_token(advantages, logps)
+        old = inputs.get("old_per_token_logps")
+        ratio = torch.ones_like(logps) if old is None else torch.exp(logps - old)
+        unclipped = stats.unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
+        sums = stats.token_sums(
+            logp=logps,
+            entropy=entropies,
+            advantages=advantages,
+            mask=mask,
+            S=s,
+            N=nec,
+            ratio=ratio,
+            unclipped=unclipped,
+            # The update moves each token by its effective advantage (after regularizer weights): predict with that.
+            update_advantages=inputs["advantages"],
+        )
+        self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+        if self._measures_dynamics(self.state.global_step + 1):
+            self._step_batches.append(inputs)
+
+    def _measures_dynamics(self, step: int) -> bool:
+        every = self.args.dynamics_every
+        return self.args.diagnostics and every > 0 and step % every == 0
+
+    @torch.no_grad()
+    def _entropy_sums(self, batches: list[dict[str, Any]]) -> torch.Tensor:
+        """[sum of token entropies, token count] of `batches` under the current parameters."""
+        total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
+        for inputs in batches:
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            _, entropies, *_ = self._get_per_token_logps_and_entropies(
+                self.model_wrapped, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True
+            )
+            mask = self._loss_mask(inputs).double()
+            total += torch.stack([(entropies.double() * mask).sum(), mask.sum()])
+        return total
+
+    def _finish_step(self) -> None:
+        """After each optimizer step: one all-reduce of the step's sums, then log and append a metrics row."""
+        if not (self.args.diagnostics or self._reg_sums):
+            return
+        step = self.state.global_step
+        device = self.accelerator.device
+        parts = []
+        if self.args.diagnostics:
+            zeros = torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64, device=device)
+            parts.append(zeros if self._step_sums is None else self._step_sums)  # every rank joins the collective
+        measure = self._measures_dynamics(step)
+        if measure:
+            parts.append(self._entropy_sums(self._step_batches))
+        reg_names = sorted(self._reg_sums)
+        parts.extend(self._reg_sums[name].to(device) for name in reg_names)
+        self._step_sums, self._step_batches, self._reg_sums = None, [], {}
+        totals = self.accelerator.reduce(torch.cat(parts), reduction="sum")
+
+        row: dict[str, float] = {}
+        offset = 0
+        if self.args.diagnostics:
+            row = stats.summarize(totals[: len(stats.SUM_FIELDS)])
+            offset = len(stats.SUM_FIELDS)
+        if measure:
+            after = (totals[offset] / totals[offset + 1].clamp(min=1)).item()
+            offset += 2
+            if row.get("tokens"):
+                row["dynamics/measured_dH"] = after - row["entropy/token_mean"]
+                self._dynamics[0].append(row["dynamics/predicted_dH"])
+                self._dynamics[1].append(row["dynamics/measured_dH"])
+                r = stats.pearson(*self._dynamics)
+                if r is not None:
+                    row["dynamics/pearson_r"] = r
+        for i, name in enumerate(reg_names):
+            total, count = totals[offset + 2 * i : offset + 2 * i + 2].tolist()
+            row[f"reg/{name}"] = total / count if count else 0.0
+        for key, value in row.items():
+            self._metrics["train"][key].append(value)
+        self._write_row(step, row)
+
+    # ---------------------------------------------------------------- metrics.jsonl
+    def _open_metrics_file(self) -> None:
+        """Continue metrics.jsonl where the (possibly resumed) run stands: rows after the current step are dropped."""
+        if not self.accelerator.is_main_process:
+            return
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        start = self.state.global_step
+        kept = keep_rows(self._metrics_path, lambda row: row.get("step", math.inf) <= start)
+        measured = [r for r in kept if "dynamics/measured_dH" in r]
+        self._dynamics = ([r["dynamics/predicted_dH"] for r in measured], [r["dynamics/measured_dH"] for r in measured])
+        self._step_started = time.perf_counter()
+
+    def _write_row(self, step: int, row: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        trl_metrics = self._metrics["train"]
+        now = time.perf_counter()
+        full = {"step": step, "epoch": self.state.epoch, "wall_time": now - self._step_started}
+        self._step_started = now
+        full.update({key: trl_metrics[key][-1] for key in TRL_ROW_KEYS if trl_metrics.get(key)})
+        full.update(row)
+        append_row(self._metrics_path, full)
+
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        """The rows of this run's metrics.jsonl so far."""
+        return read_rows(self._metrics_path)

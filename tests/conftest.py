@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random policy and a reward with spread, so that advantages and gradients are non-zero."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def length_parity_reward(completions, **kwargs) -> list[float]:
+    """Deterministic reward with variance inside every group of a random policy."""
+    return [float(len(c) % 2) for c in completions]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from entropy_rl.toy import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture()
+def make_model(tokenizer):
+    from entropy_rl.toy import build_model
+
+    return lambda seed=0: build_model(tokenizer, hidden_size=32, num_layers=2, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def train_dataset():
+    from datasets import Dataset
+
+    from entropy_rl.toy import make_problems
+
+    return Dataset.from_list(make_problems(64, split="train", seed=0))
+
+
+TINY_GRPO = dict(
+    learning_rate=1e-3,
+    per_device_train_batch_size=16,
+    num_generations=4,
+    max_completion_length=6,
+    beta=0.0,
+    bf16=False,
+    gradient_checkpointing=False,
+    logging_steps=1,
+    report_to="none",
+    save_strategy="no",
+    seed=0,
+    use_cpu=True,
+    disable_tqdm=True,
+)
