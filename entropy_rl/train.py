@@ -80,7 +80,8 @@ def resolve_reward(name: str) -> Callable[..., list[float]]:
 def parse_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig]:
     from trl import TrlParser
 
-    parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig))
+    # No prefix matching: `--learning_rat` must be an error, not silently `--learning_rate`.
+    parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig), allow_abbrev=False)
     if "--config" not in argv:
         parser.set_defaults_with_config(**BUILTIN_DEFAULTS)
     script_args, config = parser.parse_args_and_config(args=argv)
@@ -115,14 +116,12 @@ def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
     """Train and return the run directory."""
     from .trainer import EntropyGRPOTrainer
 
+    # Cheap checks first: a typo should not wait for a model to load.
     rewards = [resolve_reward(name) for name in script_args.reward_funcs]
+    dataset = build_dataset(script_args, config.seed)
     model, tokenizer = load_model(script_args)
     trainer = EntropyGRPOTrainer(
-        model=model,
-        reward_funcs=rewards,
-        args=config,
-        train_dataset=build_dataset(script_args, config.seed),
-        processing_class=tokenizer,
+        model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer
     )
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +134,12 @@ def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
 
 def main(argv: list[str]) -> int:
     try:
+        # TRL/transformers report unknown flags and YAML keys and their own invalid values as ValueError.
         script_args, config = parse_args(argv)
+    except ValueError as err:
+        print(f"entropy-rl train: {err}", file=sys.stderr)
+        return 2
+    try:
         run_dir = run(script_args, config)
     except ConfigError as err:
         print(f"entropy-rl train: {err}", file=sys.stderr)

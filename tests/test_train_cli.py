@@ -1,0 +1,65 @@
+"""`entropy-rl train`: the built-in default shows entropy collapse; bad input fails at start with a clear message."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from entropy_rl.cli import main
+from entropy_rl.jsonl import read_rows
+
+
+@pytest.mark.slow
+def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
+    # The built-in default, shortened: warm-started tiny model (cached), GRPO on addition.
+    code = main(
+        [
+            "train",
+            "--max_steps",
+            "150",
+            "--output_dir",
+            str(tmp_path),
+            "--save_strategy",
+            "no",
+            "--disable_tqdm",
+            "true",
+            "--dynamics_every",
+            "5",
+        ]
+    )
+    assert code == 0
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 151))
+
+    def mean(part, key):
+        return statistics.mean(r[key] for r in part)
+
+    first, last = rows[:40], rows[-40:]
+    assert mean(last, "entropy/token_mean") < mean(first, "entropy/token_mean") - 0.01
+    assert mean(last, "reward") > mean(first, "reward") + 0.02
+    assert mean(rows, "cov/logp_adv") > 0  # the sign that drives entropy down (Cui et al.)
+    assert "dynamics/pearson_r" in rows[-1]
+    out = capsys.readouterr().out
+    assert "metrics.jsonl" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--regularizer", "clip_kov"], "regularizer='clip_kov'"),
+        (["--regularizer", "kl_cov"], "kl_cov only with off-policy"),
+        (["--clip_cov_ratio", "0", "--regularizer", "clip_cov"], "clip_cov_ratio=0.0"),
+        (["--reward_funcs", "nonexistent_reward"], "reward_funcs entry 'nonexistent_reward'"),
+        (["--dataset_name", "nope"], "dataset_name='nope'"),
+    ],
+)
+def test_bad_values_fail_at_start_naming_field_and_value(argv, message, tmp_path, capsys):
+    assert main(["train", "--output_dir", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--learning_rat", "--not_a_field"])
+def test_unknown_or_abbreviated_flag_is_refused(flag, tmp_path, capsys):
+    assert main(["train", "--output_dir", str(tmp_path), flag, "1e-4"]) == 2
+    assert flag in capsys.readouterr().err
