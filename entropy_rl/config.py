@@ -134,8 +134,11 @@ class EntropyGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         # TRL defaults to bf16 even on CPU, where autocast shifts log-probs by up to 0.07 nats: only default it on GPU.
-        if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
-            self.bf16 = False
+        if not torch.cuda.is_available():
+            if self.bf16 is None and not self.fp16:
+                self.bf16 = False
+            # Without it, accelerate on a CPU-only machine sets up a 2-process launch as two lone processes.
+            self.use_cpu = True
         names = parse_names(self.regularizer)
         self._apply_native_regularizers(names)
         super().__post_init__()

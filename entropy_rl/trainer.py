@@ -24,19 +24,22 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from . import stats
 from .config import EntropyGRPOConfig
 from .jsonl import append_row, keep_rows, read_rows
-from .regularizers import LOCAL, Edits, TokenBatch
+from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
 
 # TRL generation metrics copied into each metrics.jsonl row (the latest value of the step).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
 # Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
 WEIGHT_KEY, PENALTY_KEY = "entropy_rl_weight", "entropy_rl_penalty"
+# Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
+STATE_FILE = "entropy_rl_state_rank{rank}.pt"
 
 
 def _head_transform(config: Any) -> tuple[float, float | None]:
@@ -101,10 +104,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         if not isinstance(self.args, EntropyGRPOConfig):
             raise TypeError(f"args must be an EntropyGRPOConfig, got {type(self.args).__name__}")
         self.regularizer = self.args.build_regularizer()
-        kinds = {getattr(part, "kind", None) for part in getattr(self.regularizer, "parts", [self.regularizer])}
-        self._step_level = "filter" in kinds or ("loss" in kinds and self.args.stat_scope == "global")
-        self._loss_level = "loss" in kinds and self.args.stat_scope == "micro_batch"
-        self._needs_nec = "nec" in self.regularizer.needs
+        # Split the methods by when their statistics are taken: once per rollout batch over every rank (filters, and
+        # everything under stat_scope=global), or per loss micro-batch (the authors' verl code).
+        parts = getattr(self.regularizer, "parts", [self.regularizer])
+        per_step = [p for p in parts if p.step_level or (p.kind == "loss" and self.args.stat_scope == "global")]
+        per_micro_batch = [p for p in parts if p.kind == "loss" and p not in per_step]
+        self._step_regularizer = Composite(per_step) if per_step else None
+        self._loss_regularizer = Composite(per_micro_batch) if per_micro_batch else None
         if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
             self.epsilon_low, self.epsilon_high = 1.0, math.inf
         # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
@@ -113,6 +119,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
         self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
         self._penalty: torch.Tensor | None = None  # KL-Cov per-token penalty of that micro-batch
+        self._step_penalty_coef = 0.0  # its coefficient when the penalised tokens were chosen per step
         self._step_sums: torch.Tensor | None = None  # stats.SUM_FIELDS accumulated over the step's micro-batches
         self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
         self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
@@ -121,7 +128,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
         self._metrics_path = Path(self.args.output_dir) / self.args.metrics_file
         self._step_started = time.perf_counter()
-        if self.args.diagnostics or self._needs_nec:
+        if self.args.diagnostics or "nec" in self.regularizer.needs:
             self._policy_model().base_model.register_forward_hook(self._capture_hidden_hook)
         self.add_callback(_StepEndCallback(self))
 
@@ -140,7 +147,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         inputs = self._loss_inputs
         is_loss_call = inputs is not None and kwargs.get("compute_entropy", False) and self.model.training
-        self._capture_hidden = is_loss_call and (self.args.diagnostics or (self._loss_level and self._needs_nec))
+        wants_nec = self._loss_regularizer is not None and "nec" in self._loss_regularizer.needs
+        self._capture_hidden = is_loss_call and (self.args.diagnostics or wants_nec)
         try:
             logps, entropies, *rest = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
@@ -157,7 +165,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self._step_level and self.model.training:
+        if self._step_regularizer is not None and self.model.training:
             self._step_level_edits(output)
         return output
 
@@ -182,12 +190,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """Turn the micro-batch's edits into what TRL's loss reads: per-token advantages and an extra penalty."""
         old = inputs.get("old_per_token_logps")
         batch = self._token_batch(logps, logps.detach() if old is None else old, entropies, nec, inputs)
-        if self._loss_level:
-            edits = self.regularizer.edits(batch, LOCAL, self._generator)
+        if self._loss_regularizer is not None:
+            edits = self._loss_regularizer.edits(batch, LOCAL, self._generator)
             self._add_reg_metrics(edits)
         else:
-            edits = Edits(weight=inputs.get(WEIGHT_KEY), penalty=inputs.get(PENALTY_KEY))
-            edits.penalty_coef = getattr(self.regularizer, "kl_cov_coef", 0.0) if edits.penalty is not None else 0.0
+            edits = Edits(
+                weight=inputs.get(WEIGHT_KEY), penalty=inputs.get(PENALTY_KEY), penalty_coef=self._step_penalty_coef
+            )
         if edits.weight is not None:
             inputs["advantages"] = batch.advantages * edits.weight
         if edits.penalty is not None:
@@ -198,12 +207,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """Edits over the whole rollout batch of every rank, from the rollout policy: one no-grad forward."""
         logps, entropies, nec = self._rollout_policy_stats(output)
         batch = self._token_batch(logps, logps, entropies, nec, output)
-        edits = self.regularizer.edits(batch, self._reducer, self._generator)
+        edits = self._step_regularizer.edits(batch, self._reducer, self._generator)
         self._add_reg_metrics(edits)
         if edits.weight is not None:
             output[WEIGHT_KEY] = edits.weight
         if edits.penalty is not None:
             output[PENALTY_KEY] = edits.penalty
+            self._step_penalty_coef = edits.penalty_coef
         if edits.keep is not None:
             keep = edits.keep.to(output["completion_mask"].dtype)
             output["tool_mask"] = output["tool_mask"] * keep if "tool_mask" in output else keep
@@ -215,7 +225,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         keep = output["completion_ids"].size(1)
-        self._capture_hidden = self._needs_nec
+        self._capture_hidden = "nec" in self._step_regularizer.needs
         try:
             logps, entropies, _ = super()._get_per_token_logps_and_entropies(
                 self.model, ids, attention, keep, batch_size=self.args.per_device_train_batch_size, compute_entropy=True
@@ -362,6 +372,21 @@ class EntropyGRPOTrainer(GRPOTrainer):
         for key, value in row.items():
             self._metrics["train"][key].append(value)
         self._write_row(step, row)
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"generator": self._generator.get_state()}
+        torch.save(state, folder / STATE_FILE.format(rank=self.accelerator.process_index))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = Path(checkpoint or "") / STATE_FILE.format(rank=self.accelerator.process_index)
+        if checkpoint is not None and path.exists():
+            state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
+            self._generator.set_state(state["generator"])
 
     # ---------------------------------------------------------------- metrics.jsonl
     def _open_metrics_file(self) -> None:

@@ -8,7 +8,6 @@ from conftest import TINY_GRPO, length_parity_reward
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows
-from entropy_rl.regularizers import get_regularizer
 from entropy_rl.trainer import EntropyGRPOTrainer
 
 OFF_POLICY = {"num_iterations": 2}

@@ -32,6 +32,10 @@ def test_hooked_method_signatures():
         "compute_entropy",
     ]
     assert parameters(GRPOTrainer.get_high_entropy_mask) == ["self", "entropies", "mask", "threshold"]
+    assert parameters(GRPOTrainer._generate_and_score_completions) == ["self", "inputs"]
+    # Checkpoint hooks (regularizer state is saved and restored beside TRL's entropy controller state)
+    assert parameters(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
+    assert parameters(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
 
 
 def test_compute_loss_calls_logps_once_with_entropy_and_reads_the_documented_inputs():
@@ -42,6 +46,12 @@ def test_compute_loss_calls_logps_once_with_entropy_and_reads_the_documented_inp
         assert key in source, key
     # The loss-time mask is completion_mask * tool_mask: the diagnostics rebuild it the same way.
     assert 'completion_mask * inputs["tool_mask"]' in source
+
+
+def test_generation_output_keys_the_step_level_edits_extend():
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    for key in ('"completion_mask"', '"num_items_in_batch"', '"tool_mask"'):
+        assert key in source, key
 
 
 def test_logps_method_returns_logps_entropies_then_the_rest():

@@ -1,0 +1,228 @@
+"""Math benchmarks declared as small YAML specs (eval/benchmarks/*.yaml) and loaded into a list of problems.
+
+A spec names where the problems come from (a local JSONL file, a Hub dataset, or a generator function), which field
+holds the question, how to get the gold answer, the prompt template and the default sampling. See
+docs/evaluation.md for the format. Nothing here imports torch: loading a benchmark is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from entropy_rl.grading import after_hashes, last_boxed, normalize_number
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK_DIR = REPO_ROOT / "eval" / "benchmarks"
+DATA_DIR_ENV = "ENTROPY_RL_DATA_DIR"
+DATA_DIR_PLACEHOLDER = "${" + DATA_DIR_ENV + "}"
+
+_REQUIRED_KEYS = {"name", "source", "question_field", "gold", "prompt", "sampling", "max_new_tokens"}
+_SPEC_KEYS = _REQUIRED_KEYS | {"id_field", "chat_template"}
+_SOURCE_KEYS = {"path", "hub", "config", "split", "generator", "kwargs"}
+_SAMPLING_KEYS = {"k", "temperature", "top_p"}
+_GOLD_RULES = {
+    "verbatim": lambda value: value.strip() or None,
+    "after_hashes": after_hashes,
+    "last_boxed": last_boxed,
+}
+
+
+class BenchmarkError(ValueError):
+    """A benchmark spec or its data is unusable; the message says which file (and line) and why."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    k: int
+    temperature: float
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise BenchmarkError(f"invalid sampling {self}: need k >= 1, temperature >= 0, 0 < top_p <= 1")
+        if self.temperature == 0 and self.k > 1:
+            raise BenchmarkError(f"k={self.k} samples at temperature 0 would all be the same greedy answer")
+
+
+@dataclass
+class Benchmark:
+    name: str
+    source: str  # the resolved file, Hub dataset or generator the problems came from
+    problems: list[dict[str, str]]  # {"id", "question", "prompt", "gold"}
+    sampling: Sampling
+    max_new_tokens: int
+    chat_template: bool  # wrap the prompt in the tokenizer's chat template when it has one
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """Directory of the offline benchmark files: argument, else $ENTROPY_RL_DATA_DIR, else ../shared/data/math."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data" / "math"
+    return Path(chosen).expanduser()
+
+
+def available_benchmarks() -> list[str]:
+    return sorted(path.stem for path in BENCHMARK_DIR.glob("*.yaml"))
+
+
+def _spec_path(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.is_file():
+        if not path.is_file():
+            raise BenchmarkError(f"benchmark spec {path} not found")
+        return path
+    path = BENCHMARK_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise BenchmarkError(f"unknown benchmark {name_or_path!r}; known: {', '.join(available_benchmarks())}")
+    return path
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise BenchmarkError(f"{path}: invalid YAML: {error}") from error
+    if not isinstance(spec, dict):
+        raise BenchmarkError(f"{path}: a benchmark spec must be a mapping")
+    if missing := _REQUIRED_KEYS - set(spec):
+        raise BenchmarkError(f"{path}: missing keys {sorted(missing)}")
+    # Unknown keys are rejected so that a typo ("temprature") cannot silently fall back to a default.
+    for section, allowed in [(spec, _SPEC_KEYS), (spec["source"], _SOURCE_KEYS), (spec["sampling"], _SAMPLING_KEYS)]:
+        if not isinstance(section, dict):
+            raise BenchmarkError(f"{path}: 'source' and 'sampling' must be mappings")
+        if unknown := set(section) - allowed:
+            raise BenchmarkError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    gold_rules = spec["gold"] if isinstance(spec["gold"], list) else [None]
+    for rule in gold_rules:
+        if not isinstance(rule, dict) or set(rule) != {"field", "rule"} or rule["rule"] not in _GOLD_RULES:
+            raise BenchmarkError(f"{path}: gold is a list of {{field, rule}} with rule in {sorted(_GOLD_RULES)}")
+    if "{question}" not in spec["prompt"]:
+        raise BenchmarkError(f"{path}: the prompt template must contain {{question}}")
+    return spec
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise BenchmarkError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from error
+            if not isinstance(row, dict):
+                raise BenchmarkError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def _read_hub(name: str, hub: str, config: str | None, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(hub, config, split=split)
+    except Exception as error:  # offline, unknown id, auth...: all end the same way for the user
+        raise BenchmarkError(
+            f"benchmark {name}: no local file, and the Hub dataset {hub!r} (split {split!r}) could not be loaded: "
+            f"{type(error).__name__}: {error}. Offline? Download it elsewhere and pass --data-file FILE.jsonl."
+        ) from error
+    for index, row in enumerate(dataset):
+        yield f"{hub}[{split}] row {index}", row
+
+
+def _read_generator(target: str, kwargs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    module_name, _, function_name = target.partition(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    for index, row in enumerate(function(**kwargs)):
+        yield f"{target} problem {index}", row
+
+
+def _rows(spec: dict[str, Any], data_dir: Path, data_file: str | Path | None) -> tuple[str, Iterator]:
+    """(description of the source, iterator of (location, row)); a local file beats a Hub dataset."""
+    source = spec["source"]
+    path = None
+    if data_file:
+        path = Path(data_file)
+    elif source.get("path"):
+        path = Path(str(source["path"]).replace(DATA_DIR_PLACEHOLDER, str(data_dir))).expanduser()
+        if not path.is_file() and (source.get("hub") or source.get("generator")):
+            path = None  # no local copy: fall back to the spec's other source
+    if path is not None:
+        if not path.is_file():
+            raise BenchmarkError(
+                f"benchmark {spec['name']}: data file {path} not found "
+                f"(set {DATA_DIR_ENV} or --data-dir to the directory holding it, or pass --data-file)"
+            )
+        return str(path), _read_jsonl(path)
+    if source.get("hub"):
+        return source["hub"], _read_hub(spec["name"], source["hub"], source.get("config"), source.get("split", "test"))
+    if source.get("generator"):
+        return source["generator"], _read_generator(source["generator"], source.get("kwargs") or {})
+    raise BenchmarkError(f"benchmark {spec['name']}: source needs one of path, hub or generator")
+
+
+def _field(row: dict[str, Any], field: str, where: str) -> str:
+    if field not in row or row[field] is None:
+        raise BenchmarkError(f"{where}: missing field {field!r} (fields present: {sorted(row)})")
+    return str(row[field])
+
+
+def _gold(row: dict[str, Any], rules: list[dict[str, str]], where: str) -> str:
+    """First gold rule whose field is present and yields an answer."""
+    for rule in rules:
+        if row.get(rule["field"]) is not None and (gold := _GOLD_RULES[rule["rule"]](str(row[rule["field"]]))):
+            return normalize_number(gold)
+    tried = ", ".join(f"{rule['rule']}({rule['field']})" for rule in rules)
+    raise BenchmarkError(f"{where}: no gold answer: missing field or nothing found by {tried}")
+
+
+def load_benchmark(
+    name_or_yaml_path: str | Path,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    data_file: str | Path | None = None,
+) -> Benchmark:
+    """Load a benchmark by name (eval/benchmarks/<name>.yaml) or spec path; ``data_file`` replaces its data source.
+
+    ``limit`` keeps the first problems only. Problem ids come from the spec's ``id_field``, else the row index.
+    """
+    spec_path = _spec_path(name_or_yaml_path)
+    spec = _read_spec(spec_path)
+    source, rows = _rows(spec, resolve_data_dir(data_dir), data_file)
+    problems: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for index, (where, row) in enumerate(rows):
+        if limit is not None and index >= limit:
+            break
+        question = _field(row, spec["question_field"], where)
+        problem_id = _field(row, spec["id_field"], where) if spec.get("id_field") else str(index)
+        if problem_id in seen:
+            raise BenchmarkError(f"{where}: duplicate problem id {problem_id!r} (first at {seen[problem_id]})")
+        seen[problem_id] = where
+        problems.append(
+            {
+                "id": problem_id,
+                "question": question,
+                # str.replace, not str.format: LaTeX braces in templates ("\boxed{}") need no escaping.
+                "prompt": spec["prompt"].replace("{question}", question),
+                "gold": _gold(row, spec["gold"], where),
+            }
+        )
+    if not problems:
+        raise BenchmarkError(f"benchmark {spec['name']}: no problems in {source}")
+    sampling = spec["sampling"]
+    return Benchmark(
+        name=spec["name"],
+        source=source,
+        problems=problems,
+        sampling=Sampling(int(sampling["k"]), float(sampling["temperature"]), float(sampling.get("top_p", 1.0))),
+        max_new_tokens=int(spec["max_new_tokens"]),
+        chat_template=bool(spec.get("chat_template", True)),
+    )

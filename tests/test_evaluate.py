@@ -1,0 +1,385 @@
+"""Evaluator: benchmark specs, metrics, entropy, sharding invariance (1 vs 2 processes) and resumable curves."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from entropy_rl.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
+from entropy_rl.evaluate import EvalSettings, evaluate_checkpoint, main, pass_at_k, summarize
+
+CURVE_KEYS = {
+    "step",
+    "checkpoint",
+    "benchmark",
+    "train_entropy",
+    "eval_entropy",
+    "avg@k",
+    "k",
+    "pass@k",
+    "mean_length",
+    "num_problems",
+}
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_accelerate_state():
+    """The evaluator creates accelerate's process-wide PartialState; drop it so later test modules start clean."""
+    yield
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()
+
+
+def _save_tiny_model(path: Path, seed: int = 0) -> Path:
+    from entropy_rl.toy import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden_size=32, num_layers=2, seed=seed).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return _save_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def sampled_spec(tmp_path_factory) -> Path:
+    """The arithmetic benchmark, sampled: k=3 at temperature 1 with top-p 0.9."""
+    spec = (BENCHMARK_DIR / "arithmetic.yaml").read_text()
+    spec = spec.replace("name: arithmetic", "name: arithmetic_sampled")
+    spec = spec.replace("sampling: {k: 1, temperature: 0.0}", "sampling: {k: 3, temperature: 1.0, top_p: 0.9}")
+    path = tmp_path_factory.mktemp("specs") / "arithmetic_sampled.yaml"
+    path.write_text(spec)
+    return path
+
+
+def _subprocess_env() -> dict[str, str]:
+    # One thread per process: the 1- and 2-process runs then do bit-identical arithmetic.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------------ metrics
+
+
+def test_pass_at_k_matches_brute_force():
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(itertools.combinations(range(n), k))  # samples 0..c-1 are the correct ones
+                brute = sum(any(i < c for i in subset) for subset in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_is_stable_for_large_n():
+    n, c, k = 1000, 7, 400
+    exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+    assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 5, 1)
+    with pytest.raises(ValueError):
+        pass_at_k(4, 1, 5)
+
+
+def test_summarize():
+    records = [
+        {"correct": [True, False, False, False], "num_tokens": [1, 2, 3, 4], "entropy": [0.1, 0.2, 0.3, 0.4]},
+        {"correct": [False] * 4, "num_tokens": [5] * 4, "entropy": [1.0] * 4},
+    ]
+    for record in records:
+        record["status"] = ["ok"] * 4
+    metrics = summarize(records, pass_ks=[2, 8])
+    assert metrics["k"] == 4 and metrics["num_problems"] == 2
+    assert metrics["avg@k"] == pytest.approx(0.125)
+    assert metrics["pass@k"] == pytest.approx({"1": 0.125, "2": 0.25, "4": 0.5})
+    assert metrics["mean_length"] == pytest.approx(3.75)
+    assert metrics["eval_entropy"] == pytest.approx(0.625)
+
+
+# --------------------------------------------------------------------------------------------------- benchmarks
+
+
+@pytest.mark.parametrize(
+    ("name", "count", "sampling"),
+    [
+        ("gsm8k", 1319, Sampling(1, 0.0)),
+        ("math500", 500, Sampling(1, 0.0)),
+        ("aime24", 30, Sampling(16, 0.6)),
+    ],
+)
+def test_shared_benchmark_files_load(name, count, sampling):
+    if not (resolve_data_dir() / f"{name}_test.jsonl").is_file():
+        pytest.skip(f"no {name}_test.jsonl in {resolve_data_dir()}: set ENTROPY_RL_DATA_DIR to the benchmark files")
+    benchmark = load_benchmark(name)
+    assert len(benchmark.problems) == count and benchmark.sampling == sampling
+    assert len({p["id"] for p in benchmark.problems}) == count
+    problem = benchmark.problems[0]
+    assert problem["question"] in problem["prompt"] and "\\boxed{}" in problem["prompt"] and problem["gold"]
+    assert len(load_benchmark(name, limit=5).problems) == 5
+
+
+def test_arithmetic_benchmark_is_generated():
+    benchmark = load_benchmark("arithmetic")
+    assert benchmark.sampling == Sampling(1, 0.0) and not benchmark.chat_template
+    assert len(benchmark.problems) == 256
+    problem = benchmark.problems[0]
+    assert problem["prompt"] == problem["question"] and problem["prompt"].endswith("=")
+    a, b = problem["question"].rstrip("=").split("+")
+    assert problem["gold"] == str(int(a) + int(b))
+
+
+def test_data_dir_env_and_local_file_beats_hub(tmp_path, monkeypatch):
+    rows = [{"question": "1+1?", "answer": "so\n#### 2"}, {"question": "2+2?", "answer": "#### 4"}]
+    (tmp_path / "gsm8k_test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setenv("ENTROPY_RL_DATA_DIR", str(tmp_path))
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the Hub was asked for a local set"))
+    benchmark = load_benchmark("gsm8k")
+    assert benchmark.source == str(tmp_path / "gsm8k_test.jsonl")
+    assert [p["gold"] for p in benchmark.problems] == ["2", "4"]
+    assert [p["id"] for p in benchmark.problems] == ["0", "1"]
+
+
+def test_hub_only_benchmark_fails_offline_with_a_clear_message(tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "entropy_rl.cli", "eval", "--model", str(tiny_model_dir), "--benchmarks", "amc23"],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "math-ai/amc23" in result.stderr and "--data-file" in result.stderr
+
+
+def test_data_file_replaces_the_source(tmp_path):
+    path = tmp_path / "amc.jsonl"
+    path.write_text(json.dumps({"id": 7, "question": "What is 6*7?", "answer": 42.0}) + "\n")
+    benchmark = load_benchmark("amc23", data_file=path)
+    assert benchmark.source == str(path)
+    assert benchmark.problems == [
+        {"id": "7", "question": "What is 6*7?", "prompt": benchmark.problems[0]["prompt"], "gold": "42.0"}
+    ]
+    assert benchmark.sampling == Sampling(16, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("lines", "line_number", "message"),
+    [
+        (['{"question": "q", "answer": "#### 1"}', "", '{"question": "q2", "answer": '], 3, "malformed JSON"),
+        (['{"question": "q", "answer": "#### 1"}', '{"answer": "#### 2"}'], 2, "missing field 'question'"),
+        (['{"question": "q", "answer": "no marker"}'], 1, "no gold answer"),
+        (["[1, 2]"], 1, "expected a JSON object"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, capsys, lines, line_number, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BenchmarkError, match=f"{path}:{line_number}: .*{message}"):
+        load_benchmark("gsm8k", data_file=path)
+    # The CLI reports it without a traceback, before loading any model.
+    assert main(["--model", str(tmp_path / "none"), "--benchmarks", "gsm8k", "--data-file", str(path)]) == 2
+    assert f"{path}:{line_number}" in capsys.readouterr().err
+
+
+def test_spec_typos_are_rejected(tmp_path):
+    spec = (BENCHMARK_DIR / "arithmetic.yaml").read_text().replace("temperature", "temprature")
+    (tmp_path / "typo.yaml").write_text(spec)
+    with pytest.raises(BenchmarkError, match="unknown keys.*temprature"):
+        load_benchmark(tmp_path / "typo.yaml")
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'nope'"):
+        load_benchmark("nope")
+
+
+# --------------------------------------------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1, 0.0), Sampling(1, 0.7, top_p=0.8)])
+def test_generation_entropy_matches_teacher_forced_scoring(tiny_model_dir, sampling):
+    """The entropies recorded while generating equal those of a teacher-forced pass over the same tokens."""
+    from entropy_rl.evaluate import _completion_mask, _generate_hf, load_model, rescore_entropies
+
+    model, tokenizer = load_model(tiny_model_dir, "cpu")
+    prompts = ["3+4=", "12+35=", "99+1="]
+    completions, entropies = _generate_hf(model, tokenizer, prompts, [1, 2, 3], sampling, max_new_tokens=6)
+    mask = _completion_mask(completions, [tokenizer.eos_token_id])
+    temperature = sampling.temperature or 1.0
+    for prompt, row, keep, streamed in zip(prompts, completions, mask, entropies, strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        rescored = rescore_entropies(model, prompt_ids, row[keep].tolist(), temperature)
+        assert streamed[keep].tolist() == pytest.approx(rescored, abs=1e-4)
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1, 0.7), Sampling(1, 1.3, top_p=0.8)])
+def test_sampler_draws_from_the_tempered_nucleus(sampling):
+    import torch
+
+    from entropy_rl.evaluate import _SampleAndMeasure
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])  # the last token is banned
+    n = 20_000
+    sampler = _SampleAndMeasure(sampling, range(n), torch.device("cpu"))  # one seed per row
+    picks = sampler(None, logits.expand(n, -1)).argmax(-1)
+    frequencies = torch.bincount(picks, minlength=5).double() / n
+    probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)
+    mass_above = torch.cumsum(probs, 0) - probs  # the logits are sorted, so this is the mass ranked above
+    expected = torch.where(mass_above > sampling.top_p, 0.0, probs)
+    assert frequencies.tolist() == pytest.approx((expected / expected.sum()).tolist(), abs=0.015)
+    # The entropy is that of the whole tempered distribution, whatever top-p then keeps.
+    entropy = -(probs[:4] * probs[:4].log()).sum().item()
+    assert sampler.entropies[0].tolist() == pytest.approx([entropy] * n, abs=1e-5)
+
+
+def test_samples_do_not_depend_on_batching_and_restore_train_mode(tiny_model_dir, sampled_spec, tmp_path):
+    from entropy_rl.evaluate import load_model
+
+    model, tokenizer = load_model(tiny_model_dir, "cpu")
+    model.train()
+    benchmark = load_benchmark(sampled_spec, limit=8)
+    outputs = {}
+    for batch_size in (3, 48):
+        out = tmp_path / f"bs{batch_size}"
+        settings = EvalSettings(batch_size=batch_size, progress=False)
+        metrics = evaluate_checkpoint(model, tokenizer, [benchmark], settings=settings, output_dir=out)
+        outputs[batch_size] = _read_jsonl(out / "arithmetic_sampled.jsonl")
+        assert model.training
+    assert [r["samples"] for r in outputs[3]] == [r["samples"] for r in outputs[48]]
+    assert metrics["arithmetic_sampled"]["k"] == 3 and set(metrics["arithmetic_sampled"]["pass@k"]) == {"1", "3"}
+    record = outputs[3][0]
+    assert set(record) >= {"id", "prompt", "gold", "samples", "extracted", "correct", "status", "num_tokens", "entropy"}
+    assert len(record["samples"]) == len(record["correct"]) == 3
+    assert len({tuple(r["samples"]) for r in outputs[3]}) > 1  # sampled, not collapsed to one output
+    reseeded = evaluate_checkpoint(
+        model, tokenizer, [benchmark], settings=EvalSettings(seed=1, progress=False), output_dir=tmp_path / "seed1"
+    )
+    assert reseeded["arithmetic_sampled"]["eval_entropy"] != metrics["arithmetic_sampled"]["eval_entropy"]
+
+
+@pytest.mark.slow
+def test_greedy_accuracy_matches_the_toy_reference_implementation():
+    """End to end on a warm-started toy policy: our generation + grading agree with entropy_rl.toy.accuracy."""
+    from entropy_rl.toy import accuracy, load_toy, warm_start
+
+    model, tokenizer = load_toy(warm_start(show_progress=False))  # ~50 s on first use, then cached
+    benchmark = load_benchmark("arithmetic", limit=128)
+    metrics = evaluate_checkpoint(model, tokenizer, [benchmark], settings=EvalSettings(progress=False))["arithmetic"]
+    problems = [{"prompt": p["prompt"], "answer": p["gold"]} for p in benchmark.problems]
+    reference = accuracy(model, tokenizer, problems, greedy=True)
+    assert reference > 0.2
+    # Up to two problems may differ: the toy reward wants the exact string ("47"), ours extracts the last number.
+    assert metrics["avg@k"] == pytest.approx(reference, abs=2 / 128)
+    assert 1 < metrics["mean_length"] < 5 and metrics["eval_entropy"] > 0
+
+
+def test_vllm_flag_errors_clearly_when_unavailable(tiny_model_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --vllm may work here")
+    assert main(["--model", str(tiny_model_dir), "--benchmarks", "arithmetic", "--vllm"]) == 2
+    assert "--vllm needs the vllm package and a CUDA GPU" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ data parallel
+
+
+def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_spec, tmp_path):
+    common = ["eval", "--model", str(tiny_model_dir), "--benchmarks", f"arithmetic,{sampled_spec}"]
+    common += ["--limit", "10", "--batch-size", "6", "--grading-workers", "1"]
+    single = subprocess.run(
+        [sys.executable, "-m", "entropy_rl.cli", *common, "--output-dir", str(tmp_path / "one"), "--no-progress"],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr
+    # --multi_gpu on a machine without CUDA gives gloo MULTI_CPU; `--cpu` would silently run a single process.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(_free_port()), "-m", "entropy_rl.cli"]
+    double = subprocess.run(
+        [*launch, *common, "--output-dir", str(tmp_path / "two")],
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert double.returncode == 0, double.stderr
+    assert "rank 0 of 2" in double.stderr  # the progress bar proves two processes shared the work
+    for name in ("arithmetic", "arithmetic_sampled"):
+        one, two = _read_jsonl(tmp_path / "one" / f"{name}.jsonl"), _read_jsonl(tmp_path / "two" / f"{name}.jsonl")
+        assert len(one) == 10 and one == two
+    assert json.loads((tmp_path / "one" / "summary.json").read_text()) == json.loads(
+        (tmp_path / "two" / "summary.json").read_text()
+    )
+    assert double.stdout.count("arithmetic_sampled") == 1  # only rank 0 prints the table
+
+
+# ------------------------------------------------------------------------------------------------------- curves
+
+
+def test_curve_resumes_without_duplicates(tmp_path, sampled_spec, capsys):
+    run = tmp_path / "run"
+    for step, seed in [(1, 0), (2, 1)]:
+        _save_tiny_model(run / f"checkpoint-{step}", seed=seed)
+    (run / "checkpoint-x").mkdir()  # not a step: ignored
+    (run / "metrics.jsonl").write_text(
+        json.dumps({"step": 1, "entropy/seq_mean": 0.5}) + "\n" + json.dumps({"step": 2, "reward": 0.1}) + "\n"
+    )
+    argv = ["--run", str(run), "--benchmarks", f"arithmetic,{sampled_spec}", "--limit", "4", "--no-progress"]
+    curve = run / "curve.jsonl"
+
+    assert main(argv) == 0
+    rows = _read_jsonl(curve)
+    assert [(r["checkpoint"], r["benchmark"]) for r in rows] == [
+        ("checkpoint-1", "arithmetic"),
+        ("checkpoint-1", "arithmetic_sampled"),
+        ("checkpoint-2", "arithmetic"),
+        ("checkpoint-2", "arithmetic_sampled"),
+    ]
+    assert all(set(row) == CURVE_KEYS for row in rows)
+    assert [r["train_entropy"] for r in rows] == [0.5, 0.5, None, None]
+    assert {r["k"] for r in rows} == {1, 3} and all(r["num_problems"] == 4 for r in rows)
+    assert (run / "eval" / "checkpoint-2" / "arithmetic_sampled.jsonl").is_file()
+    content = curve.read_bytes()
+
+    capsys.readouterr()
+    assert main(argv) == 0  # everything done: nothing evaluated, nothing appended
+    assert curve.read_bytes() == content
+    assert "nothing to evaluate" in capsys.readouterr().out
+
+    lines = content.splitlines(keepends=True)
+    curve.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while appending row 3
+    assert main(argv) == 0
+    assert _read_jsonl(curve) == rows  # rows 3 and 4 recomputed, identically; no duplicate, no torn line
+
+
+def test_run_without_checkpoints_is_an_error(tmp_path, capsys):
+    assert main(["--run", str(tmp_path), "--benchmarks", "arithmetic"]) == 2
+    assert "no checkpoint-<step>/" in capsys.readouterr().err
