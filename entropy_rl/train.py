@@ -22,7 +22,7 @@ from typing import Any
 from .config import ConfigError, EntropyGRPOConfig
 
 # Reward names usable in `reward_funcs`; anything else is a dotted import path `package.module.function`.
-REWARDS = {"arithmetic": "entropy_rl.toy.arithmetic_reward"}
+REWARDS = {"arithmetic": "entropy_rl.toy.arithmetic_reward", "math": "entropy_rl.rewards.math_reward"}
 
 # The built-in default, used when no --config is given: sized for 2 CPU cores (cpu-feasibility.md).
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -53,7 +53,14 @@ class TrainScriptArguments:
     )
     dataset_name: str = field(
         default="arithmetic",
-        metadata={"help": "Prompts to train on: 'arithmetic' (built-in task) or a benchmark name / spec path."},
+        metadata={
+            "help": "Prompts to train on: 'arithmetic' (built-in task) or a benchmark name / spec path from eval/ "
+            "(its prompt template and gold answers; --dataset_file swaps in another file of the same format)."
+        },
+    )
+    dataset_file: str | None = field(
+        default=None,
+        metadata={"help": "Local JSONL file replacing the benchmark spec's data source (e.g. a GSM8K train split)."},
     )
     num_train_problems: int = field(
         default=4096, metadata={"help": "Number of problems drawn for the built-in arithmetic task."}
@@ -89,16 +96,25 @@ def parse_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig
 
 
 def build_dataset(script_args: TrainScriptArguments, seed: int):
+    """Rows with `prompt` and the `answer` column the rewards read."""
     from datasets import Dataset
 
     if script_args.dataset_name == "arithmetic":
         from .toy import make_problems
 
         return Dataset.from_list(make_problems(script_args.num_train_problems, split="train", seed=seed))
-    raise ConfigError(
-        f"invalid config: dataset_name={script_args.dataset_name!r}; allowed: 'arithmetic' (benchmark datasets come "
-        "with the recipes)"
-    )
+    from .benchmarks import BenchmarkError, load_benchmark
+
+    try:
+        benchmark = load_benchmark(script_args.dataset_name, data_file=script_args.dataset_file)
+    except BenchmarkError as err:
+        raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r}: {err}") from err
+    rows = []
+    for problem in benchmark.problems:
+        # A chat-template benchmark becomes a conversational prompt: TRL then applies the tokenizer's template.
+        prompt = [{"role": "user", "content": problem["prompt"]}] if benchmark.chat_template else problem["prompt"]
+        rows.append({"prompt": prompt, "answer": problem["gold"]})
+    return Dataset.from_list(rows)
 
 
 def load_model(script_args: TrainScriptArguments):

@@ -63,3 +63,49 @@ def test_bad_values_fail_at_start_naming_field_and_value(argv, message, tmp_path
 def test_unknown_or_abbreviated_flag_is_refused(flag, tmp_path, capsys):
     assert main(["train", "--output_dir", str(tmp_path), flag, "1e-4"]) == 2
     assert flag in capsys.readouterr().err
+
+
+def test_math_reward_grades_boxed_and_plain_answers():
+    from entropy_rl.rewards import math_reward
+
+    completions = ["so \\boxed{\\frac{1}{2}}", "The answer is 0.5", "\\boxed{3}", "__import__('os').system('x')"]
+    assert math_reward(None, completions, ["1/2", "\\frac12", "4", "0"]) == [1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_train_on_a_benchmark_file_with_the_math_reward(tmp_path, make_model, tokenizer):
+    from entropy_rl.benchmarks import resolve_data_dir
+
+    data = resolve_data_dir() / "gsm8k_train.jsonl"
+    if not data.exists():
+        pytest.skip(f"shared benchmark data not found at {data}")
+    model_dir = tmp_path / "model"
+    make_model().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    argv = [
+        "train",
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        "gsm8k",
+        "--dataset_file",
+        str(data),
+        "--reward_funcs",
+        "math",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+    ]
+    assert main(argv) == 0
+    assert [r["step"] for r in read_rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2]

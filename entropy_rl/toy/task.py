@@ -50,7 +50,7 @@ def make_problems(n: int, split: str = "train", seed: int = 0, max_operand: int 
     return [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in pairs[:n]]
 
 
-def _completion_text(completion: Any) -> str:
+def completion_text(completion: Any) -> str:
     # Conversational prompts make TRL pass [{"role": "assistant", "content": ...}] instead of a string.
     if isinstance(completion, list):
         return str(completion[-1]["content"]) if completion else ""
@@ -63,7 +63,7 @@ def arithmetic_reward(
     """TRL reward: 1.0 iff the completion, stripped of surrounding whitespace, is exactly the answer string."""
     if len(completions) != len(answer):
         raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
-    return [float(_completion_text(c).strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
+    return [float(completion_text(c).strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
 
 
 def extract_integer(text: str) -> str | None:
