@@ -128,11 +128,29 @@ def load_model(script_args: TrainScriptArguments):
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path)
 
 
+def check_checkpoint(path: str) -> None:
+    """Refuse an incomplete or pickle-only checkpoint before any model loads, naming what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"invalid config: resume_from_checkpoint={path!r} is not a directory")
+    weights = [*folder.glob("model.safetensors"), *folder.glob("model.safetensors.index.json")]
+    missing = [name for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt") if not (folder / name).exists()]
+    if not weights:
+        missing.append("model.safetensors")
+    if missing:
+        raise ConfigError(
+            f"invalid config: resume_from_checkpoint={path!r} is incomplete: missing {missing} (only safetensors "
+            "weights are loaded; a checkpoint written while the run was killed can be partial: use the previous one)"
+        )
+
+
 def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
     """Train and return the run directory."""
     from .trainer import EntropyGRPOTrainer
 
     # Cheap checks first: a typo should not wait for a model to load.
+    if config.resume_from_checkpoint:
+        check_checkpoint(config.resume_from_checkpoint)
     rewards = [resolve_reward(name) for name in script_args.reward_funcs]
     dataset = build_dataset(script_args, config.seed)
     model, tokenizer = load_model(script_args)

@@ -38,6 +38,9 @@ from .regularizers.base import penalty_loss
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
 # Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
 WEIGHT_KEY, PENALTY_KEY = "entropy_rl_weight", "entropy_rl_penalty"
+# |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
+# then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
+MAX_LOG_RATIO = 20.0
 # Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
 STATE_FILE = "entropy_rl_state_rank{rank}.pt"
 
@@ -156,6 +159,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
         finally:
             self._capture_hidden = False
         if is_loss_call:
+            old = inputs.get("old_per_token_logps")
+            if old is not None:
+                current = logps.detach()
+                inputs["old_per_token_logps"] = old.clamp(current - MAX_LOG_RATIO, current + MAX_LOG_RATIO)
             s, nec = self._discriminators(logits_to_keep, inputs) if self._hidden else (None, None)
             advantages = inputs["advantages"]
             self._apply_edits(logps, entropies.detach(), nec, inputs)

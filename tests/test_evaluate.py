@@ -383,3 +383,10 @@ def test_curve_resumes_without_duplicates(tmp_path, sampled_spec, capsys):
 def test_run_without_checkpoints_is_an_error(tmp_path, capsys):
     assert main(["--run", str(tmp_path), "--benchmarks", "arithmetic"]) == 2
     assert "no checkpoint-<step>/" in capsys.readouterr().err
+
+
+def test_empty_benchmark_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(BenchmarkError, match=f"no problems in {path}"):
+        load_benchmark("gsm8k", data_file=path)

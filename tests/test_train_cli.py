@@ -59,6 +59,16 @@ def test_bad_values_fail_at_start_naming_field_and_value(argv, message, tmp_path
     assert message in capsys.readouterr().err
 
 
+def test_incomplete_checkpoint_is_refused_naming_what_is_missing(tmp_path, capsys):
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "pytorch_model.bin").write_bytes(b"pickle")  # never unpickled
+    assert main(["train", "--output_dir", str(tmp_path), "--resume_from_checkpoint", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint-4" in err and "model.safetensors" in err and "optimizer.pt" in err
+
+
 @pytest.mark.parametrize("flag", ["--learning_rat", "--not_a_field"])
 def test_unknown_or_abbreviated_flag_is_refused(flag, tmp_path, capsys):
     assert main(["train", "--output_dir", str(tmp_path), flag, "1e-4"]) == 2

@@ -44,6 +44,10 @@ def test_compute_loss_calls_logps_once_with_entropy_and_reads_the_documented_inp
     assert "compute_entropy=True" in source
     for key in ('"advantages"', '"completion_mask"', '"completion_ids"', '"old_per_token_logps"', '"tool_mask"'):
         assert key in source, key
+    # Edits made inside the logps call must come before TRL reads the advantages and the old log-probs.
+    call = source.index("self._get_per_token_logps_and_entropies(")
+    assert source.index('advantages = inputs["advantages"]') > call
+    assert source.index('inputs.get("old_per_token_logps")') > call
     # The loss-time mask is completion_mask * tool_mask: the diagnostics rebuild it the same way.
     assert 'completion_mask * inputs["tool_mask"]' in source
 
