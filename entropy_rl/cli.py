@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": "entropy_rl.evaluate",
     "fit": "entropy_rl.fit",
     "plot": "entropy_rl.plot",
+    "study": "entropy_rl.study",
 }
 
 

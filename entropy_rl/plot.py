@@ -49,11 +49,11 @@ DPI = 130
 CEILING_TEXT_PTS = (5, 13)  # offset above its ceiling line of the first ceiling note, and step between stacked notes
 
 
-def _color(i: int) -> str:
+def series_color(i: int) -> str:
     return f"C{i % 10}"  # the same run keeps the same colour in every figure
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
@@ -84,10 +84,10 @@ def plot_entropy(runs: Sequence[Run], path: Path) -> Path:
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
     for i, run in enumerate(runs):
-        _draw_entropy(ax, run, _color(i), prefix=f"{run.label}: ")
+        _draw_entropy(ax, run, series_color(i), prefix=f"{run.label}: ")
     ax.set(title="Policy entropy during training", xlabel=STEP_UNIT)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_performance(pairs: Sequence[Pairs], path: Path) -> Path:
@@ -96,11 +96,11 @@ def plot_performance(pairs: Sequence[Pairs], path: Path) -> Path:
     ax = fig.subplots()
     for i, p in enumerate(pairs):
         # Markers only where points are sparse (evaluated checkpoints); per-step rewards read better as a line.
-        ax.plot(p.steps, p.R, marker="o" if len(p.R) <= 100 else None, ms=4, color=_color(i), label=p.label)
+        ax.plot(p.steps, p.R, marker="o" if len(p.R) <= 100 else None, ms=4, color=series_color(i), label=p.label)
     ax.set(title="Performance during training", xlabel=STEP_UNIT, ylabel=" / ".join({metric_label(p) for p in pairs}))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_law(ax: Axes, fit: LawFit, color: str, label: str, slot: int) -> None:
@@ -138,10 +138,10 @@ def plot_law(pairs: Sequence[Pairs], fits: Sequence[LawFit | None], path: Path, 
     ax = fig.subplots()
     drawn = []
     for i, (p, fit) in enumerate(zip(pairs, fits, strict=True)):
-        ax.scatter(p.H, p.R, s=16, alpha=0.6, color=_color(i), label=f"{p.label} (n={len(p.R)})")
+        ax.scatter(p.H, p.R, s=16, alpha=0.6, color=series_color(i), label=f"{p.label} (n={len(p.R)})")
         if fit is not None:
             text = f"fit: R = {fit.b:.3g} - {fit.a:.3g} exp(H), R2 = {fit.r2:.3f}"
-            _draw_law(ax, fit, _color(i), text, len(drawn))
+            _draw_law(ax, fit, series_color(i), text, len(drawn))
             drawn.append(fit)
     if joint is not None:
         text = f"joint fit: R = {joint.b:.3g} - {joint.a:.3g} exp(H), R2 = {joint.r2:.3f}"
@@ -156,7 +156,7 @@ def plot_law(pairs: Sequence[Pairs], fits: Sequence[LawFit | None], path: Path, 
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_plots(
@@ -183,21 +183,21 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     run = load_run(run_dir)
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     ax_h, ax_r = fig.subplots(2, 1, sharex=True)
-    _draw_entropy(ax_h, run, _color(0))
+    _draw_entropy(ax_h, run, series_color(0))
     ax_h.set_title(f"{run.label}: entropy and reward during training")
     ax_h.legend(fontsize="small")
     reward = run.column("reward")
     finite = np.isfinite(reward)
-    ax_r.plot(run.steps, reward, color=_color(1), lw=0.8, alpha=0.45, label="per step")
+    ax_r.plot(run.steps, reward, color=series_color(1), lw=0.8, alpha=0.45, label="per step")
     # A window of ~5 % of the run shows the trend through the batch noise without hiding its shape.
     window = max(1, int(finite.sum()) // 20)
     if window > 1:
         smoothed = moving_average(reward[finite], window)
-        ax_r.plot(run.steps[finite], smoothed, color=_color(1), lw=2, label=f"trailing mean of {window} steps")
+        ax_r.plot(run.steps[finite], smoothed, color=series_color(1), lw=2, label=f"trailing mean of {window} steps")
     ax_r.set(xlabel=STEP_UNIT, ylabel="training reward (batch mean)")
     ax_r.grid(alpha=0.3)
     ax_r.legend(fontsize="small")
-    return _save(fig, run.path / "entropy_reward.png")
+    return save_figure(fig, run.path / "entropy_reward.png")
 
 
 def _fit_or_none(pairs: Pairs) -> LawFit | None:

@@ -4,7 +4,8 @@ With no arguments it runs the built-in default on CPU: a tiny model warm-started
 
     entropy-rl train                                       # built-in task, ~3 min on 2 CPU cores
     entropy-rl train --config recipes/toy/grpo.yaml --learning_rate 5e-5
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m entropy_rl.cli train --config RECIPE.yaml
+    entropy-rl train --config RECIPE.yaml --accelerate_config zero2 --num_processes 8   # hands over to accelerate
+    accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train --config RECIPE.yaml
 
 A YAML recipe sets any field of TrainScriptArguments or EntropyGRPOConfig; command-line flags override it.
 """
@@ -163,10 +164,20 @@ def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
     (run_dir / "entropy_rl_config.json").write_text(json.dumps(saved, indent=2, default=str))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(str(run_dir / "final"))
+    trainer.end()  # trackers closed and, under a launcher, the process group left by every rank together
     return run_dir
 
 
 def main(argv: list[str]) -> int:
+    from .launch import maybe_relaunch
+
+    try:
+        code = maybe_relaunch(argv)  # --accelerate_config NAME|PATH [--num_processes N] hands over to accelerate
+    except ConfigError as err:
+        print(f"entropy-rl train: {err}", file=sys.stderr)
+        return 2
+    if code is not None:
+        return code
     try:
         # TRL/transformers report unknown flags and YAML keys and their own invalid values as ValueError.
         script_args, config = parse_args(argv)

@@ -34,10 +34,12 @@ from .jsonl import append_row, keep_rows, read_rows
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
 
-# TRL generation metrics copied into each metrics.jsonl row (the latest value of the step).
+# TRL generation metrics copied into each metrics.jsonl row (those of the rollout batch the step trains on).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
 # Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
-WEIGHT_KEY, PENALTY_KEY = "entropy_rl_weight", "entropy_rl_penalty"
+# VALID_KEY keeps the loss mask from before a filter removed tokens: the diagnostics measure the policy on every
+# sampled token, whatever a regularizer does with them.
+WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", "entropy_rl_valid"
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
@@ -130,6 +132,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._capture_hidden = False
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
         self._metrics_path = Path(self.args.output_dir) / self.args.metrics_file
+        self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self._step_started = time.perf_counter()
         if self.args.diagnostics or "nec" in self.regularizer.needs:
             self._policy_model().base_model.register_forward_hook(self._capture_hidden_hook)
@@ -172,8 +175,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self._step_regularizer is not None and self.model.training:
-            self._step_level_edits(output)
+        if self.model.training:
+            # Every step trained on this rollout batch reports its reward, also when TRL generates less than once a step
+            trl_metrics = self._metrics["train"]
+            self._rollout_metrics = {key: trl_metrics[key][-1] for key in TRL_ROW_KEYS if trl_metrics.get(key)}
+            if self._step_regularizer is not None:
+                self._step_level_edits(output)
         return output
 
     def _capture_hidden_hook(self, module, args, output) -> None:
@@ -223,6 +230,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             self._step_penalty_coef = edits.penalty_coef
         if edits.keep is not None:
             keep = edits.keep.to(output["completion_mask"].dtype)
+            output[VALID_KEY] = self._loss_mask(output)
             output["tool_mask"] = output["tool_mask"] * keep if "tool_mask" in output else keep
             # DAPO-style losses divide by the global count of loss tokens: recount what is left.
             local = self._loss_mask(output).sum()
@@ -272,6 +280,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
         mask = inputs["completion_mask"]
         return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
 
+    def _valid_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """Every sampled completion token, including those a filter regularizer removed from the loss."""
+        return inputs[VALID_KEY] if VALID_KEY in inputs else self._loss_mask(inputs)
+
     def _discriminators(self, logits_to_keep: int, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """S and N of every completion token from the captured hidden states: one chunked fp32 pass over the vocab.
 
@@ -279,7 +291,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """
         hidden = torch.cat(self._hidden, dim=0)[:, -logits_to_keep - 1 : -1]
         self._hidden.clear()
-        mask = self._loss_mask(inputs).bool()
+        mask = self._valid_mask(inputs).bool()
         model = self._policy_model()
         head = model.get_output_embeddings()
         scale, softcap = _head_transform(model.config)
@@ -301,7 +313,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         return zeros.masked_scatter(mask, stats.discriminator(logp, entropy)), zeros.masked_scatter(mask, nec)
 
     def _record_micro_batch(self, logps, entropies, s, nec, advantages, inputs) -> None:
-        mask = self._loss_mask(inputs).bool()
+        mask = self._valid_mask(inputs).bool()
         advantages = stats.per_token(advantages, logps)
         old = inputs.get("old_per_token_logps")
         ratio = torch.ones_like(logps) if old is None else torch.exp(logps - old)
@@ -315,8 +327,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
             N=nec,
             ratio=ratio,
             unclipped=unclipped,
-            # The update moves each token by its effective advantage (after regularizer weights): predict with that.
-            update_advantages=inputs["advantages"],
+            # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
+            # removed it): predict with that.
+            update_advantages=stats.per_token(inputs["advantages"], logps) * self._loss_mask(inputs),
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
         if self._measures_dynamics(self.state.global_step + 1):
@@ -336,7 +349,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             _, entropies, *_ = self._get_per_token_logps_and_entropies(
                 self.model_wrapped, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True
             )
-            mask = self._loss_mask(inputs).double()
+            mask = self._valid_mask(inputs).double()
             total += torch.stack([(entropies.double() * mask).sum(), mask.sum()])
         return total
 
@@ -410,11 +423,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
     def _write_row(self, step: int, row: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
             return
-        trl_metrics = self._metrics["train"]
         now = time.perf_counter()
         full = {"step": step, "epoch": self.state.epoch, "wall_time": now - self._step_started}
         self._step_started = now
-        full.update({key: trl_metrics[key][-1] for key in TRL_ROW_KEYS if trl_metrics.get(key)})
+        full.update(self._rollout_metrics)
         full.update(row)
         append_row(self._metrics_path, full)
 

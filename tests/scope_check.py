@@ -83,6 +83,7 @@ def main(out_dir: str, regularizer: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(
         json.dumps({"edits": edits, "metrics": metrics, "num_items": float(batch["num_items_in_batch"])})
     )
+    trainer.end()  # leave the process group together: a rank exiting alone aborts the other's gloo threads
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def test_metrics_jsonl_has_one_row_per_step(make_model, tokenizer, train_dataset
     )
     rows = read_rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["reward"] == next(h["reward"] for h in trainer.state.log_history if "reward" in h)
     for row in rows:
         assert row.keys() >= DIAGNOSTIC_KEYS
     assert ["dynamics/measured_dH" in r for r in rows] == [False, True, False, True]

@@ -133,3 +133,14 @@ def test_short_run_of_every_method(make_model, tokenizer, train_dataset, tmp_pat
             assert all(key in r for r in rows), key
     if name == "entropy_bonus":
         assert any("entropy_coef" in h for h in trainer.state.log_history)
+
+
+def test_filters_do_not_change_what_the_diagnostics_measure(make_model, tokenizer, train_dataset, tmp_path):
+    # Same seed, same rollout: a filter removes tokens from the loss, not from the measurement of the policy.
+    rows = {}
+    for name in ("none", "clip_b"):
+        make_trainer(make_model, tokenizer, train_dataset, tmp_path / name, name, max_steps=1).train()
+        rows[name] = read_rows(tmp_path / name / "metrics.jsonl")[0]
+    assert rows["clip_b"]["reg/clip_b/removed_frac"] > 0
+    for key in ("tokens", "entropy/token_mean", "entropy/seq_mean", "cov/logp_adv", "discriminator/N_mean"):
+        assert rows["clip_b"][key] == pytest.approx(rows["none"][key], rel=1e-9), key

@@ -1,0 +1,199 @@
+"""`entropy-rl study` end to end in miniature (train, evaluate, fit, page), its skipping and resuming, and its checks.
+
+The miniature is the study's own `--quick` preset (6 steps, 1 seed, 16 problems) over three methods, so the command
+that writes docs/results/toy.md cannot rot without CI noticing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from entropy_rl.fit import load_run
+from entropy_rl.jsonl import read_rows, rewrite_rows
+from entropy_rl.study import RunResult, _parser, compare, load_study, main, write_page
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = str(REPO / "recipes" / "toy" / "study.yaml")
+METHODS = ("none", "clip_cov", "kl_cov")
+FIGURES = ("toy_entropy.png", "toy_accuracy.png", "toy_dynamics.png", "toy_law.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_accelerate_state():
+    """Training and the evaluator create accelerate's process-wide state; later test modules start clean."""
+    yield
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()
+
+
+def mini_argv(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        CONFIG,
+        "--quick",
+        "--methods",
+        ",".join(METHODS),
+        "--output",
+        str(tmp_path / "runs"),
+        "--doc-dir",
+        str(tmp_path / "docs"),
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys):
+    assert main(mini_argv(tmp_path)) == 0
+    page = (tmp_path / "docs" / "toy.md").read_text()
+    for heading in ("## Findings", "## Final numbers per method", "## Predicted vs measured", "## Entropy-performance"):
+        assert heading in page
+    assert "GRPO (`none`)" in page and "half of its starting entropy" in page
+    assert "`clip_cov` vs `none`" in page and "`kl_cov` vs `none`" in page
+    assert "joint (all runs)" in page and "entropy-rl study --config" in page
+    for name in FIGURES:
+        assert (tmp_path / "docs" / name).read_bytes().startswith(PNG_MAGIC), name
+    runs = {method: tmp_path / "runs" / method / "seed0" for method in METHODS}
+    for run_dir in runs.values():
+        assert [row["step"] for row in read_rows(run_dir / "metrics.jsonl")] == list(range(1, 7))
+        curve = read_rows(run_dir / "curve.jsonl")
+        assert [(row["step"], row["k"], row["num_problems"]) for row in curve] == [(2, 4, 16), (4, 4, 16), (6, 4, 16)]
+    capsys.readouterr()
+
+    # Re-run: nothing retrains or re-evaluates; the page is rewritten from the same files.
+    before = {m: (d / "metrics.jsonl").read_bytes() for m, d in runs.items()}
+    finals = {m: (d / "final" / "model.safetensors").stat().st_mtime_ns for m, d in runs.items()}
+    curves = {m: (d / "curve.jsonl").read_bytes() for m, d in runs.items()}
+    (tmp_path / "docs" / "toy.md").unlink()
+    assert main(mini_argv(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped (finished); 0 checkpoints evaluated now") == len(METHODS)
+    assert {m: (d / "metrics.jsonl").read_bytes() for m, d in runs.items()} == before
+    assert {m: (d / "final" / "model.safetensors").stat().st_mtime_ns for m, d in runs.items()} == finals
+    assert {m: (d / "curve.jsonl").read_bytes() for m, d in runs.items()} == curves
+    assert "skipped (finished)" in (tmp_path / "docs" / "toy.md").read_text()
+
+    # A run killed after its step-4 checkpoint resumes from it and ends with the same rows, none duplicated.
+    killed = runs["clip_cov"]
+    shutil.rmtree(killed / "final")
+    shutil.rmtree(killed / "checkpoint-6")
+    assert main(mini_argv(tmp_path)) == 0
+    assert "clip_cov seed 0: resumed from checkpoint-4" in capsys.readouterr().out
+    rows = read_rows(killed / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 7))
+    original = [json.loads(line) for line in before["clip_cov"].decode().splitlines()]
+    for got, want in zip(rows, original, strict=True):
+        assert {k: v for k, v in got.items() if k != "wall_time"} == pytest.approx(
+            {k: v for k, v in want.items() if k != "wall_time"}, rel=1e-5, abs=1e-7
+        )
+
+    # Other settings on the same directories are refused before anything trains.
+    assert main(mini_argv(tmp_path, "--steps", "8")) == 2
+    assert "was trained with other settings (max_steps: 6 then, 8 now)" in capsys.readouterr().err
+    assert main(mini_argv(tmp_path, "--eval-k", "2")) == 2
+    assert "holds arithmetic rows with k=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--methods", "none,clip_kov"], "--methods='none,clip_kov'"),
+        (["--steps", "7"], "save_steps=2; allowed: a divisor of 7"),
+        (["--seeds", "0"], "seeds=0"),
+        (["--eval-k", "0"], "k >= 1"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, capsys):
+    assert main(mini_argv(tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_study_key_is_refused(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text(Path(CONFIG).read_text().replace("seeds: 3", "seeds: 3\nsteeds: 3"))
+    assert main(["--config", str(config), "--dry-run"]) == 2
+    assert "unknown keys ['steeds']" in capsys.readouterr().err
+
+
+def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
+    assert main(["--config", CONFIG, "--dry-run", "--output", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": new\n") == 10 * 3  # 10 methods x 3 seeds, nothing trained yet
+    assert "entropy-rl train --config" in out and "kl_cov.yaml" in out and "--seed 2" in out
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "values,baseline,verdict",
+    [
+        ([0.50, 0.52, 0.51], [0.40, 0.41, 0.42], "higher"),
+        ([0.30, 0.31, 0.32], [0.40, 0.41, 0.42], "lower"),
+        ([0.40, 0.45, 0.50], [0.41, 0.43, 0.47], "no clear difference (within seed spread)"),
+        ([0.5], [0.4], "cannot tell (one seed)"),
+    ],
+)
+def test_compare_calls_a_difference_only_beyond_the_seed_spread(values, baseline, verdict):
+    assert compare(values, baseline) == verdict
+
+
+def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunResult:
+    """40 steps whose entropy decays from 1.0 towards `floor`, accuracy on the law 0.9 - 0.25 exp(H) plus seed noise,
+    a checkpoint evaluated every 2 steps and a measured entropy change (half the prediction, plus noise) every 5."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, 41)
+    entropy = floor + (1.0 - floor) * np.exp(-steps / 10) + rng.normal(0, 0.005, len(steps))
+    rows = []
+    for step, h in zip(steps.tolist(), entropy.tolist(), strict=True):
+        row = {"step": step, "entropy/seq_mean": h}
+        if step % 5 == 0:
+            predicted = float(rng.normal(-0.02, 0.01))
+            row |= {"dynamics/predicted_dH": predicted, "dynamics/measured_dH": 0.5 * predicted + rng.normal(0, 1e-3)}
+        rows.append(row)
+    curve = []
+    for step, h in zip(steps[1::2].tolist(), entropy[1::2].tolist(), strict=True):
+        accuracy = 0.9 - 0.25 * float(np.exp(h)) + float(rng.normal(0, 0.003))
+        curve.append(
+            {
+                "step": step,
+                "benchmark": "arithmetic",
+                "avg@k": accuracy,
+                "k": 4,
+                "num_problems": 16,
+                "pass@k": {"1": accuracy, "4": min(1.0, 2 * accuracy)},
+                "eval_entropy": h,
+            }
+        )
+    run_dir.mkdir(parents=True)
+    rewrite_rows(run_dir / "metrics.jsonl", rows)
+    rewrite_rows(run_dir / "curve.jsonl", curve)
+    (run_dir / "entropy_rl_config.json").write_text(json.dumps({"regularizer": method, "seed": seed}))
+    return RunResult(method, seed, load_run(run_dir), "trained", 10.0, 5.0)
+
+
+def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_path):
+    # GRPO collapses (1.0 -> ~0.2 nats); the other method holds entropy at ~0.6 and so stays less accurate on the law.
+    argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--steps", "40", "--save-steps", "2"]
+    study, data = load_study(_parser().parse_args([*argv, "--doc-dir", str(tmp_path / "docs")]))
+    results = [
+        synthetic_run(tmp_path / method / f"seed{seed}", method, seed, floor)
+        for method, floor in (("none", 0.2), ("clip_cov", 0.6))
+        for seed in range(3)
+    ]
+    page = write_page(study, data, [], results, 16, argv, 60.0).read_text()
+    assert "GRPO (`none`) lost at least half of its starting entropy" in page
+    assert "`clip_cov` vs `none`: final entropy **higher**" in page
+    assert "final avg@4 **lower**" in page
+    assert "1 of 1 methods ended with clearly higher entropy than GRPO and 0 of 1" in page
+    assert "**strong**" in page  # measured = half the prediction
+    assert "Fitted on the first 15% of each run's points (3 of 20)" in page
+    assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
+    assert "consistent with coefficients shared" in page
+    for name in FIGURES:
+        assert (tmp_path / "docs" / name).read_bytes().startswith(PNG_MAGIC), name
