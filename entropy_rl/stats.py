@@ -94,10 +94,9 @@ def unclipped_mask(
 
 # Order of the entries of the per-step sum vector; `summarize` reads them by name.
 SUM_FIELDS = (
+    # per-token sums
     "tokens",
     "entropy",
-    "seq_entropy",
-    "sequences",
     "logp",
     "adv",
     "logp_adv",
@@ -111,6 +110,9 @@ SUM_FIELDS = (
     "neg_adv_S_gt_N",
     "neg_adv_S_lt_N",
     "zero_adv",
+    # per-sequence sums
+    "seq_entropy",
+    "sequences",
 )
 
 
@@ -142,33 +144,20 @@ def token_sums(
     lp, h = logp.double(), entropy.double()
     a = per_token(advantages, lp)
     d = (S - N).double()
-    seq_tokens = m.sum(-1)
-    has_tokens = seq_tokens > 0
-    seq_mean = (h * m).sum(-1) / seq_tokens.clamp(min=1)
     update = a if update_advantages is None else per_token(update_advantages, lp)
     pred = update * ratio.double() * unclipped.double() * d
-    pos, neg = (a > 0).double() * m, (a < 0).double() * m
-    return torch.stack(
-        [
-            m.sum(),
-            (h * m).sum(),
-            (seq_mean * has_tokens).sum(),
-            has_tokens.double().sum(),
-            (lp * m).sum(),
-            (a * m).sum(),
-            (lp * a * m).sum(),
-            (lp * lp * m).sum(),
-            (a * a * m).sum(),
-            (S.double() * m).sum(),
-            (N.double() * m).sum(),
-            (pred * m).sum(),
-            (pos * (d > 0)).sum(),
-            (pos * (d <= 0)).sum(),
-            (neg * (d > 0)).sum(),
-            (neg * (d <= 0)).sum(),
-            ((a == 0).double() * m).sum(),
-        ]
+    pos, neg, up = a > 0, a < 0, d > 0
+    # One stacked reduction instead of one per statistic: the same numbers, a fraction of the kernel launches.
+    per_token_values = torch.stack(
+        [torch.ones_like(lp), h, lp, a, lp * a, lp * lp, a * a, S.double(), N.double(), pred]
+        + [(x & y).double() for x, y in ((pos, up), (pos, ~up), (neg, up), (neg, ~up))]
+        + [(a == 0).double()]
     )
+    seq_tokens = m.sum(-1)
+    has_tokens = (seq_tokens > 0).double()
+    seq_mean = (h * m).sum(-1) / seq_tokens.clamp(min=1)
+    per_sequence = torch.stack([(seq_mean * has_tokens).sum(), has_tokens.sum()])
+    return torch.cat([(per_token_values * m).sum(dim=(-2, -1)), per_sequence])
 
 
 def summarize(sums: torch.Tensor) -> dict[str, float]:
