@@ -212,21 +212,26 @@ def load_pairs(
     benchmark: str | None = None,
     entropy_key: str = DEFAULT_ENTROPY_KEY,
     smooth: int = 1,
+    entropy_window: int = 1,
 ) -> Pairs:
     """(H, R) per step of a run: H = `entropy_key` from metrics.jsonl, R = `metric`.
 
     metric: "avg@k", "pass@N" or "pass@k" (a benchmark score from curve.jsonl), or any metrics.jsonl column such as
     "reward"; default "avg@k" when the run has curve.jsonl, else "reward". Steps with a null/NaN/inf H or R are dropped
     (counted in `dropped`). smooth > 1 replaces H and R by trailing moving averages over that many points, for the
-    per-step training reward, whose batch noise would otherwise dominate the fit.
+    per-step training reward, whose batch noise would otherwise dominate the fit. entropy_window > 1 takes H at a step
+    as the trailing mean of the training entropy over that many steps (one rollout batch's entropy is noisy; an
+    evaluation at a checkpoint reflects the policy of the recent steps).
     """
     run = run if isinstance(run, Run) else load_run(run)
     if metric is None:
         metric = "avg@k" if run.curve is not None else "reward"
-    if smooth < 1:
-        raise LawFitError(f"smooth must be >= 1 points, got {smooth}")
-    entropy_column = run.column(entropy_key)
+    if smooth < 1 or entropy_window < 1:
+        raise LawFitError(f"smooth and entropy_window must be >= 1, got {smooth} and {entropy_window}")
+    entropy_column = moving_average(run.column(entropy_key), entropy_window)
     h_src = f"H = {entropy_key} ({run.metrics_path.name})"
+    if entropy_window > 1:
+        h_src += f" averaged over the last {entropy_window} steps"
     if CURVE_METRIC.fullmatch(metric):
         bench, series = _curve_series(run, metric, benchmark)
         r_src = f"R = {bench} {metric} ({CURVE_FILE})"
@@ -521,11 +526,24 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="trailing moving average of H and R over N points (default 1: none)",
     )
+    parser.add_argument(
+        "--entropy-window",
+        type=int,
+        default=1,
+        metavar="N",
+        help="H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
+    )
 
 
 def pair_options(args: argparse.Namespace) -> dict[str, Any]:
     """load_pairs keyword arguments from the options of add_pair_arguments."""
-    return {"metric": args.metric, "benchmark": args.benchmark, "entropy_key": args.entropy_key, "smooth": args.smooth}
+    return {
+        "metric": args.metric,
+        "benchmark": args.benchmark,
+        "entropy_key": args.entropy_key,
+        "smooth": args.smooth,
+        "entropy_window": args.entropy_window,
+    }
 
 
 def _fraction(text: str) -> float:

@@ -468,7 +468,10 @@ def analyse_run(result: RunResult, study: Study) -> RunAnalysis:
     }
     notes, pairs = [], None
     try:
-        pairs = load_pairs(run, metric=study.fit.metric, benchmark=study.eval.benchmark)
+        # H: the training entropy averaged over the steps since the previous checkpoint, not one batch's
+        pairs = load_pairs(
+            run, metric=study.fit.metric, benchmark=study.eval.benchmark, entropy_window=study.save_steps
+        )
         fit = fit_law(pairs.H, pairs.R, source=pairs.source)
         numbers |= {"a": fit.a, "b": fit.b, "ceiling": fit.ceiling, "r2": fit.r2, "rmse": fit.rmse, "n": fit.n}
         early = fit_early(pairs.H, pairs.R, study.fit.early_fraction, source=pairs.source)
@@ -834,7 +837,8 @@ def write_page(
         "",
         "## Entropy-performance law R = b − a·exp(H)",
         "",
-        f"Fitted per run (docs/fit.md) on the evaluated checkpoints: H at the checkpoint's step, R = {bench} "
+        f"Fitted per run (docs/fit.md) on the evaluated checkpoints: H = the training entropy (`entropy/seq_mean`) "
+        f"averaged over the {study.save_steps} steps up to the checkpoint, R = {bench} "
         f"`{study.fit.metric}`. Mean ± std over seeds of each run's a, b, ceiling (R at H = 0, an extrapolation), R² "
         f"and residual RMSE; the early prediction fits the first {study.fit.early_fraction:.0%} of the points and "
         "reports the RMSE on the rest. The joint row fits one (a, b) to every run. The figure pools each method's "
