@@ -7,8 +7,8 @@
 Every configuration trains the same random model on the same prompts with the same seed. Configurations run in
 interleaved blocks (plain, diagnostics, ..., plain, diagnostics, ...) so that slow phases of a shared machine hit all of
 them alike; the first steps of each block are dropped as warm-up. Reported per configuration: median step time, its
-ratio to plain TRL, and peak memory (CUDA: max_memory_allocated; CPU: peak resident set size while it ran, above
-the process's baseline; median over blocks, after one untimed warm-up block) with its ratio.
+ratio to plain TRL, and peak memory (CUDA: max_memory_allocated above the block's start; CPU: the process's peak
+resident set size while it ran; median over blocks, after one untimed warm-up block) with its ratio.
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ class StepTimer(TrainerCallback):
 
 
 class PeakMemory:
-    """Peak device memory (CUDA) or peak resident set size (CPU, sampled every 5 ms) while the block runs."""
+    """Peak device memory above the block's start (CUDA), or the process's peak resident set size while the block runs
+    (CPU, sampled every 5 ms; absolute, since freed CPU memory often stays with the process and a difference from
+    the start would mostly measure the allocator)."""
 
     def __init__(self) -> None:
         self.cuda = torch.cuda.is_available()
@@ -117,7 +119,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
-            self._base = self.rss()
+            self._base = 0
             self._running = True
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"CPU ({torch.get_num_threads()} threads)",
-        "memory": "max_memory_allocated" if torch.cuda.is_available() else "peak RSS above baseline",
+        "memory": "max_memory_allocated" if torch.cuda.is_available() else "peak RSS of the process",
         "wall_time_s": time.perf_counter() - started,
         "rows": rows,
     }

@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -221,7 +223,50 @@ def _parser() -> argparse.ArgumentParser:
         + ", --doc-dir <output>/docs (explicit flags win)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; train nothing")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train in N processes at once, each taking every N-th method (use one per CPU core, with threads 1); "
+        "the page is written once all are done",
+    )
     return parser
+
+
+def run_workers(argv: list[str], methods: list[str], workers: int) -> None:
+    """Train the methods in `workers` child processes of this command (round-robin split); wait for all of them.
+
+    Each child is this same study restricted by --methods, so it trains and evaluates its runs and skips finished
+    ones; its own page goes to a scratch directory, and the parent then writes the real page over every run.
+    """
+    rest: list[str] = []
+    skip = False
+    for arg in argv:  # drop the flags each child gets its own value for
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--methods", "--doc-dir"):
+            skip = True
+        elif not arg.startswith(("--workers=", "--methods=", "--doc-dir=")):
+            rest.append(arg)
+    with tempfile.TemporaryDirectory() as scratch:
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "entropy_rl.study",
+                    *rest,
+                    "--methods",
+                    ",".join(methods[i::workers]),
+                    "--doc-dir",
+                    str(Path(scratch) / str(i)),
+                ]
+            )
+            for i in range(min(workers, len(methods)))
+        ]
+        codes = [child.wait() for child in children]
+    if any(codes):
+        raise ConfigError(f"a study worker failed (exit codes {codes}); re-run the command to resume")
 
 
 def load_study(args: argparse.Namespace) -> tuple[Study, dict[str, Any]]:
@@ -595,6 +640,21 @@ def plot_pooled_law(groups: dict[str, list[RunAnalysis]], joint: JointFit | None
 
 
 # ------------------------------------------------------------------------------------------------ the page
+def _wall_span(analyses: Sequence[RunAnalysis]) -> str:
+    """Wall-clock span of all runs, from the file times: first run's config written to last run's last evaluation.
+
+    Runs may have been trained by several invocations or workers at once, so summed compute overstates wall time.
+    """
+    run_dirs = [a.result.run.path for a in analyses]
+    starts = [
+        (d / "entropy_rl_config.json").stat().st_mtime for d in run_dirs if (d / "entropy_rl_config.json").exists()
+    ]
+    ends = [(d / "curve.jsonl").stat().st_mtime for d in run_dirs if (d / "curve.jsonl").exists()]
+    if not starts or not ends:
+        return ""
+    return f"Wall clock from the first run's start to the last evaluation: {(max(ends) - min(starts)) / 60:.1f} min."
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -855,7 +915,7 @@ def write_page(
         "",
         f"Recorded compute over all runs: training {train_total / 60:.1f} min + evaluation {eval_total / 60:.1f} min "
         f"= {(train_total + eval_total) / 60:.1f} min (per run in RUN_DIR/{TIME_FILE}, summed over the invocations "
-        f"that worked on it). This invocation took {invocation_s / 60:.1f} min in all.",
+        f"that worked on it). This invocation took {invocation_s / 60:.1f} min in all. {_wall_span(analyses)}",
         "",
         *_runs_table(analyses, study),
         "",
@@ -908,6 +968,13 @@ def main(argv: list[str]) -> int:
         for plan in plans:
             print(f"{plan.method} seed {plan.seed}: {plan.state}\n  {shlex.join(['entropy-rl', 'train', *plan.argv])}")
         return 0
+    if args.workers > 1:
+        try:
+            run_workers(argv, [method.name for method in study.methods], args.workers)
+        except ConfigError as err:
+            print(f"entropy-rl study: error: {err}", file=sys.stderr)
+            return 2
+        plans = plan_runs(study, len(benchmark.problems))  # the workers finished them: now only the report is left
     import torch
     from transformers.utils import logging as hf_logging
 

@@ -37,6 +37,8 @@ from .regularizers.base import penalty_loss
 # TRL generation metrics copied into each metrics.jsonl row (those of the rollout batch the step trains on).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
 # Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
+# Loss types whose token normaliser is TRL's `num_items_in_batch` (global count of loss tokens).
+GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
 # VALID_KEY keeps the loss mask from before a filter removed tokens: the diagnostics measure the policy on every
 # sampled token, whatever a regularizer does with them.
 WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", "entropy_rl_valid"
@@ -116,6 +118,17 @@ class EntropyGRPOTrainer(GRPOTrainer):
         per_micro_batch = [p for p in parts if p.kind == "loss" and p not in per_step]
         self._step_regularizer = Composite(per_step) if per_step else None
         self._loss_regularizer = Composite(per_micro_batch) if per_micro_batch else None
+        # When one micro-batch per rank is the whole step, on-policy, the loss forward already sees the rollout
+        # policy's tokens: step-level edits can be taken there (over every rank) instead of in an extra forward.
+        # Removed tokens then leave through a zero weight and a recounted num_items_in_batch, which is exact for the
+        # loss types normalised by that count.
+        self._step_edits_at_loss = (
+            self._step_regularizer is not None
+            and self._loss_regularizer is None
+            and self.args.steps_per_generation == 1
+            and self.num_iterations == 1
+            and self.loss_type in GLOBAL_COUNT_LOSS_TYPES
+        )
         if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
             self.epsilon_low, self.epsilon_high = 1.0, math.inf
         # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
@@ -153,7 +166,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         inputs = self._loss_inputs
         is_loss_call = inputs is not None and kwargs.get("compute_entropy", False) and self.model.training
-        wants_nec = self._loss_regularizer is not None and "nec" in self._loss_regularizer.needs
+        loss_time = self._step_regularizer if self._step_edits_at_loss else self._loss_regularizer
+        wants_nec = loss_time is not None and "nec" in loss_time.needs
         self._capture_hidden = is_loss_call and (self.args.diagnostics or wants_nec)
         try:
             logps, entropies, *rest = super()._get_per_token_logps_and_entropies(
@@ -179,7 +193,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             # Every step trained on this rollout batch reports its reward, also when TRL generates less than once a step
             trl_metrics = self._metrics["train"]
             self._rollout_metrics = {key: trl_metrics[key][-1] for key in TRL_ROW_KEYS if trl_metrics.get(key)}
-            if self._step_regularizer is not None:
+            if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
 
@@ -204,7 +218,14 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """Turn the micro-batch's edits into what TRL's loss reads: per-token advantages and an extra penalty."""
         old = inputs.get("old_per_token_logps")
         batch = self._token_batch(logps, logps.detach() if old is None else old, entropies, nec, inputs)
-        if self._loss_regularizer is not None:
+        if self._step_edits_at_loss:
+            edits = self._step_regularizer.edits(batch, self._reducer, self._generator)
+            self._add_reg_metrics(edits)
+            if edits.keep is not None:
+                kept = self._loss_mask(inputs) * edits.keep
+                edits.weight = edits.keep.to(logps.dtype) if edits.weight is None else edits.weight * edits.keep
+                inputs["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
+        elif self._loss_regularizer is not None:
             edits = self._loss_regularizer.edits(batch, LOCAL, self._generator)
             self._add_reg_metrics(edits)
         else:

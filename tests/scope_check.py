@@ -28,7 +28,8 @@ def fixed_global_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def main(out_dir: str, regularizer: str) -> None:
+def main(out_dir: str, regularizer: str, where: str) -> None:
+    """where: "rollout" takes the step-level edits in the extra rollout-policy forward, "loss" in the loss forward."""
     from datasets import Dataset
 
     from entropy_rl.config import EntropyGRPOConfig
@@ -71,7 +72,9 @@ def main(out_dir: str, regularizer: str) -> None:
     batch = {key: value[rows] for key, value in fixed_global_batch().items()}
     batch["num_items_in_batch"] = fixed_global_batch()["completion_mask"].sum()
     trainer.model.train()
-    trainer._step_level_edits(batch)
+    trainer._step_edits_at_loss = where == "loss"
+    if where == "rollout":
+        trainer._step_level_edits(batch)
     trainer.current_gradient_accumulation_steps = 1
     trainer._compute_loss(trainer.model, batch)  # records the diagnostics' token sums of this slice
     trainer.state.global_step = 1
@@ -87,4 +90,4 @@ def main(out_dir: str, regularizer: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

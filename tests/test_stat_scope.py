@@ -32,10 +32,11 @@ TWO_PROCESSES = [
 ]
 
 
-def run(out: Path, regularizer: str, processes: int) -> list[dict]:
+def run(out: Path, regularizer: str, processes: int, where: str = "rollout") -> list[dict]:
     out.mkdir()
     launcher = TWO_PROCESSES if processes == 2 else [sys.executable]
-    done = subprocess.run([*launcher, str(SCRIPT), str(out), regularizer], env=ENV, capture_output=True, text=True)
+    command = [*launcher, str(SCRIPT), str(out), regularizer, where]
+    done = subprocess.run(command, env=ENV, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
 
@@ -53,3 +54,16 @@ def test_global_scope_identical_on_one_and_two_processes(tmp_path, regularizer):
     # rank 0 logs the globally reduced metrics: diagnostics and regularizer fractions over the whole batch
     assert halves[0]["metrics"] == pytest.approx(single["metrics"], rel=1e-6, abs=1e-9)
     assert any(key.startswith("reg/") for key in single["metrics"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("regularizer", ["clip_b", "clip_v+steer"])
+def test_step_edits_taken_in_the_loss_forward_match_the_rollout_pass(tmp_path, regularizer):
+    # One micro-batch per rank, on-policy: the loss forward replaces the extra rollout forward, with the same result.
+    (rollout,) = run(tmp_path / "rollout", regularizer, 1)
+    (single,) = run(tmp_path / "one", regularizer, 1, where="loss")
+    halves = run(tmp_path / "two", regularizer, 2, where="loss")
+    # TRL's own `entropy` metric averages over its loss mask, which the rollout path shrinks and the loss path keeps.
+    ours = {key: value for key, value in single["metrics"].items() if key != "entropy"}
+    assert ours == pytest.approx({k: v for k, v in rollout["metrics"].items() if k != "entropy"}, rel=1e-6, abs=1e-9)
+    assert halves[0]["metrics"] == pytest.approx(single["metrics"], rel=1e-6, abs=1e-9)

@@ -197,3 +197,15 @@ def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_pat
     assert "consistent with coefficients shared" in page
     for name in FIGURES:
         assert (tmp_path / "docs" / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):
+    from entropy_rl.study import main
+
+    out = tmp_path / "runs"
+    argv = ["--quick", "--steps", "2", "--methods", "none,clip_cov", "--output", str(out), "--workers", "2"]
+    assert main(argv) == 0
+    for method in ("none", "clip_cov"):
+        assert (out / method / "seed0" / "final" / "model.safetensors").exists()
+    page = (out / "docs" / "toy.md").read_text()
+    assert "`clip_cov`" in page and "`none`" in page

@@ -48,6 +48,7 @@ def test_compute_loss_calls_logps_once_with_entropy_and_reads_the_documented_inp
     call = source.index("self._get_per_token_logps_and_entropies(")
     assert source.index('advantages = inputs["advantages"]') > call
     assert source.index('inputs.get("old_per_token_logps")') > call
+    assert source.index('inputs["num_items_in_batch"]') > call  # filters taken at loss time recount it
     # The loss-time mask is completion_mask * tool_mask: the diagnostics rebuild it the same way.
     assert 'completion_mask * inputs["tool_mask"]' in source
 
