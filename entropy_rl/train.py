@@ -2,7 +2,7 @@
 
 With no arguments it runs the built-in default on CPU: a tiny model warm-started on two-operand addition, then GRPO.
 
-    entropy-rl train                                       # built-in task, ~3 min on 2 CPU cores
+    entropy-rl train                                       # built-in task, ~1.5 min on 2 CPU cores
     entropy-rl train --config recipes/toy/grpo.yaml --learning_rate 5e-5
     entropy-rl train --config RECIPE.yaml --accelerate_config zero2 --num_processes 8   # hands over to accelerate
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train --config RECIPE.yaml
