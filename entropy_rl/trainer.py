@@ -30,7 +30,7 @@ from trl.trainer.utils import maybe_gather_lm_head_ctx
 
 from . import stats
 from .config import EntropyGRPOConfig
-from .jsonl import append_row, keep_rows, read_rows
+from .jsonl import append_row, keep_rows
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
 
@@ -450,7 +450,3 @@ class EntropyGRPOTrainer(GRPOTrainer):
         full.update(self._rollout_metrics)
         full.update(row)
         append_row(self._metrics_path, full)
-
-    def metrics_rows(self) -> list[dict[str, Any]]:
-        """The rows of this run's metrics.jsonl so far."""
-        return read_rows(self._metrics_path)

@@ -17,7 +17,6 @@ from entropy_rl.toy import (
     arithmetic_reward,
     build_model,
     build_tokenizer,
-    extract_integer,
     load_toy,
     make_problems,
     warm_start,
@@ -114,13 +113,6 @@ def test_reward_never_executes_hostile_completions(tmp_path: Path) -> None:
     assert arithmetic_reward([None] * len(hostile), hostile, ["47"] * len(hostile)) == [0.0] * len(hostile)
     assert time.perf_counter() - started < 1.0
     assert not marker.exists()
-
-
-def test_extract_integer() -> None:
-    assert extract_integer("The answer is 47.") == "47"
-    assert extract_integer("-12 apples, 3 pears") == "-12"
-    assert extract_integer("no digits") is None
-    assert extract_integer("9" * 10_000) == "9" * 10_000  # returned as text, never converted
 
 
 def test_build_model_is_small_tied_float32_and_seeded() -> None:

@@ -1,7 +1,7 @@
 """Built-in CPU default: a tiny character-level Llama and a two-operand addition task (see docs/toy.md)."""
 
 from entropy_rl.toy.model import accuracy, build_model, load_toy
-from entropy_rl.toy.task import arithmetic_reward, extract_integer, make_problems
+from entropy_rl.toy.task import arithmetic_reward, make_problems
 from entropy_rl.toy.tokenizer import build_tokenizer
 from entropy_rl.toy.warmup import warm_start
 
@@ -10,7 +10,6 @@ __all__ = [
     "arithmetic_reward",
     "build_model",
     "build_tokenizer",
-    "extract_integer",
     "load_toy",
     "make_problems",
     "warm_start",

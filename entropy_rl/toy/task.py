@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Sequence
 from typing import Any
 
 SPLITS = ("train", "test")
 TEST_PERCENT = 20
-_INTEGER = re.compile(r"[-+]?\d+")
 
 
 def _is_test_pair(a: int, b: int) -> bool:
@@ -64,9 +62,3 @@ def arithmetic_reward(
     if len(completions) != len(answer):
         raise ValueError(f"got {len(completions)} completions but {len(answer)} answers")
     return [float(completion_text(c).strip() == str(a)) for c, a in zip(completions, answer, strict=True)]
-
-
-def extract_integer(text: str) -> str | None:
-    """First signed integer literal in `text` (as a string, never converted), or None; for diagnostics."""
-    match = _INTEGER.search(text)
-    return match.group() if match else None
