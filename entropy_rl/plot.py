@@ -175,6 +175,17 @@ def make_plots(
     ]
 
 
+def _draw_trend(ax: Axes, steps: np.ndarray, values: np.ndarray, color: str, label: str) -> None:
+    """Per-step values (thin) and their trailing mean (thick): the trend through the batch noise."""
+    finite = np.isfinite(values)
+    ax.plot(steps, values, color=color, lw=0.8, alpha=0.45, label=f"{label}, per step")
+    # A window of ~5 % of the run shows the trend without hiding its shape.
+    window = max(1, int(finite.sum()) // 20)
+    if window > 1:
+        trend = moving_average(values[finite], window)
+        ax.plot(steps[finite], trend, color=color, lw=2, label=f"{label}, trailing mean of {window} steps")
+
+
 def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     """RUN_DIR/entropy_reward.png: entropy (top) and training reward (bottom) vs step of one run.
 
@@ -183,20 +194,16 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     run = load_run(run_dir)
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     ax_h, ax_r = fig.subplots(2, 1, sharex=True)
-    _draw_entropy(ax_h, run, series_color(0))
-    ax_h.set_title(f"{run.label}: entropy and reward during training")
-    ax_h.legend(fontsize="small")
-    reward = run.column("reward")
-    finite = np.isfinite(reward)
-    ax_r.plot(run.steps, reward, color=series_color(1), lw=0.8, alpha=0.45, label="per step")
-    # A window of ~5 % of the run shows the trend through the batch noise without hiding its shape.
-    window = max(1, int(finite.sum()) // 20)
-    if window > 1:
-        smoothed = moving_average(reward[finite], window)
-        ax_r.plot(run.steps[finite], smoothed, color=series_color(1), lw=2, label=f"trailing mean of {window} steps")
+    entropy_keys = [key for key in ENTROPY_LINES if run.has(key)]
+    if not entropy_keys:
+        raise LawFitError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
+    _draw_trend(ax_h, run.steps, run.column(entropy_keys[0]), series_color(0), ENTROPY_LINES[entropy_keys[0]][0])
+    ax_h.set(title=f"{run.label}: entropy and reward during training", ylabel=ENTROPY_UNIT)
+    _draw_trend(ax_r, run.steps, run.column("reward"), series_color(1), "reward")
     ax_r.set(xlabel=STEP_UNIT, ylabel="training reward (batch mean)")
-    ax_r.grid(alpha=0.3)
-    ax_r.legend(fontsize="small")
+    for ax in (ax_h, ax_r):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     return save_figure(fig, run.path / "entropy_reward.png")
 
 
