@@ -9,6 +9,7 @@ the sampled-token gradient changes the entropy by -eta A_t ratio_t 1[unclipped_t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -160,9 +161,10 @@ def token_sums(
     return torch.cat([(per_token_values * m).sum(dim=(-2, -1)), per_sequence])
 
 
-def summarize(sums: torch.Tensor) -> dict[str, float]:
+def summarize(sums: torch.Tensor | Sequence[float]) -> dict[str, float]:
     """Metrics of one optimizer step from the globally reduced SUM_FIELDS vector. NaN-free: empty steps give zeros."""
-    s = dict(zip(SUM_FIELDS, sums.double().tolist(), strict=True))
+    values = sums.double().tolist() if isinstance(sums, torch.Tensor) else list(sums)
+    s = dict(zip(SUM_FIELDS, values, strict=True))
     n = s["tokens"]
     if n == 0:
         return {"tokens": 0.0}

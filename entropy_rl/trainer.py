@@ -390,7 +390,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         reg_names = sorted(self._reg_sums)
         parts.extend(self._reg_sums[name].to(device) for name in reg_names)
         self._step_sums, self._step_batches, self._reg_sums = None, [], {}
-        totals = self.accelerator.reduce(torch.cat(parts), reduction="sum")
+        # One host synchronisation per step: everything below is plain Python floats.
+        totals = self.accelerator.reduce(torch.cat(parts), reduction="sum").tolist()
 
         row: dict[str, float] = {}
         offset = 0
@@ -398,7 +399,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             row = stats.summarize(totals[: len(stats.SUM_FIELDS)])
             offset = len(stats.SUM_FIELDS)
         if measure:
-            after = (totals[offset] / totals[offset + 1].clamp(min=1)).item()
+            after = totals[offset] / max(totals[offset + 1], 1.0)
             offset += 2
             if row.get("tokens"):
                 row["dynamics/measured_dH"] = after - row["entropy/token_mean"]
@@ -408,7 +409,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
                 if r is not None:
                     row["dynamics/pearson_r"] = r
         for i, name in enumerate(reg_names):
-            total, count = totals[offset + 2 * i : offset + 2 * i + 2].tolist()
+            total, count = totals[offset + 2 * i : offset + 2 * i + 2]
             row[f"reg/{name}"] = total / count if count else 0.0
         for key, value in row.items():
             self._metrics["train"][key].append(value)
