@@ -21,7 +21,7 @@ LATEXISH = st.lists(
 def test_any_text_gives_none_or_a_short_string_fast(text):
     start = time.perf_counter()
     answer = extract_answer(text)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 2.0  # generous for stalls on a shared machine; a hang takes far longer
     assert answer is None or (isinstance(answer, str) and 0 < len(answer) <= MAX_ANSWER_CHARS)
 
 
@@ -40,7 +40,7 @@ def test_deep_or_unbalanced_nesting_is_linear_time(depth):
     for text in ("\\boxed{" * depth, "\\boxed{" + "{" * depth + "1" + "}" * depth + "}", "}" * depth + "\\boxed{2}"):
         start = time.perf_counter()
         extract_answer(text)
-        assert time.perf_counter() - start < 0.5
+        assert time.perf_counter() - start < 2.0  # generous for stalls on a shared machine; a hang takes far longer
 
 
 @settings(max_examples=50, deadline=None)
