@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["EntropyGRPOConfig", "EntropyGRPOTrainer"]
+from ._version import __version__
+
+__all__ = ["EntropyGRPOConfig", "EntropyGRPOTrainer", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

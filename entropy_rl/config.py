@@ -1,31 +1,65 @@
 """EntropyGRPOConfig: TRL's GRPOConfig plus the entropy diagnostics and regularizer fields.
 
-Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), as in TRL.
+Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), as in TRL. The regularizers'
+hyperparameters are not declared here: `with_regularizer_fields` copies each registered method's dataclass fields
+(name, type, default, help prefixed with the method name), so a new method in entropy_rl/regularizers/ is one file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig
 
 from .errors import ConfigError, check
-from .regularizers import REGISTRY, Regularizer, get_regularizer, parameter_names, parse_names
-from .regularizers.clip_b import ClipB
-from .regularizers.clip_cov import ClipCov
-from .regularizers.clip_v import ClipV
-from .regularizers.kl_cov import KLCov
-from .regularizers.steer import Steer
+from .regularizers import REGISTRY, NativeRegularizer, Regularizer, get_regularizer, parameter_names, parse_names
 
 # Loss types whose per-token loss is the PPO-clipped surrogate the loss-rewriting regularizers are defined on.
 CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 STAT_SCOPES = ("micro_batch", "global")
 
-__all__ = ["ConfigError", "EntropyGRPOConfig"]
+__all__ = ["ConfigError", "EntropyGRPOConfig", "regularizer_fields", "with_regularizer_fields"]
+
+
+def regularizer_fields() -> list[tuple[str, type, dataclasses.Field]]:
+    """(name, type, field) of every registered method's hyperparameter, `help` prefixed with the method's name."""
+    out = []
+    for method in REGISTRY.values():
+        types = typing.get_type_hints(method)  # real types, not strings: HfArgumentParser builds the flags from them
+        for param in dataclasses.fields(method):
+            default = {"default": param.default}
+            if param.default is dataclasses.MISSING:
+                default = {"default_factory": param.default_factory}
+            help_text = f"{method.name}: {param.metadata.get('help', '')}".rstrip()
+            out.append((param.name, types[param.name], field(**default, metadata={"help": help_text})))
+    return out
+
+
+def with_regularizer_fields(cls: type) -> type:
+    """Class decorator, applied before @dataclass: add the flat prefixed regularizer fields to `cls`."""
+    annotations = cls.__dict__.get("__annotations__", {})
+    taken = set(annotations) | {f.name for f in dataclasses.fields(GRPOConfig)}
+    for name, kind, spec in regularizer_fields():
+        if name in taken:
+            raise TypeError(f"regularizer parameter {name!r} clashes with a config field of the same name")
+        taken.add(name)
+        annotations[name] = kind
+        setattr(cls, name, spec)
+    cls.__annotations__ = annotations
+    return cls
+
+
+def _regularizer_help() -> str:
+    # Token-level methods first, then the switches of TRL's own options.
+    names = sorted(REGISTRY, key=lambda name: issubclass(REGISTRY[name], NativeRegularizer))
+    return "Entropy regularizer(s), '+'-joined: " + ", ".join(["none", *names])
 
 
 @dataclass
+@with_regularizer_fields
 class EntropyGRPOConfig(GRPOConfig):
     diagnostics: bool = field(
         default=True,
@@ -51,10 +85,7 @@ class EntropyGRPOConfig(GRPOConfig):
 
     regularizer: str = field(
         default="none",
-        metadata={
-            "help": "Entropy regularizer(s), '+'-joined: none, clip_cov, kl_cov, steer, clip_b, clip_v, entropy_bonus, "
-            "clip_higher, high_entropy_tokens (e.g. 'clip_b+steer'). See docs/regularizers.md."
-        },
+        metadata={"help": _regularizer_help() + " (e.g. 'clip_b+steer'). See docs/regularizers.md."},
     )
     stat_scope: str = field(
         default="micro_batch",
@@ -64,50 +95,6 @@ class EntropyGRPOConfig(GRPOConfig):
             "policy, once per generation; one extra no-grad forward). clip_b / clip_v are always global."
         },
     )
-    clip_cov_ratio: float = field(
-        default=ClipCov.clip_cov_ratio,
-        metadata={"help": "clip_cov: fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."},
-    )
-    clip_cov_lb: float = field(
-        default=ClipCov.clip_cov_lb,
-        metadata={"help": "clip_cov: lower bound (exclusive) of the token covariance band."},
-    )
-    clip_cov_ub: float = field(
-        default=ClipCov.clip_cov_ub,
-        metadata={"help": "clip_cov: upper bound (exclusive) of the token covariance band."},
-    )
-    kl_cov_ratio: float = field(
-        default=KLCov.kl_cov_ratio,
-        metadata={"help": "kl_cov: fraction (not percent) of valid tokens, top by covariance, that get the penalty."},
-    )
-    kl_cov_coef: float = field(
-        default=KLCov.kl_cov_coef,
-        metadata={"help": "kl_cov: weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."},
-    )
-    steer_lambda_min: float = field(
-        default=Steer.steer_lambda_min, metadata={"help": "steer: smallest token weight (paper v4: 0.7; code: 0.8)."}
-    )
-    steer_lambda_max: float = field(
-        default=Steer.steer_lambda_max, metadata={"help": "steer: largest token weight (linear map; 1.0 for exp)."}
-    )
-    steer_mapping: str = field(
-        default=Steer.steer_mapping, metadata={"help": "steer: 'linear' into [min, max] or 'exp' floored at min."}
-    )
-    steer_estimator: str = field(
-        default=Steer.steer_estimator,
-        metadata={
-            "help": "steer: 'code' (authors' (A/p_old) p(1-p)(log p + H)) or 'exact' (A ratio 1[unclipped] (S - N))."
-        },
-    )
-    clip_b_mu: float = field(
-        default=ClipB.clip_b_mu, metadata={"help": "clip_b: z-score below which negative-advantage tokens are removed."}
-    )
-    clip_v_mu: float = field(
-        default=ClipV.clip_v_mu, metadata={"help": "clip_v: tokens with A <= 0 and N - S above mu * std are removed."}
-    )
-    clip_v_max_frac: float = field(
-        default=ClipV.clip_v_max_frac, metadata={"help": "clip_v: cap on the share of valid tokens removed per step."}
-    )
 
     def build_regularizer(self) -> Regularizer:
         names = parse_names(self.regularizer)
@@ -116,16 +103,13 @@ class EntropyGRPOConfig(GRPOConfig):
 
     def _apply_native_regularizers(self, names: list[str]) -> None:
         """Switch TRL's own option on for a native regularizer; refuse TRL options set without their flag."""
-        native = {
-            "entropy_bonus": ("entropy_coef", self.entropy_coef != 0 or self.use_adaptive_entropy),
-            "high_entropy_tokens": ("top_entropy_quantile", self.top_entropy_quantile < 1.0),
-            "clip_higher": ("epsilon_high", self.epsilon_high is not None),
-        }
-        for name, (option, is_set) in native.items():
+        native = [method for method in REGISTRY.values() if issubclass(method, NativeRegularizer)]
+        for method in native:
+            name, option, is_set = method.name, method.trl_option, method.option_is_set(self)
             if name in names and not is_set:
-                for key, value in REGISTRY[name].trl_defaults.items():
+                for key, value in method.trl_defaults.items():
                     setattr(self, key, value)
-            elif name not in names and is_set and name != "clip_higher":
+            elif name not in names and is_set and method.exclusive:
                 raise ConfigError(
                     f"invalid config: {option}={getattr(self, option)!r} switches on TRL's {name} outside "
                     f"--regularizer={self.regularizer!r}; allowed: add {name} to --regularizer (runs are labelled "
@@ -158,16 +142,7 @@ class EntropyGRPOConfig(GRPOConfig):
                 self.importance_sampling_level,
                 f"'token' with regularizer={self.regularizer!r}",
             )
-        if "kl_cov" in names:
-            off_policy = self.num_iterations > 1 or self.steps_per_generation > self.gradient_accumulation_steps
-            check(
-                off_policy,
-                "regularizer",
-                self.regularizer,
-                "kl_cov only with off-policy updates: its penalty |log p - log p_old| is 0 on-policy. Set "
-                f"num_iterations > 1 (now {self.num_iterations}) or steps_per_generation > "
-                f"gradient_accumulation_steps (now {self.steps_per_generation} <= {self.gradient_accumulation_steps})",
-            )
+        self._check_off_policy(names)
         check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
         check(
             bool(self.metrics_file) and "/" not in self.metrics_file,
@@ -181,3 +156,19 @@ class EntropyGRPOConfig(GRPOConfig):
             self.dynamics_every,
             "0 when diagnostics=False (the measured change is compared with the diagnostics' prediction)",
         )
+
+    def _check_off_policy(self, names: list[str]) -> None:
+        """Refuse a method that does nothing on-policy (KL-Cov) when every update is on-policy."""
+        off_policy = self.num_iterations > 1 or self.steps_per_generation > self.gradient_accumulation_steps
+        for name in names:
+            reason = REGISTRY[name].off_policy_only
+            if reason is None:
+                continue
+            check(
+                off_policy,
+                "regularizer",
+                self.regularizer,
+                f"{name} only with off-policy updates: {reason}. Set "
+                f"num_iterations > 1 (now {self.num_iterations}) or steps_per_generation > "
+                f"gradient_accumulation_steps (now {self.steps_per_generation} <= {self.gradient_accumulation_steps})",
+            )

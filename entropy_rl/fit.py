@@ -1,147 +1,37 @@
 """The entropy-performance law R = b - a * exp(H) of Cui et al. 2025, fitted to training runs (docs/fit.md).
 
-    entropy-rl fit RUN_DIR [RUN_DIR ...] [--metric M] [--benchmark B] [--fit-fraction F] [--joint] [--plot]
-
 H is the policy entropy the trainer logs per step (`entropy/seq_mean`, the paper's seq-mean-token-mean entropy), R a
 performance measure at the same step: an evaluator benchmark score from curve.jsonl, or the training reward. Given
 x = exp(H) the law is linear in (a, b), so the fit is closed-form least squares; intervals come from a bootstrap over
 steps. The ceiling b - a is the performance the law predicts once entropy is exhausted (H = 0).
+
+Library only: runs are read through entropy_rl.rundir; the command `entropy-rl fit` is entropy_rl.cli.fit.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import f as f_distribution
 
-from .jsonl import read_rows
+from .errors import EntropyRLError
+from .rundir import CURVE_FILE, DEFAULT_ENTROPY_KEY, Run, load_run, metric_value
 
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "curve.jsonl"
-CONFIG_FILE = "entropy_rl_config.json"
-DEFAULT_ENTROPY_KEY = "entropy/seq_mean"
 MIN_POINTS = 3
 CI_PERCENTILES = (2.5, 97.5)  # two-sided 95 % percentile-bootstrap interval
 LAW = "R = b - a * exp(H)"
-# Metrics read from curve.jsonl; any other --metric names a column of metrics.jsonl (e.g. "reward").
+# Metrics read from curve.jsonl; any other metric names a column of the metrics file (e.g. "reward").
 CURVE_METRIC = re.compile(r"avg@k|pass@(\d+|k)")
 
 
-class LawFitError(ValueError):
+class LawFitError(EntropyRLError):
     """The data cannot give a fit; the message names the file, key or value at fault."""
-
-
-# ------------------------------------------------------------------------------------------------ reading runs
-@dataclass(frozen=True)
-class Run:
-    """One run directory as read from disk: metrics.jsonl rows (one per step, in step order) and curve.jsonl rows."""
-
-    path: Path
-    label: str
-    metrics_path: Path
-    metrics: list[dict[str, Any]]
-    curve: list[dict[str, Any]] | None
-
-    @property
-    def steps(self) -> np.ndarray:
-        return np.array([row["step"] for row in self.metrics], dtype=int)
-
-    def has(self, key: str) -> bool:
-        return any(key in row for row in self.metrics)
-
-    def column(self, key: str) -> np.ndarray:
-        """Values of `key` per step, NaN where the step logged null or omitted it."""
-        if not self.has(key):
-            keys = sorted({k for row in self.metrics for k in row})
-            raise LawFitError(f"{self.metrics_path}: key {key!r} is in no row; keys present: {', '.join(keys)}")
-        return np.array(
-            [_number(row.get(key), f"{self.metrics_path} step {row['step']} key {key!r}") for row in self.metrics]
-        )
-
-
-def _number(value: Any, where: str) -> float:
-    # The trainer writes NaN/inf as null (JSON has neither): a degenerate step, dropped later, not a broken file.
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise LawFitError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
-def _read(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise LawFitError(f"{path}: file not found")
-    try:
-        rows = read_rows(path)
-    except ValueError as err:
-        raise LawFitError(str(err)) from err
-    for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise LawFitError(f"{path}: row {number} is {row!r}, expected a JSON object")
-    return rows
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    # Only labels and the metrics file name come from the config, so a missing or unreadable one is not fatal.
-    try:
-        config = json.loads((run_dir / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _label(run_dir: Path, config: dict[str, Any]) -> str:
-    name = run_dir.resolve().name
-    if config.get("regularizer") is None:
-        return name
-    label = str(config["regularizer"])
-    return label if config.get("seed") is None else f"{label} seed {config['seed']}"
-
-
-def load_run(run_dir: str | os.PathLike[str]) -> Run:
-    """Read RUN_DIR's metrics.jsonl (required), curve.jsonl (optional) and config (for the label)."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise LawFitError(f"{path}: run directory not found")
-    config = _read_config(path)
-    metrics_path = path / str(config.get("metrics_file") or METRICS_FILE)
-    by_step: dict[int, dict[str, Any]] = {}
-    for row in _read(metrics_path):
-        step = row.get("step")
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise LawFitError(f"{metrics_path}: key 'step' must be an integer, got {step!r} in row {row}")
-        by_step[step] = row  # a step logged twice (resumed run): the later row is the one training continued from
-    curve_path = path / CURVE_FILE
-    curve = _read(curve_path) if curve_path.exists() else None
-    return Run(path, _label(path, config), metrics_path, [by_step[s] for s in sorted(by_step)], curve)
-
-
-def load_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[Run]:
-    """load_run for each directory, with labels made unique (the directory name is appended to repeats)."""
-    runs = [load_run(d) for d in run_dirs]
-    repeated = {run.label for run in runs if [r.label for r in runs].count(run.label) > 1}
-    return [
-        dataclasses.replace(run, label=f"{run.label} ({run.path.resolve().name})") if run.label in repeated else run
-        for run in runs
-    ]
-
-
-def common_dir(run_dirs: Sequence[str | os.PathLike[str]]) -> Path:
-    """Where outputs about these runs go by default: the run directory itself, or the deepest one holding them all."""
-    if len(run_dirs) == 1:
-        return Path(run_dirs[0])
-    return Path(os.path.commonpath([Path(d).resolve() for d in run_dirs]))
 
 
 # ------------------------------------------------------------------------------------------------ (H, R) pairs
@@ -191,7 +81,7 @@ def _curve_series(run: Run, metric: str, benchmark: str | None) -> tuple[str, di
         if isinstance(step, bool) or not isinstance(step, int) or not isinstance(name, str):
             raise LawFitError(f"{path}: row {row} lacks an integer 'step' or a string 'benchmark'")
         raw = _curve_value(row, metric)
-        by_bench.setdefault(name, {})[step] = _number(raw, f"{path} step {step} benchmark {name!r} {metric}")
+        by_bench.setdefault(name, {})[step] = metric_value(raw, f"{path} step {step} benchmark {name!r} {metric}")
     if benchmark is not None and benchmark not in by_bench:
         raise LawFitError(f"{path}: no rows for benchmark {benchmark!r}; benchmarks present: {', '.join(by_bench)}")
     names = [benchmark] if benchmark is not None else sorted(by_bench)
@@ -203,6 +93,20 @@ def _curve_series(run: Run, metric: str, benchmark: str | None) -> tuple[str, di
     if all(math.isnan(v) for v in series.values()):
         raise LawFitError(f"{path}: no row of benchmark(s) {', '.join(names)} has a value for {metric}")
     return (names[0] if len(names) == 1 else f"mean of {', '.join(names)}"), series
+
+
+def _candidate_points(
+    run: Run, metric: str, benchmark: str | None, entropy_column: np.ndarray
+) -> tuple[str | None, str, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(benchmark, where R comes from, steps, H, R, curve steps without a metrics row), NaNs not yet dropped."""
+    if not CURVE_METRIC.fullmatch(metric):
+        return None, f"R = {metric} ({run.metrics_path.name})", run.steps, entropy_column, run.column(metric), 0
+    bench, series = _curve_series(run, metric, benchmark)
+    entropy = dict(zip(run.steps.tolist(), entropy_column.tolist(), strict=True))
+    steps = np.array([s for s in series if s in entropy], dtype=int)
+    H = np.array([entropy[s] for s in steps])
+    R = np.array([series[s] for s in steps])
+    return bench, f"R = {bench} {metric} ({CURVE_FILE})", steps, H, R, len(series) - len(steps)
 
 
 def load_pairs(
@@ -232,18 +136,7 @@ def load_pairs(
     h_src = f"H = {entropy_key} ({run.metrics_path.name})"
     if entropy_window > 1:
         h_src += f" averaged over the last {entropy_window} steps"
-    if CURVE_METRIC.fullmatch(metric):
-        bench, series = _curve_series(run, metric, benchmark)
-        r_src = f"R = {bench} {metric} ({CURVE_FILE})"
-        entropy = dict(zip(run.steps.tolist(), entropy_column.tolist(), strict=True))
-        steps = np.array([s for s in series if s in entropy], dtype=int)
-        unmatched = len(series) - len(steps)
-        H = np.array([entropy[s] for s in steps])
-        R = np.array([series[s] for s in steps])
-    else:
-        bench, unmatched = None, 0
-        r_src = f"R = {metric} ({run.metrics_path.name})"
-        steps, H, R = run.steps, entropy_column, run.column(metric)
+    bench, r_src, steps, H, R, unmatched = _candidate_points(run, metric, benchmark, entropy_column)
     finite = np.isfinite(H) & np.isfinite(R)
     dropped = int((~finite).sum())
     source = f"{run.path}: {h_src}, {r_src}"
@@ -503,191 +396,3 @@ def fit_joint(
         df=df,
         p_value=float(f_distribution.sf(f_stat, *df)) if df[1] > 0 else math.nan,
     )
-
-
-# ------------------------------------------------------------------------------------------------ command line
-def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options choosing the (H, R) points; shared by `entropy-rl fit` and `entropy-rl plot`."""
-    parser.add_argument(
-        "--metric",
-        help="R: avg@k, pass@N or pass@k (from curve.jsonl) or a metrics.jsonl key such as reward "
-        "(default: avg@k when the run has curve.jsonl, else reward)",
-    )
-    parser.add_argument(
-        "--benchmark", help="curve.jsonl benchmark for R (default: the only one, else the mean over all benchmarks)"
-    )
-    parser.add_argument(
-        "--entropy-key", default=DEFAULT_ENTROPY_KEY, help=f"metrics.jsonl key for H (default {DEFAULT_ENTROPY_KEY})"
-    )
-    parser.add_argument(
-        "--smooth",
-        type=int,
-        default=1,
-        metavar="N",
-        help="trailing moving average of H and R over N points (default 1: none)",
-    )
-    parser.add_argument(
-        "--entropy-window",
-        type=int,
-        default=1,
-        metavar="N",
-        help="H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
-    )
-
-
-def pair_options(args: argparse.Namespace) -> dict[str, Any]:
-    """load_pairs keyword arguments from the options of add_pair_arguments."""
-    return {
-        "metric": args.metric,
-        "benchmark": args.benchmark,
-        "entropy_key": args.entropy_key,
-        "smooth": args.smooth,
-        "entropy_window": args.entropy_window,
-    }
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="entropy-rl fit",
-        description=f"Fit the entropy-performance law {LAW} (Cui et al. 2025) to runs. See docs/fit.md.",
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    add_pair_arguments(parser)
-    parser.add_argument(
-        "--bootstrap", type=int, default=1000, metavar="N", help="resamples for 95%% intervals (0: none; default 1000)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument(
-        "--fit-fraction", type=_fraction, metavar="F", help="also fit the first F of the points and predict the rest"
-    )
-    parser.add_argument("--joint", action="store_true", help="also fit one (a, b) shared by all runs")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        metavar="PATH",
-        help="JSON report (default: RUN_DIR/fit.json for one run, else fit.json in the deepest directory holding all)",
-    )
-    parser.add_argument("--plot", action="store_true", help="also write the figures next to the JSON report")
-    return parser
-
-
-def _fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
-
-
-def _fit_lines(fit: LawFit) -> list[str]:
-    lines = [f"    {'':9} {'value':>10}  95% CI", f"    {'a':9} {fit.a:>10.4g}  {_fmt_ci(fit.a_ci)}"]
-    lines.append(f"    {'b':9} {fit.b:>10.4g}  {_fmt_ci(fit.b_ci)}")
-    lines.append(f"    {'ceiling':9} {fit.ceiling:>10.4g}  {_fmt_ci(fit.ceiling_ci)}")
-    lines.append(
-        f"    R2 {fit.r2:.4f}   RMSE {fit.rmse:.4g}   n {fit.n}   H in [{fit.h_min:.4g}, {fit.h_max:.4g}] nats"
-    )
-    if fit.a <= 0:
-        lines.append("    note: a <= 0, performance does not rise as entropy falls; the law's premise fails here")
-    return lines
-
-
-def _run_lines(pairs: Pairs, fit: LawFit, prediction: Prediction | None) -> list[str]:
-    lines = [pairs.label, f"  {pairs.source}", *_fit_lines(fit)]
-    if prediction is not None:
-        lines.append(
-            f"  fit on the first {prediction.n_fit} points ({prediction.fraction:g}), predicting the other "
-            f"{prediction.n_test}: RMSE {prediction.rmse:.4g}, max |error| {prediction.max_abs_error:.4g}"
-        )
-        lines.extend(_fit_lines(prediction.fit))
-    return lines
-
-
-def _joint_lines(joint: JointFit, labels: Sequence[str]) -> list[str]:
-    lines = ["joint fit (one a, b for all runs)", *_fit_lines(joint.fit)]
-    lines.append(
-        f"    separate fits: RMSE {joint.separate_rmse:.4g}, R2 {joint.separate_r2:.4f}; "
-        f"joint/separate RMSE {joint.rmse_ratio:.2f}x; "
-        f"F({joint.df[0]}, {joint.df[1]}) = {joint.f_stat:.4g}, p = {joint.p_value:.3g}"
-    )
-    lines.append(f"    {'run':30} {'own RMSE':>10} {'joint RMSE':>11}")
-    for label, own, shared in zip(labels, joint.own_rmse, joint.joint_rmse, strict=True):
-        lines.append(f"    {label:30} {own:>10.4g} {shared:>11.4g}")
-    return lines
-
-
-def _report(args: argparse.Namespace) -> None:
-    """Fit, print the tables, write the JSON report (and the figures with --plot)."""
-    runs = load_runs(args.run_dirs)
-    pairs = [load_pairs(run, **pair_options(args)) for run in runs]
-    fits = [fit_law(p.H, p.R, bootstrap=args.bootstrap, seed=args.seed, source=p.source) for p in pairs]
-    predictions = [
-        fit_early(p.H, p.R, args.fit_fraction, bootstrap=args.bootstrap, seed=args.seed, source=p.source)
-        if args.fit_fraction
-        else None
-        for p in pairs
-    ]
-    joint = None
-    if args.joint:
-        kinds = {(p.metric, p.benchmark) for p in pairs}
-        if len(kinds) > 1:
-            raise LawFitError(f"--joint needs the same R in every run, got (metric, benchmark) {sorted(kinds)}")
-        joint = fit_joint(
-            [(p.H, p.R) for p in pairs], bootstrap=args.bootstrap, seed=args.seed, source="joint fit of all runs"
-        )
-
-    labels = [p.label for p in pairs]
-    lines = [f"entropy-performance law {LAW}", ""]
-    for p, fit, prediction in zip(pairs, fits, predictions, strict=True):
-        lines += [*_run_lines(p, fit, prediction), ""]
-    if joint is not None:
-        lines += [*_joint_lines(joint, labels), ""]
-    print("\n".join(lines))
-
-    output = args.output or common_dir(args.run_dirs) / "fit.json"
-    report: dict[str, Any] = {
-        "law": LAW,
-        "options": {
-            **pair_options(args),
-            "bootstrap": args.bootstrap,
-            "seed": args.seed,
-            "fit_fraction": args.fit_fraction,
-        },
-        "runs": [
-            {
-                "run_dir": str(run.path),
-                "label": p.label,
-                "source": p.source,
-                "metric": p.metric,
-                "benchmark": p.benchmark,
-                "steps": [int(p.steps[0]), int(p.steps[-1])],
-                "dropped": p.dropped,
-                "unmatched": p.unmatched,
-                "fit": fit.to_dict(),
-                "prediction": None if prediction is None else prediction.to_dict(),
-            }
-            for run, p, fit, prediction in zip(runs, pairs, fits, predictions, strict=True)
-        ],
-        "joint": None if joint is None else joint.to_dict(labels),
-    }
-    if args.plot:
-        from .plot import make_plots  # matplotlib costs about a second to import; only --plot needs it
-
-        paths = make_plots(runs, pairs, fits, output.parent, joint=None if joint is None else joint.fit)
-        report["plots"] = [str(path) for path in paths]
-        print("\n".join(f"wrote {path}" for path in paths))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
-
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        _report(args)
-    except LawFitError as err:
-        print(f"entropy-rl fit: error: {err}", file=sys.stderr)
-        return 2
-    return 0

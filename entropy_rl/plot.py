@@ -1,10 +1,8 @@
 """Figures of runs: entropy and performance over training steps, and the entropy-performance law R = b - a exp(H).
 
-    entropy-rl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--metric M] [--benchmark B] [--smooth N]
-
-writes entropy_vs_step.png, performance_vs_step.png and law_fit.png (runs overlaid, labelled by regularizer and seed)
-into --out (default: the run directory, or the deepest directory holding all of them) and prints their paths.
-`plot_run(run_dir)` draws one run's entropy and reward into RUN_DIR/entropy_reward.png; the trainer calls it at the end.
+`make_plots` writes entropy_vs_step.png, performance_vs_step.png and law_fit.png (runs overlaid, labelled by
+regularizer and seed); `plot_run(run_dir)` draws one run's entropy and reward into RUN_DIR/entropy_reward.png (the
+trainer's command calls it at the end). The command `entropy-rl plot` is entropy_rl.cli.plot.
 
 Figures are drawn on matplotlib's object API (Figure + Agg canvas), never pyplot: importing this module changes no
 global backend and leaks no open figures into the caller's process.
@@ -12,9 +10,7 @@ global backend and leaks no open figures into the caller's process.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,22 +18,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .fit import (
-    LAW,
-    LawFit,
-    LawFitError,
-    Pairs,
-    Run,
-    add_pair_arguments,
-    common_dir,
-    fit_law,
-    load_pairs,
-    load_run,
-    load_runs,
-    moving_average,
-    pair_options,
-    predict,
-)
+from .fit import LAW, LawFit, Pairs, moving_average, predict
+from .rundir import Run, RunDirError, load_run
 
 ENTROPY_LINES = {  # metrics.jsonl key -> (legend text, line style)
     "entropy/seq_mean": ("seq-mean (H of the law)", "-"),
@@ -71,7 +53,7 @@ def metric_label(pairs: Pairs) -> str:
 def _draw_entropy(ax: Axes, run: Run, color: str, prefix: str = "") -> None:
     drawn = [key for key in ENTROPY_LINES if run.has(key)]
     if not drawn:
-        raise LawFitError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
+        raise RunDirError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
     for key in drawn:
         text, style = ENTROPY_LINES[key]
         ax.plot(run.steps, run.column(key), style, color=color, lw=1.4, label=f"{prefix}{text}")
@@ -79,7 +61,7 @@ def _draw_entropy(ax: Axes, run: Run, color: str, prefix: str = "") -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_entropy(runs: Sequence[Run], path: Path) -> Path:
+def plot_runs_entropy(runs: Sequence[Run], path: Path) -> Path:
     """Entropy vs step, one colour per run (solid: seq-mean, dashed: token-mean)."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.subplots()
@@ -169,7 +151,7 @@ def make_plots(
     """The three comparison figures of `entropy-rl plot` (and `fit --plot`) in out_dir; returns their paths."""
     out = Path(out_dir)
     return [
-        plot_entropy(runs, out / "entropy_vs_step.png"),
+        plot_runs_entropy(runs, out / "entropy_vs_step.png"),
         plot_performance(pairs, out / "performance_vs_step.png"),
         plot_law(pairs, fits, out / "law_fit.png", joint=joint),
     ]
@@ -189,14 +171,14 @@ def _draw_trend(ax: Axes, steps: np.ndarray, values: np.ndarray, color: str, lab
 def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     """RUN_DIR/entropy_reward.png: entropy (top) and training reward (bottom) vs step of one run.
 
-    Raises LawFitError when metrics.jsonl is missing or logs no entropy or no reward.
+    Raises RunDirError when the metrics file is missing or logs no entropy or no reward.
     """
     run = load_run(run_dir)
     fig = Figure(figsize=(8, 6.5), layout="constrained")
     ax_h, ax_r = fig.subplots(2, 1, sharex=True)
     entropy_keys = [key for key in ENTROPY_LINES if run.has(key)]
     if not entropy_keys:
-        raise LawFitError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
+        raise RunDirError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
     _draw_trend(ax_h, run.steps, run.column(entropy_keys[0]), series_color(0), ENTROPY_LINES[entropy_keys[0]][0])
     ax_h.set(title=f"{run.label}: entropy and reward during training", ylabel=ENTROPY_UNIT)
     _draw_trend(ax_r, run.steps, run.column("reward"), series_color(1), "reward")
@@ -205,34 +187,3 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return save_figure(fig, run.path / "entropy_reward.png")
-
-
-def _fit_or_none(pairs: Pairs) -> LawFit | None:
-    # A viewer should still draw runs too short or too flat to fit; it says why the curve is missing.
-    try:
-        return fit_law(pairs.H, pairs.R, source=pairs.source)
-    except LawFitError as err:
-        print(f"entropy-rl plot: no fitted curve: {err}", file=sys.stderr)
-        return None
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="entropy-rl plot",
-        description="Entropy and performance vs step, and R vs H with the fitted law, for one or more runs.",
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument(
-        "--out", type=Path, metavar="DIR", help="output directory (default: the run, or the deepest one holding all)"
-    )
-    add_pair_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.run_dirs)
-        pairs = [load_pairs(run, **pair_options(args)) for run in runs]
-        paths = make_plots(runs, pairs, [_fit_or_none(p) for p in pairs], args.out or common_dir(args.run_dirs))
-    except LawFitError as err:
-        print(f"entropy-rl plot: error: {err}", file=sys.stderr)
-        return 2
-    print("\n".join(str(path) for path in paths))
-    return 0

@@ -93,7 +93,7 @@ def unclipped_mask(
     return ~(low | high)
 
 
-# Order of the entries of the per-step sum vector; `summarize` reads them by name.
+# Order of the entries of the per-step sum vector; `step_metrics` reads them by name.
 SUM_FIELDS = (
     # per-token sums
     "tokens",
@@ -161,7 +161,7 @@ def token_sums(
     return torch.cat([(per_token_values * m).sum(dim=(-2, -1)), per_sequence])
 
 
-def summarize(sums: torch.Tensor | Sequence[float]) -> dict[str, float]:
+def step_metrics(sums: torch.Tensor | Sequence[float]) -> dict[str, float]:
     """Metrics of one optimizer step from the globally reduced SUM_FIELDS vector. NaN-free: empty steps give zeros."""
     values = sums.double().tolist() if isinstance(sums, torch.Tensor) else list(sums)
     s = dict(zip(SUM_FIELDS, values, strict=True))

@@ -28,9 +28,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from . import stats
+from . import rundir, stats
 from .config import EntropyGRPOConfig
-from .jsonl import append_row, keep_rows
+from .jsonl import append_row
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
 
@@ -144,7 +144,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._hidden: list[torch.Tensor] = []  # final hidden states captured during a forward
         self._capture_hidden = False
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
-        self._metrics_path = Path(self.args.output_dir) / self.args.metrics_file
+        self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self._step_started = time.perf_counter()
         if self.args.diagnostics or "nec" in self.regularizer.needs:
@@ -396,7 +396,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         row: dict[str, float] = {}
         offset = 0
         if self.args.diagnostics:
-            row = stats.summarize(totals[: len(stats.SUM_FIELDS)])
+            row = stats.step_metrics(totals[: len(stats.SUM_FIELDS)])
             offset = len(stats.SUM_FIELDS)
         if measure:
             after = totals[offset] / max(totals[offset + 1], 1.0)
@@ -437,7 +437,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         start = self.state.global_step
-        kept = keep_rows(self._metrics_path, lambda row: row.get("step", math.inf) <= start)
+        kept = rundir.continue_metrics(self._metrics_path, start)
         measured = [r for r in kept if "dynamics/measured_dH" in r]
         self._dynamics = ([r["dynamics/predicted_dH"] for r in measured], [r["dynamics/measured_dH"] for r in measured])
         self._step_started = time.perf_counter()

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from entropy_rl.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
-from entropy_rl.evaluate import EvalSettings, evaluate_checkpoint, main, pass_at_k, summarize
+from entropy_rl.cli.eval import build_parser, main
+from entropy_rl.evaluation.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
+from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint
+from entropy_rl.evaluation.scoring import pass_at_k, score_records
 
 CURVE_KEYS = {
     "step",
@@ -105,14 +107,14 @@ def test_pass_at_k_is_stable_for_large_n():
         pass_at_k(4, 1, 5)
 
 
-def test_summarize():
+def test_score_records():
     records = [
         {"correct": [True, False, False, False], "num_tokens": [1, 2, 3, 4], "entropy": [0.1, 0.2, 0.3, 0.4]},
         {"correct": [False] * 4, "num_tokens": [5] * 4, "entropy": [1.0] * 4},
     ]
     for record in records:
         record["status"] = ["ok"] * 4
-    metrics = summarize(records, pass_ks=[2, 8])
+    metrics = score_records(records, pass_ks=[2, 8])
     assert metrics["k"] == 4 and metrics["num_problems"] == 2
     assert metrics["avg@k"] == pytest.approx(0.125)
     assert metrics["pass@k"] == pytest.approx({"1": 0.125, "2": 0.25, "4": 0.5})
@@ -174,7 +176,8 @@ def test_hub_only_benchmark_fails_offline_with_a_clear_message(tiny_model_dir):
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
-    assert "math-ai/amc23" in result.stderr and "--data-file" in result.stderr
+    assert "math-ai/amc23" in result.stderr and "--data_file" in result.stderr
+    assert result.stderr.startswith("entropy-rl eval: error: ")
 
 
 def test_data_file_replaces_the_source(tmp_path):
@@ -203,7 +206,7 @@ def test_bad_rows_name_file_and_line(tmp_path, capsys, lines, line_number, messa
     with pytest.raises(BenchmarkError, match=f"{path}:{line_number}: .*{message}"):
         load_benchmark("gsm8k", data_file=path)
     # The CLI reports it without a traceback, before loading any model.
-    assert main(["--model", str(tmp_path / "none"), "--benchmarks", "gsm8k", "--data-file", str(path)]) == 2
+    assert main(["--model", str(tmp_path / "none"), "--benchmarks", "gsm8k", "--data_file", str(path)]) == 2
     assert f"{path}:{line_number}" in capsys.readouterr().err
 
 
@@ -222,9 +225,14 @@ def test_spec_typos_are_rejected(tmp_path):
 @pytest.mark.parametrize("sampling", [Sampling(1, 0.0), Sampling(1, 0.7, top_p=0.8)])
 def test_generation_entropy_matches_teacher_forced_scoring(tiny_model_dir, sampling):
     """The entropies recorded while generating equal those of a teacher-forced pass over the same tokens."""
-    from entropy_rl.evaluate import _completion_mask, _generate_hf, load_model, rescore_entropies
+    from entropy_rl.evaluation.generation import (
+        _completion_mask,
+        _generate_hf,
+        load_checkpoint_model,
+        rescore_entropies,
+    )
 
-    model, tokenizer = load_model(tiny_model_dir, "cpu")
+    model, tokenizer = load_checkpoint_model(tiny_model_dir, "cpu")
     prompts = ["3+4=", "12+35=", "99+1="]
     completions, entropies = _generate_hf(model, tokenizer, prompts, [1, 2, 3], sampling, max_new_tokens=6)
     mask = _completion_mask(completions, [tokenizer.eos_token_id])
@@ -239,7 +247,7 @@ def test_generation_entropy_matches_teacher_forced_scoring(tiny_model_dir, sampl
 def test_sampler_draws_from_the_tempered_nucleus(sampling):
     import torch
 
-    from entropy_rl.evaluate import _SampleAndMeasure
+    from entropy_rl.evaluation.generation import _SampleAndMeasure
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])  # the last token is banned
     n = 20_000
@@ -256,9 +264,9 @@ def test_sampler_draws_from_the_tempered_nucleus(sampling):
 
 
 def test_samples_do_not_depend_on_batching_and_restore_train_mode(tiny_model_dir, sampled_spec, tmp_path):
-    from entropy_rl.evaluate import load_model
+    from entropy_rl.evaluation.generation import load_checkpoint_model
 
-    model, tokenizer = load_model(tiny_model_dir, "cpu")
+    model, tokenizer = load_checkpoint_model(tiny_model_dir, "cpu")
     model.train()
     benchmark = load_benchmark(sampled_spec, limit=8)
     outputs = {}
@@ -310,9 +318,9 @@ def test_vllm_flag_errors_clearly_when_unavailable(tiny_model_dir, capsys):
 
 def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_spec, tmp_path):
     common = ["eval", "--model", str(tiny_model_dir), "--benchmarks", f"arithmetic,{sampled_spec}"]
-    common += ["--limit", "10", "--batch-size", "6", "--grading-workers", "1"]
+    common += ["--limit", "10", "--batch_size", "6", "--grading_workers", "1"]
     single = subprocess.run(
-        [sys.executable, "-m", "entropy_rl.cli", *common, "--output-dir", str(tmp_path / "one"), "--no-progress"],
+        [sys.executable, "-m", "entropy_rl.cli", *common, "--output_dir", str(tmp_path / "one"), "--no_progress"],
         env=_subprocess_env(),
         capture_output=True,
         text=True,
@@ -324,7 +332,7 @@ def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_sp
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(_free_port()), "-m", "entropy_rl.cli"]
     double = subprocess.run(
-        [*launch, *common, "--output-dir", str(tmp_path / "two")],
+        [*launch, *common, "--output_dir", str(tmp_path / "two")],
         env=_subprocess_env(),
         capture_output=True,
         text=True,
@@ -352,7 +360,7 @@ def test_curve_resumes_without_duplicates(tmp_path, sampled_spec, capsys):
     (run / "metrics.jsonl").write_text(
         json.dumps({"step": 1, "entropy/seq_mean": 0.5}) + "\n" + json.dumps({"step": 2, "reward": 0.1}) + "\n"
     )
-    argv = ["--run", str(run), "--benchmarks", f"arithmetic,{sampled_spec}", "--limit", "4", "--no-progress"]
+    argv = ["--run", str(run), "--benchmarks", f"arithmetic,{sampled_spec}", "--limit", "4", "--no_progress"]
     curve = run / "curve.jsonl"
 
     assert main(argv) == 0
@@ -382,7 +390,18 @@ def test_curve_resumes_without_duplicates(tmp_path, sampled_spec, capsys):
 
 def test_run_without_checkpoints_is_an_error(tmp_path, capsys):
     assert main(["--run", str(tmp_path), "--benchmarks", "arithmetic"]) == 2
-    assert "no checkpoint-<step>/" in capsys.readouterr().err
+    assert f"entropy-rl eval: error: {tmp_path}: no checkpoint-<step>/ directories" in capsys.readouterr().err
+    assert main(["--run", str(tmp_path / "missing"), "--benchmarks", "arithmetic"]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+
+
+def test_flags_are_snake_case_and_the_dashed_spelling_still_works():
+    snake = ["--model", "m", "--benchmarks", "b", "--batch_size", "8", "--data_dir", "d", "--pass_k", "2,4"]
+    dashed = ["--model", "m", "--benchmarks", "b", "--batch-size", "8", "--data-dir", "d", "--pass-k", "2,4"]
+    assert build_parser().parse_args(snake) == build_parser().parse_args(dashed)
+    assert build_parser().parse_args([*snake, "--no-progress"]).no_progress
+    help_text = build_parser().format_help()
+    assert "--batch_size" in help_text and "--batch-size" not in help_text  # the alias is not documented
 
 
 def test_empty_benchmark_file_is_an_error_naming_it(tmp_path):

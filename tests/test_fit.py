@@ -1,4 +1,4 @@
-"""entropy_rl.fit and entropy_rl.plot on synthetic run directories (no trainer, no evaluator, no GPU)."""
+"""entropy_rl.fit, entropy_rl.plot and their commands on synthetic run directories (no trainer, evaluator or GPU)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,11 @@ import numpy as np
 import pytest
 
 from entropy_rl.cli import main as cli_main
-from entropy_rl.fit import (
-    LawFitError,
-    fit_early,
-    fit_joint,
-    fit_law,
-    load_pairs,
-    load_run,
-    main,
-    moving_average,
-    predict,
-)
-from entropy_rl.plot import main as plot_main
+from entropy_rl.cli.fit import main
+from entropy_rl.cli.plot import main as plot_main
+from entropy_rl.fit import LawFitError, fit_early, fit_joint, fit_law, load_pairs, moving_average, predict
 from entropy_rl.plot import plot_run
+from entropy_rl.rundir import RunDirError, load_run
 
 A, B = 0.25, 0.9  # true law: R = 0.9 - 0.25 exp(H), ceiling 0.65
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -224,6 +216,7 @@ def test_error_too_few_left_after_dropping_nan(tmp_path, capsys):
     write_jsonl(run / "metrics.jsonl", rows)
     assert main([str(run), "--bootstrap", "0"]) == 2
     err = capsys.readouterr().err
+    assert err.startswith("entropy-rl fit: error: ")
     assert "3 of 5 steps dropped for a null/NaN/inf" in err and "2 point(s)" in err
 
 
@@ -235,17 +228,17 @@ def test_error_every_step_nan(tmp_path):
 
 
 def test_error_missing_files_and_keys(tmp_path):
-    with pytest.raises(LawFitError, match="run directory not found"):
+    with pytest.raises(RunDirError, match="run directory not found"):
         load_run(tmp_path / "nope")
     run = make_run(tmp_path, "r", curve_every=None)
     with pytest.raises(LawFitError, match=r"curve.jsonl: file not found.*--metric reward"):
         load_pairs(run, metric="avg@k")
-    with pytest.raises(LawFitError, match=r"metrics.jsonl: key 'accuracy' is in no row; keys present: .*reward"):
+    with pytest.raises(RunDirError, match=r"metrics.jsonl: key 'accuracy' is in no row; keys present: .*reward"):
         load_pairs(run, metric="accuracy")
-    with pytest.raises(LawFitError, match=r"key 'entropy/foo' is in no row"):
+    with pytest.raises(RunDirError, match=r"key 'entropy/foo' is in no row"):
         load_pairs(run, entropy_key="entropy/foo")
     (run / "metrics.jsonl").unlink()
-    with pytest.raises(LawFitError, match=r"metrics.jsonl: file not found"):
+    with pytest.raises(RunDirError, match=r"metrics.jsonl: file not found"):
         load_run(run)
 
 
@@ -257,13 +250,13 @@ def test_error_bad_values_name_file_step_and_key(tmp_path):
         load_pairs(run, metric="pass@4")
     with (run / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 500, "entropy/seq_mean": 0.3, "reward": "high"}) + "\n")
-    with pytest.raises(LawFitError, match=r"metrics.jsonl step 500 key 'reward': expected a number, got 'high'"):
+    with pytest.raises(RunDirError, match=r"metrics.jsonl step 500 key 'reward': expected a number, got 'high'"):
         load_pairs(run, metric="reward")
     write_jsonl(run / "metrics.jsonl", [{"step": "one", "reward": 1}, {"step": 2}])
-    with pytest.raises(LawFitError, match=r"key 'step' must be an integer, got 'one'"):
+    with pytest.raises(RunDirError, match=r"key 'step' must be an integer, got 'one'"):
         load_run(run)
     (run / "metrics.jsonl").write_text('{"step": 1}\n{oops\n{"step": 3}\n')
-    with pytest.raises(LawFitError, match=r"metrics.jsonl:2: not valid JSON"):
+    with pytest.raises(RunDirError, match=r"metrics.jsonl:2: not valid JSON"):
         load_run(run)
 
 
@@ -272,7 +265,7 @@ def test_error_bad_fit_fraction(tmp_path, capsys):
     with pytest.raises(LawFitError, match="first 0.2 of 10 points is 2"):
         fit_early(H, law(H), 0.2)
     with pytest.raises(SystemExit):
-        main([str(tmp_path), "--fit-fraction", "1.5"])
+        main([str(tmp_path), "--fit_fraction", "1.5"])
     assert "strictly between 0 and 1" in capsys.readouterr().err
 
 
@@ -286,6 +279,15 @@ def test_error_joint_needs_two_runs_and_one_metric(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ CLI and plots
+def test_fit_flags_are_snake_case_and_the_dashed_spelling_still_works():
+    from entropy_rl.cli.fit import build_parser
+
+    snake = ["r", "--entropy_key", "entropy/token_mean", "--entropy_window", "3", "--fit_fraction", "0.5"]
+    dashed = ["r", "--entropy-key", "entropy/token_mean", "--entropy-window", "3", "--fit-fraction", "0.5"]
+    assert build_parser().parse_args(snake) == build_parser().parse_args(dashed)
+    assert "--fit-fraction" not in build_parser().format_help()
+
+
 def assert_png(path: Path) -> None:
     assert path.is_file() and path.stat().st_size > 5000
     assert path.read_bytes()[:8] == PNG_MAGIC
@@ -293,7 +295,7 @@ def assert_png(path: Path) -> None:
 
 def test_cli_single_run_writes_json_next_to_the_run(tmp_path, capsys):
     run = make_run(tmp_path, "run1", regularizer="clip_cov", seed=7)
-    assert main([str(run), "--benchmark", "math500", "--bootstrap", "300", "--fit-fraction", "0.5"]) == 0
+    assert main([str(run), "--benchmark", "math500", "--bootstrap", "300", "--fit_fraction", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "clip_cov seed 7" in out and "ceiling" in out and "predicting the other 6" in out
     report = json.loads((run / "fit.json").read_text())
@@ -351,3 +353,4 @@ def test_plot_cli_draws_runs_too_short_to_fit(tmp_path, capsys):
     assert "no fitted curve" in captured.err and "2 point(s)" in captured.err
     assert_png(run / "law_fit.png")
     assert plot_main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"entropy-rl plot: error: {tmp_path / 'missing'}: run directory not found\n"

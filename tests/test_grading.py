@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from entropy_rl.benchmarks import load_benchmark, resolve_data_dir
+from entropy_rl.evaluation.benchmarks import load_benchmark, resolve_data_dir
 from entropy_rl.grading import Grader, extract_answer, last_boxed
 
 TIMEOUT_S = 1.0

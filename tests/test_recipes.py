@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from entropy_rl.cli.launch import accelerate_config_names, build_launch, maybe_relaunch, resolve_accelerate_config
 from entropy_rl.errors import ConfigError
-from entropy_rl.launch import accelerate_config_names, build_launch, maybe_relaunch, resolve_accelerate_config
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -61,7 +61,7 @@ def parse(path: Path, *overrides: str):
     from trl import TrlParser
 
     from entropy_rl.config import EntropyGRPOConfig
-    from entropy_rl.train import TrainScriptArguments
+    from entropy_rl.training import TrainScriptArguments
 
     args = ["--config", str(path), *overrides]
     if load(path).get("bf16") is True and bf16_unavailable():
@@ -72,7 +72,7 @@ def parse(path: Path, *overrides: str):
 
 def field_names() -> set[str]:
     from entropy_rl.config import EntropyGRPOConfig
-    from entropy_rl.train import TrainScriptArguments
+    from entropy_rl.training import TrainScriptArguments
 
     return {f.name for cls in (TrainScriptArguments, EntropyGRPOConfig) for f in dataclasses.fields(cls)}
 
@@ -141,7 +141,7 @@ def test_qwen_recipe_settings(path):
 @pytest.mark.parametrize("path", QWEN, ids=ids(QWEN))
 def test_qwen_recipe_dataset_spec_loads(path, tmp_path):
     """The recipes' dataset_name is a spec path (relative to the repository root) that the trainer can load."""
-    from entropy_rl.benchmarks import load_benchmark
+    from entropy_rl.evaluation.benchmarks import load_benchmark
 
     spec = REPO / parse(path)[0].dataset_name
     rows = tmp_path / "dapo.jsonl"
@@ -195,10 +195,10 @@ def test_cli_flags_override_a_recipe():
     assert config.clip_cov_ratio == 0.05 and config.max_steps == 7
 
 
-def test_train_parse_args_reads_a_recipe():
-    from entropy_rl.train import parse_args
+def test_parse_train_args_reads_a_recipe():
+    from entropy_rl.training import parse_train_args
 
-    script_args, config = parse_args(["--config", str(RECIPES / "toy" / "steer.yaml")])
+    script_args, config = parse_train_args(["--config", str(RECIPES / "toy" / "steer.yaml")])
     assert config.regularizer == "steer" and config.max_steps == 300 and script_args.dataset_name == "arithmetic"
 
 

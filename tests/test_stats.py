@@ -88,7 +88,7 @@ def test_policy_gradient_step_predicted_by_s_minus_n():
         assert measured == pytest.approx(predicted, rel=1e-4)
 
 
-def test_token_sums_summarize_matches_direct_formulas():
+def test_token_sums_step_metrics_matches_direct_formulas():
     g = torch.Generator().manual_seed(3)
     logp = -torch.rand(4, 6, generator=g) * 3
     entropy = torch.rand(4, 6, generator=g)
@@ -113,7 +113,7 @@ def test_token_sums_summarize_matches_direct_formulas():
         )
         for r in (slice(0, 1), slice(1, 4))
     ]
-    got = stats.summarize(parts[0] + parts[1])
+    got = stats.step_metrics(parts[0] + parts[1])
 
     valid = mask.bool()
     a = adv.expand(4, 6)[valid].double()
@@ -139,8 +139,8 @@ def test_unclipped_mask_follows_ppo_min():
     assert stats.unclipped_mask(ratio, adv, 0.2, 0.28).tolist() == [False, True, False, True, True]
 
 
-def test_summarize_empty_step_is_nan_free():
-    assert stats.summarize(torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64)) == {"tokens": 0.0}
+def test_step_metrics_empty_step_is_nan_free():
+    assert stats.step_metrics(torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64)) == {"tokens": 0.0}
 
 
 def test_pearson():

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from entropy_rl.fit import load_run
+from entropy_rl.cli.study import build_parser, load_study, main, worker_commands
 from entropy_rl.jsonl import read_rows, rewrite_rows
-from entropy_rl.study import RunResult, _parser, compare, load_study, main, write_page
+from entropy_rl.rundir import load_run
+from entropy_rl.study.analysis import RunResult, compare
+from entropy_rl.study.page import write_page
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "recipes" / "toy" / "study.yaml")
@@ -42,7 +44,7 @@ def mini_argv(tmp_path: Path, *extra: str) -> list[str]:
         ",".join(METHODS),
         "--output",
         str(tmp_path / "runs"),
-        "--doc-dir",
+        "--doc_dir",
         str(tmp_path / "docs"),
         *extra,
     ]
@@ -96,7 +98,7 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     # Other settings on the same directories are refused before anything trains.
     assert main(mini_argv(tmp_path, "--steps", "8")) == 2
     assert "was trained with other settings (max_steps: 6 then, 8 now)" in capsys.readouterr().err
-    assert main(mini_argv(tmp_path, "--eval-k", "2")) == 2
+    assert main(mini_argv(tmp_path, "--eval_k", "2")) == 2
     assert "holds arithmetic rows with k=4" in capsys.readouterr().err
 
 
@@ -106,7 +108,7 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
         (["--methods", "none,clip_kov"], "--methods='none,clip_kov'"),
         (["--steps", "7"], "save_steps=2; allowed: a divisor of 7"),
         (["--seeds", "0"], "seeds=0"),
-        (["--eval-k", "0"], "k >= 1"),
+        (["--eval_k", "0"], "k >= 1"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, capsys):
@@ -118,12 +120,12 @@ def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, c
 def test_unknown_study_key_is_refused(tmp_path, capsys):
     config = tmp_path / "study.yaml"
     config.write_text(Path(CONFIG).read_text().replace("seeds: 3", "seeds: 3\nsteeds: 3"))
-    assert main(["--config", str(config), "--dry-run"]) == 2
+    assert main(["--config", str(config), "--dry_run"]) == 2
     assert "unknown keys ['steeds']" in capsys.readouterr().err
 
 
 def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
-    assert main(["--config", CONFIG, "--dry-run", "--output", str(tmp_path / "runs")]) == 0
+    assert main(["--config", CONFIG, "--dry_run", "--output", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert out.count(": new\n") == 10 * 3  # 10 methods x 3 seeds, nothing trained yet
     assert "entropy-rl train --config" in out and "kl_cov.yaml" in out and "--seed 2" in out
@@ -179,8 +181,8 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunRes
 
 def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_path):
     # GRPO collapses (1.0 -> ~0.2 nats); the other method holds entropy at ~0.6 and so stays less accurate on the law.
-    argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--steps", "40", "--save-steps", "2"]
-    study, data = load_study(_parser().parse_args([*argv, "--doc-dir", str(tmp_path / "docs")]))
+    argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--steps", "40", "--save_steps", "2"]
+    study, data = load_study(build_parser().parse_args([*argv, "--doc_dir", str(tmp_path / "docs")]))
     results = [
         synthetic_run(tmp_path / method / f"seed{seed}", method, seed, floor)
         for method, floor in (("none", 0.2), ("clip_cov", 0.6))
@@ -200,8 +202,6 @@ def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_pat
 
 
 def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):
-    from entropy_rl.study import main
-
     out = tmp_path / "runs"
     argv = ["--quick", "--steps", "2", "--methods", "none,clip_cov", "--output", str(out), "--workers", "2"]
     assert main(argv) == 0
@@ -209,3 +209,22 @@ def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):
         assert (out / method / "seed0" / "final" / "model.safetensors").exists()
     page = (out / "docs" / "toy.md").read_text()
     assert "`clip_cov`" in page and "`none`" in page
+
+
+def test_dashed_flags_are_hidden_aliases_of_the_snake_case_ones():
+    parser = build_parser()
+    dashed = parser.parse_args(["--save-steps", "3", "--eval-problems", "8", "--doc-dir", "d", "--dry-run"])
+    snake = parser.parse_args(["--save_steps", "3", "--eval_problems", "8", "--doc_dir", "d", "--dry_run"])
+    assert vars(dashed) == vars(snake)
+    assert (snake.save_steps, snake.eval_problems, snake.doc_dir, snake.dry_run) == (3, 8, "d", True)
+    usage = parser.format_help()
+    assert "--save_steps" in usage and "--dynamics_every" in usage and "--save-steps" not in usage
+
+
+def test_each_worker_gets_its_methods_and_a_scratch_page_whatever_the_spelling(tmp_path):
+    argv = ["--quick", "--workers", "2", "--doc-dir", "docs", "--methods=none,clip_cov,kl_cov", "--doc_dir=x"]
+    commands = worker_commands(argv, ["none", "clip_cov", "kl_cov"], 2, tmp_path)
+    assert [command[2:] for command in commands] == [
+        ["entropy_rl.cli", "study", "--quick", "--methods", "none,kl_cov", "--doc_dir", str(tmp_path / "0")],
+        ["entropy_rl.cli", "study", "--quick", "--methods", "clip_cov", "--doc_dir", str(tmp_path / "1")],
+    ]

@@ -7,7 +7,9 @@ import statistics
 import pytest
 
 from entropy_rl.cli import main
-from entropy_rl.jsonl import read_rows
+from entropy_rl.cli.train import report
+from entropy_rl.jsonl import append_row, read_rows
+from entropy_rl.rundir import write_config
 
 
 @pytest.mark.slow
@@ -84,7 +86,7 @@ def test_math_reward_grades_boxed_and_plain_answers():
 
 @pytest.mark.slow
 def test_train_on_a_benchmark_file_with_the_math_reward(tmp_path, make_model, tokenizer):
-    from entropy_rl.benchmarks import resolve_data_dir
+    from entropy_rl.evaluation.benchmarks import resolve_data_dir
 
     data = resolve_data_dir() / "gsm8k_train.jsonl"
     if not data.exists():
@@ -119,3 +121,37 @@ def test_train_on_a_benchmark_file_with_the_math_reward(tmp_path, make_model, to
     ]
     assert main(argv) == 0
     assert [r["step"] for r in read_rows(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_report_reads_the_metrics_file_the_run_wrote(tmp_path, capsys):
+    # Regression: the report read a hard-coded metrics.jsonl, so `--metrics_file x.jsonl` gave "0 steps" and no plot.
+    write_config(tmp_path, {"metrics_file": "x.jsonl", "regularizer": "none", "seed": 0})
+    for step in range(1, 21):
+        row = {"step": step, "entropy/token_mean": 1.0 / step, "entropy/seq_mean": 1.0 / step, "reward": step / 20}
+        append_row(tmp_path / "x.jsonl", {**row, "cov/logp_adv": 0.1})
+    report(tmp_path)
+    out = capsys.readouterr().out
+    assert f"metrics: {tmp_path / 'x.jsonl'} (20 steps)" in out
+    assert f"plot:    {tmp_path / 'entropy_reward.png'}" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
+    assert "last 2 steps: entropy 0.051  reward 0.975" in out
+
+
+@pytest.mark.slow
+def test_train_with_a_metrics_file_name_reports_its_steps_and_plot(tmp_path, make_model, tokenizer, capsys):
+    model_dir = tmp_path / "model"
+    make_model().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", str(model_dir), "--metrics_file", "x.jsonl", "--output_dir", str(out)]
+    argv += ["--max_steps", "3", "--per_device_train_batch_size", "8", "--num_generations", "4"]
+    assert main([*argv, "--save_strategy", "no", "--disable_tqdm", "true", "--logging_steps", "1"]) == 0
+    assert [r["step"] for r in read_rows(out / "x.jsonl")] == [1, 2, 3] and not (out / "metrics.jsonl").exists()
+    printed = capsys.readouterr().out
+    assert f"metrics: {out / 'x.jsonl'} (3 steps)" in printed
+    assert f"plot:    {out / 'entropy_reward.png'}" in printed and (out / "entropy_reward.png").stat().st_size > 0
+
+
+def test_bad_launcher_flag_fails_with_the_command_error_line(tmp_path, capsys):
+    assert main(["train", "--num_processes", "2", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entropy-rl train: error: invalid config: --num_processes='2' without --accelerate_config")

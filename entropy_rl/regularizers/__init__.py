@@ -5,23 +5,35 @@
     loss, metrics = reg.policy_loss(logps=logps, old_logps=old_logps, advantages=adv, mask=mask)
 
 Names combine with "+" (`clip_b+steer`: a token filter plus a loss rewrite). See docs/regularizers.md.
+
+A method is one file in this package: a dataclass decorated with `@register`, its hyperparameters declared as fields
+named `<method>_<param>` with a default and `metadata={"help": ...}`; EntropyGRPOConfig derives its flags from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
-from . import clip_b, clip_cov, clip_v, kl_cov, native, steer  # noqa: F401  (registers the methods)
 from .base import LOCAL, REGISTRY, Edits, Reducer, Regularizer, TokenBatch, aggregate, register
+from .native import NativeRegularizer
+
+# Modules of this package that hold no method; every other module registers its methods when imported.
+SUPPORT_MODULES = frozenset({"base", "common"})
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in SUPPORT_MODULES:
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "REGISTRY",
     "Composite",
     "Edits",
+    "NativeRegularizer",
     "Reducer",
     "Regularizer",
     "TokenBatch",

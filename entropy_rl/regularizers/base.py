@@ -143,6 +143,7 @@ class Regularizer:
     needs: ClassVar[frozenset[str]] = frozenset()  # extra TokenBatch fields required: "entropies", "nec"
     uses_ppo_clip: ClassVar[bool] = True  # False: the surrogate is unclipped (KL-Cov)
     step_level: ClassVar[bool] = False  # True: statistics always span the whole step batch (Clip_B / Clip_V)
+    off_policy_only: ClassVar[str | None] = None  # why the method does nothing on-policy (KL-Cov), else None
 
     def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
         return Edits()

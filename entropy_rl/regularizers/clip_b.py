@@ -7,21 +7,14 @@ Statistics span the whole step batch on every rank, computed once per step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import check
 from ..stats import discriminator
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, masked_mean, register
-
-DEGENERATE_STD = 1e-12  # below this the batch has no spread to measure outliers against: keep everything
-
-
-def spread(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and population standard deviation of x over the valid tokens."""
-    mean = masked_mean(x, mask, reduce)
-    return mean, masked_mean((x - mean) ** 2, mask, reduce).sqrt()
+from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from .common import DEGENERATE_STD, spread
 
 
 @register
@@ -31,7 +24,9 @@ class ClipB(Regularizer):
     kind = "filter"
     needs = frozenset({"entropies"})
     step_level = True
-    clip_b_mu: float = 2.5
+    clip_b_mu: float = field(
+        default=2.5, metadata={"help": "z-score below which negative-advantage tokens are removed."}
+    )
 
     def __post_init__(self) -> None:
         check(self.clip_b_mu > 0, "clip_b_mu", self.clip_b_mu, "a threshold > 0 (in standard deviations)")

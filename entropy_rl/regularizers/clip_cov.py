@@ -7,25 +7,13 @@ stay in the loss denominator, as in the authors' verl code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import check
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, masked_mean, register
-
-
-def token_covariance(batch: TokenBatch, reduce: Reducer) -> torch.Tensor:
-    """Centered product of advantage and (detached) log-prob, the statistic Clip-Cov and KL-Cov rank tokens by."""
-    logps, adv, mask = batch.logps.detach(), batch.advantages, batch.mask
-    return (adv - masked_mean(adv, mask, reduce)) * (logps - masked_mean(logps, mask, reduce))
-
-
-def scatter_valid(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Inverse of `x[mask]`: place values of the valid tokens back into a [B, T] tensor (False elsewhere)."""
-    out = torch.zeros(mask.shape, dtype=flat.dtype, device=mask.device)
-    out[mask] = flat
-    return out
+from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from .common import scatter_valid, token_covariance
 
 
 @register
@@ -33,9 +21,11 @@ def scatter_valid(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ClipCov(Regularizer):
     name = "clip_cov"
     kind = "loss"
-    clip_cov_ratio: float = 2e-4
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
+    clip_cov_ratio: float = field(
+        default=2e-4, metadata={"help": "fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."}
+    )
+    clip_cov_lb: float = field(default=1.0, metadata={"help": "lower bound (exclusive) of the token covariance band."})
+    clip_cov_ub: float = field(default=5.0, metadata={"help": "upper bound (exclusive) of the token covariance band."})
 
     def __post_init__(self) -> None:
         check(0 < self.clip_cov_ratio <= 1, "clip_cov_ratio", self.clip_cov_ratio, "a fraction in (0, 1]")

@@ -8,15 +8,14 @@ they carry no gradient). The raw D, not D - mean, is compared, as in the authors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import check
 from ..stats import discriminator
 from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
-from .clip_b import DEGENERATE_STD, spread
-from .clip_cov import scatter_valid
+from .common import DEGENERATE_STD, scatter_valid, spread
 
 
 @register
@@ -26,8 +25,10 @@ class ClipV(Regularizer):
     kind = "filter"
     needs = frozenset({"entropies", "nec"})
     step_level = True
-    clip_v_mu: float = 8.5
-    clip_v_max_frac: float = 1e-4
+    clip_v_mu: float = field(default=8.5, metadata={"help": "tokens with A <= 0 and N - S above mu * std are removed."})
+    clip_v_max_frac: float = field(
+        default=1e-4, metadata={"help": "cap on the share of valid tokens removed per step."}
+    )
 
     def __post_init__(self) -> None:
         check(self.clip_v_mu > 0, "clip_v_mu", self.clip_v_mu, "a threshold > 0 (in standard deviations)")

@@ -7,13 +7,13 @@ the penalty 0, so the method needs off-policy updates (num_iterations > 1 or mor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import check
 from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
-from .clip_cov import scatter_valid, token_covariance
+from .common import scatter_valid, token_covariance
 
 
 @register
@@ -22,8 +22,14 @@ class KLCov(Regularizer):
     name = "kl_cov"
     kind = "loss"
     uses_ppo_clip = False
-    kl_cov_ratio: float = 2e-3
-    kl_cov_coef: float = 1.0
+    off_policy_only = "its penalty |log p - log p_old| is 0 on-policy"
+    kl_cov_ratio: float = field(
+        default=2e-3,
+        metadata={"help": "fraction (not percent) of valid tokens, top by covariance, that get the penalty."},
+    )
+    kl_cov_coef: float = field(
+        default=1.0, metadata={"help": "weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."}
+    )
 
     def __post_init__(self) -> None:
         check(0 < self.kl_cov_ratio <= 1, "kl_cov_ratio", self.kl_cov_ratio, "a fraction in (0, 1] (2e-3 = 0.2 %)")

@@ -3,34 +3,66 @@
 - entropy_bonus: TRL's `entropy_coef` (static) or `use_adaptive_entropy` (Skywork-OR1 target controller).
 - clip_higher: DAPO's decoupled clip, `epsilon` 0.2 / `epsilon_high` 0.28.
 - high_entropy_tokens: "Beyond the 80/20 rule", TRL's `top_entropy_quantile` 0.2 (policy loss on the top 20 %).
+
+Each class names the TRL option it switches on, the values it sets when the run leaves that option alone, and how to
+tell from a GRPOConfig that the option was set by hand (EntropyGRPOConfig refuses such a run unless the method is
+named in --regularizer, so that runs are labelled by what they do).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from .base import Regularizer, register
 
 
+class NativeRegularizer(Regularizer):
+    """A switch for an option of TRL's GRPOConfig; at the tensor level it is plain PPO."""
+
+    kind = "native"
+    trl_option: ClassVar[str]  # the GRPOConfig field that turns the method on
+    trl_defaults: ClassVar[dict[str, Any]]  # set on the config when the method is chosen and the option is unset
+    exclusive: ClassVar[bool] = True  # False: the option may also be set without naming the method
+
+    @classmethod
+    def option_is_set(cls, config: Any) -> bool:
+        """Whether `config` (a GRPOConfig) already switches the method on by its TRL option."""
+        raise NotImplementedError
+
+
 @register
 @dataclass
-class EntropyBonus(Regularizer):
+class EntropyBonus(NativeRegularizer):
     name = "entropy_bonus"
-    kind = "native"
+    trl_option = "entropy_coef"
     trl_defaults = {"entropy_coef": 1e-3}  # applied when neither entropy_coef nor use_adaptive_entropy is set
 
+    @classmethod
+    def option_is_set(cls, config: Any) -> bool:
+        return config.entropy_coef != 0 or bool(config.use_adaptive_entropy)
+
 
 @register
 @dataclass
-class ClipHigher(Regularizer):
+class ClipHigher(NativeRegularizer):
     name = "clip_higher"
-    kind = "native"
+    trl_option = "epsilon_high"
     trl_defaults = {"epsilon_high": 0.28}  # applied when epsilon_high is unset
+    exclusive = False  # an asymmetric clip on its own is an ordinary PPO setting
+
+    @classmethod
+    def option_is_set(cls, config: Any) -> bool:
+        return config.epsilon_high is not None
 
 
 @register
 @dataclass
-class HighEntropyTokens(Regularizer):
+class HighEntropyTokens(NativeRegularizer):
     name = "high_entropy_tokens"
-    kind = "native"
+    trl_option = "top_entropy_quantile"
     trl_defaults = {"top_entropy_quantile": 0.2}  # applied when top_entropy_quantile is left at 1.0
+
+    @classmethod
+    def option_is_set(cls, config: Any) -> bool:
+        return config.top_entropy_quantile < 1.0

@@ -10,7 +10,7 @@ tokens. Weights are constants; tokens stay in the loss denominator.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,10 +27,13 @@ class Steer(Regularizer):
     name = "steer"
     kind = "loss"
     needs = frozenset({"entropies"})
-    steer_lambda_min: float = 0.8
-    steer_lambda_max: float = 1.2
-    steer_mapping: str = "linear"
-    steer_estimator: str = "code"
+    steer_lambda_min: float = field(default=0.8, metadata={"help": "smallest token weight (paper v4: 0.7; code: 0.8)."})
+    steer_lambda_max: float = field(default=1.2, metadata={"help": "largest token weight (linear map; 1.0 for exp)."})
+    steer_mapping: str = field(default="linear", metadata={"help": "'linear' into [min, max] or 'exp' floored at min."})
+    steer_estimator: str = field(
+        default="code",
+        metadata={"help": "'code' (authors' (A/p_old) p(1-p)(log p + H)) or 'exact' (A ratio 1[unclipped] (S - N))."},
+    )
 
     def __post_init__(self) -> None:
         check(0 < self.steer_lambda_min <= 1, "steer_lambda_min", self.steer_lambda_min, "a weight in (0, 1]")

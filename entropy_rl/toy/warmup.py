@@ -21,7 +21,7 @@ import transformers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-import entropy_rl
+from entropy_rl._version import __version__
 from entropy_rl.toy.model import accuracy, build_model
 from entropy_rl.toy.task import make_problems, split_pairs
 from entropy_rl.toy.tokenizer import build_tokenizer
@@ -109,6 +109,17 @@ def _encode_pool(tokenizer: PreTrainedTokenizerBase, problems: list[dict[str, st
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def _versions() -> dict[str, str]:
+    """The versions a warm-up was trained with, recorded next to it."""
+    return {
+        "entropy_rl": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def _train(settings: dict, out_dir: Path, show_progress: bool) -> None:
     """Train from random init until held-out sampled accuracy reaches the target; save into `out_dir`."""
     start = time.perf_counter()
@@ -162,13 +173,7 @@ def _train(settings: dict, out_dir: Path, show_progress: bool) -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "settings": settings,
         "history": history,
-        "versions": {
-            "entropy_rl": entropy_rl.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": _versions(),
     }
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

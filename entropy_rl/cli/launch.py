@@ -35,11 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from entropy_rl.errors import ConfigError
 
 CONFIG_FLAG = "--accelerate_config"
 PROCESSES_FLAG = "--num_processes"
 RECIPES_SUBDIR = Path("recipes") / "accelerate"
+# The checkout holding this package's source (entropy_rl/cli/launch.py -> the repository root).
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # Set by torchrun (and so by multi-process `accelerate launch`) in every process it starts.
 LAUNCHED_ENV = ("LOCAL_RANK",)
 
@@ -60,7 +62,7 @@ def _trl_configs_dir() -> Path | None:
 
 def _search_dirs() -> list[Path]:
     """Directories whose NAME.yaml files are accelerate config names, in priority order (TRL's last)."""
-    dirs = [Path.cwd() / RECIPES_SUBDIR, Path(__file__).resolve().parent.parent / RECIPES_SUBDIR]
+    dirs = [Path.cwd() / RECIPES_SUBDIR, SOURCE_ROOT / RECIPES_SUBDIR]
     trl_dir = _trl_configs_dir()
     if trl_dir is not None:
         dirs.append(trl_dir)

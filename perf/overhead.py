@@ -1,8 +1,8 @@
 """Step-time and memory overhead of entropy-rl vs plain TRL GRPOTrainer, measured side by side in one process.
 
-    python benchmarks/overhead.py                                  # built-in tiny model, ~3 min on 2 CPU cores
-    python benchmarks/overhead.py --vocab 32000 --hidden 256       # a vocabulary where a full-vocab pass shows
-    python benchmarks/overhead.py --output docs/performance-cpu.json --markdown docs/performance-cpu.md
+    python perf/overhead.py                                  # built-in tiny model, ~3 min on 2 CPU cores
+    python perf/overhead.py --vocab 32000 --hidden 256       # a vocabulary where a full-vocab pass shows
+    python perf/overhead.py --output docs/performance-cpu.json --markdown docs/performance-cpu.md
 
 Every configuration trains the same random model on the same prompts with the same seed. Configurations run in
 interleaved blocks (plain, diagnostics, ..., plain, diagnostics, ...) so that slow phases of a shared machine hit all of

@@ -1,26 +1,23 @@
-"""`entropy-rl train`: GRPO with entropy diagnostics and regularizers, configured like a TRL script.
+"""Training as a library: the script arguments, the built-in default, and one run from parsed arguments to a model.
 
-With no arguments it runs the built-in default on CPU: a tiny model warm-started on two-operand addition, then GRPO.
+    script_args, config = parse_train_args(["--config", "recipes/toy/grpo.yaml", "--learning_rate", "5e-5"])
+    run_dir = train_run(script_args, config)
 
-    entropy-rl train                                       # built-in task, ~1.5 min on 2 CPU cores
-    entropy-rl train --config recipes/toy/grpo.yaml --learning_rate 5e-5
-    entropy-rl train --config RECIPE.yaml --accelerate_config zero2 --num_processes 8   # hands over to accelerate
-    accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train --config RECIPE.yaml
-
-A YAML recipe sets any field of TrainScriptArguments or EntropyGRPOConfig; command-line flags override it.
+A YAML recipe sets any field of TrainScriptArguments or EntropyGRPOConfig; command-line flags override it. The
+command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate hand-over, the exit codes and the report.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, EntropyGRPOConfig
+from . import rundir
+from .config import EntropyGRPOConfig
+from .errors import ConfigError
 
 # Reward names usable in `reward_funcs`; anything else is a dotted import path `package.module.function`.
 REWARDS = {"arithmetic": "entropy_rl.toy.arithmetic_reward", "math": "entropy_rl.rewards.math_reward"}
@@ -85,14 +82,24 @@ def resolve_reward(name: str) -> Callable[..., list[float]]:
         raise ConfigError(f"invalid config: reward_funcs entry {name!r} cannot be imported ({err})") from err
 
 
-def parse_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig]:
+def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig]:
+    """(script_args, config) from `entropy-rl train` arguments; without --config, BUILTIN_DEFAULTS underlie them.
+
+    Raises ConfigError for an unknown or abbreviated flag or YAML key and for an invalid value. `--help` and values
+    argparse cannot convert end the process through argparse (SystemExit), as in any TRL script.
+    """
     from trl import TrlParser
 
     # No prefix matching: `--learning_rat` must be an error, not silently `--learning_rate`.
     parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig), allow_abbrev=False)
     if "--config" not in argv:
         parser.set_defaults_with_config(**BUILTIN_DEFAULTS)
-    script_args, config = parser.parse_args_and_config(args=argv)
+    try:
+        script_args, config = parser.parse_args_and_config(args=argv)
+    except ConfigError:
+        raise
+    except ValueError as err:  # TRL/transformers report unknown flags and their own invalid values as ValueError
+        raise ConfigError(str(err)) from err
     return script_args, config
 
 
@@ -104,7 +111,7 @@ def build_dataset(script_args: TrainScriptArguments, seed: int):
         from .toy import make_problems
 
         return Dataset.from_list(make_problems(script_args.num_train_problems, split="train", seed=seed))
-    from .benchmarks import BenchmarkError, load_benchmark
+    from .evaluation.benchmarks import BenchmarkError, load_benchmark
 
     try:
         benchmark = load_benchmark(script_args.dataset_name, data_file=script_args.dataset_file)
@@ -118,7 +125,8 @@ def build_dataset(script_args: TrainScriptArguments, seed: int):
     return Dataset.from_list(rows)
 
 
-def load_model(script_args: TrainScriptArguments):
+def load_policy(script_args: TrainScriptArguments):
+    """(model, tokenizer) to train: the given checkpoint, or the built-in tiny model warm-started on addition."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if script_args.model_name_or_path is None:
@@ -145,8 +153,8 @@ def check_checkpoint(path: str) -> None:
         )
 
 
-def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
-    """Train and return the run directory."""
+def train_run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
+    """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model)."""
     from .trainer import EntropyGRPOTrainer
 
     # Cheap checks first: a typo should not wait for a model to load.
@@ -154,66 +162,13 @@ def run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
         check_checkpoint(config.resume_from_checkpoint)
     rewards = [resolve_reward(name) for name in script_args.reward_funcs]
     dataset = build_dataset(script_args, config.seed)
-    model, tokenizer = load_model(script_args)
+    model, tokenizer = load_policy(script_args)
     trainer = EntropyGRPOTrainer(
         model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer
     )
     run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = {"script": asdict(script_args), **config.to_dict()}
-    (run_dir / "entropy_rl_config.json").write_text(json.dumps(saved, indent=2, default=str))
+    rundir.write_config(run_dir, {"script": asdict(script_args), **config.to_dict()})
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(str(run_dir / "final"))
+    trainer.save_model(str(run_dir / rundir.FINAL_DIR))
     trainer.end()  # trackers closed and, under a launcher, the process group left by every rank together
     return run_dir
-
-
-def main(argv: list[str]) -> int:
-    from .launch import maybe_relaunch
-
-    try:
-        code = maybe_relaunch(argv)  # --accelerate_config NAME|PATH [--num_processes N] hands over to accelerate
-    except ConfigError as err:
-        print(f"entropy-rl train: {err}", file=sys.stderr)
-        return 2
-    if code is not None:
-        return code
-    try:
-        # TRL/transformers report unknown flags and YAML keys and their own invalid values as ValueError.
-        script_args, config = parse_args(argv)
-    except ValueError as err:
-        print(f"entropy-rl train: {err}", file=sys.stderr)
-        return 2
-    try:
-        run_dir = run(script_args, config)
-    except ConfigError as err:
-        print(f"entropy-rl train: {err}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        report(run_dir)
-    return 0
-
-
-def report(run_dir: Path) -> None:
-    """Print where the results went and how entropy and reward moved."""
-    from .jsonl import read_rows
-
-    rows = read_rows(run_dir / "metrics.jsonl")
-    print(f"\nmetrics: {run_dir / 'metrics.jsonl'} ({len(rows)} steps)")
-    if rows:
-        from .plot import plot_run
-
-        print(f"plot:    {plot_run(run_dir)}")
-        window = max(1, len(rows) // 10)
-        for label, part in (("first", rows[:window]), ("last", rows[-window:])):
-            print(f"{label} {window} steps: " + summary_line(part))
-
-
-def summary_line(rows: list[dict[str, Any]]) -> str:
-    def mean(key: str) -> float:
-        values = [r[key] for r in rows if r.get(key) is not None]
-        return sum(values) / len(values) if values else float("nan")
-
-    return f"entropy {mean('entropy/token_mean'):.3f}  reward {mean('reward'):.3f}  cov {mean('cov/logp_adv'):.3f}"

@@ -1,9 +1,10 @@
-"""`entropy-rl` command line: one sub-command per job, each living in its own module.
+"""`entropy-rl` command line: one sub-command per module of this package; the library never imports it.
 
 entropy-rl train [--config RECIPE.yaml] [--field value ...]   GRPO with entropy diagnostics/regularizers
 entropy-rl eval  ...                                          math benchmarks, entropy-reward curve
 entropy-rl fit   RUN_DIR [RUN_DIR ...]                        entropy-performance law R = -a exp(H) + b
 entropy-rl plot  RUN_DIR [RUN_DIR ...]                        entropy / reward curves of runs
+entropy-rl study [--config STUDY.yaml]                        every method x seeds, evaluated, fitted, written up
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import sys
 
 # Sub-command -> module exposing `main(argv: list[str]) -> int`. Imported lazily: `import trl` alone costs seconds.
 COMMANDS = {
-    "train": "entropy_rl.train",
-    "eval": "entropy_rl.evaluate",
-    "fit": "entropy_rl.fit",
-    "plot": "entropy_rl.plot",
-    "study": "entropy_rl.study",
+    "train": "entropy_rl.cli.train",
+    "eval": "entropy_rl.cli.eval",
+    "fit": "entropy_rl.cli.fit",
+    "plot": "entropy_rl.cli.plot",
+    "study": "entropy_rl.cli.study",
 }
 
 
@@ -28,11 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"entropy-rl: unknown command {command!r}; choose one of {sorted(COMMANDS)}", file=sys.stderr)
+        print(f"entropy-rl: error: unknown command {command!r}; choose one of {sorted(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command])
     return int(module.main(rest) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

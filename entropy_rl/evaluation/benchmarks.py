@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from entropy_rl.errors import EntropyRLError
 from entropy_rl.grading import after_hashes, last_boxed, normalize_number
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_DIR = REPO_ROOT / "eval" / "benchmarks"
 DATA_DIR_ENV = "ENTROPY_RL_DATA_DIR"
 DATA_DIR_PLACEHOLDER = "${" + DATA_DIR_ENV + "}"
@@ -35,7 +36,7 @@ _GOLD_RULES = {
 }
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(EntropyRLError):
     """A benchmark spec or its data is unusable; the message says which file (and line) and why."""
 
 
@@ -131,7 +132,7 @@ def _read_hub(name: str, hub: str, config: str | None, split: str) -> Iterator[t
     except Exception as error:  # offline, unknown id, auth...: all end the same way for the user
         raise BenchmarkError(
             f"benchmark {name}: no local file, and the Hub dataset {hub!r} (split {split!r}) could not be loaded: "
-            f"{type(error).__name__}: {error}. Offline? Download it elsewhere and pass --data-file FILE.jsonl."
+            f"{type(error).__name__}: {error}. Offline? Download it elsewhere and pass --data_file FILE.jsonl."
         ) from error
     for index, row in enumerate(dataset):
         yield f"{hub}[{split}] row {index}", row
@@ -158,7 +159,7 @@ def _rows(spec: dict[str, Any], data_dir: Path, data_file: str | Path | None) ->
         if not path.is_file():
             raise BenchmarkError(
                 f"benchmark {spec['name']}: data file {path} not found "
-                f"(set {DATA_DIR_ENV} or --data-dir to the directory holding it, or pass --data-file)"
+                f"(set {DATA_DIR_ENV} or --data_dir to the directory holding it, or pass --data_file)"
             )
         return str(path), _read_jsonl(path)
     if source.get("hub"):

@@ -1,0 +1,123 @@
+"""`entropy-rl eval`: math benchmarks for a model or for every checkpoint of a run (the entropy-performance curve).
+
+    entropy-rl eval --model DIR --benchmarks gsm8k,math500 [--output_dir OUT]
+    entropy-rl eval --run RUN_DIR --benchmarks arithmetic,gsm8k          # appends RUN_DIR/curve.jsonl
+    accelerate launch --num_processes N -m entropy_rl.cli eval ...       # data parallel (docs/evaluation.md)
+
+The work is done by entropy_rl.evaluation; this module reads the flags and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from entropy_rl.cli.common import fail, run_command
+from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.errors import ConfigError
+from entropy_rl.evaluation.benchmarks import Benchmark, load_benchmark
+from entropy_rl.evaluation.generation import load_checkpoint_model, open_vllm, process_state
+from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint, evaluate_run
+from entropy_rl.grading import DEFAULT_TIMEOUT_S, Grader
+
+COMMAND = "eval"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(COMMAND, __doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="model directory (safetensors) to evaluate")
+    target.add_argument("--run", help="run directory: evaluate each checkpoint-<step>/ and append to curve.jsonl")
+    parser.add_argument("--benchmarks", required=True, help="comma-separated names (eval/benchmarks/) or YAML paths")
+    add_option(parser, "--data_dir", help="directory of the offline benchmark files (default $ENTROPY_RL_DATA_DIR)")
+    add_option(parser, "--data_file", help="JSONL file replacing the benchmark's data (one benchmark only)")
+    parser.add_argument("--limit", type=int, help="first N problems of each benchmark")
+    parser.add_argument("--k", type=int, help="samples per problem (default: the benchmark's)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy (default: benchmark's)")
+    add_option(parser, "--top_p", type=float, help="nucleus sampling mass (default: the benchmark's)")
+    add_option(parser, "--max_new_tokens", type=int, help="response length limit (default: the benchmark's)")
+    add_option(parser, "--pass_k", type=_int_list, default=(), help="extra k values for pass@k, e.g. 2,4,8")
+    add_option(parser, "--batch_size", type=int, default=32, help="sequences per generate() call (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_option(parser, "--output_dir", help="per-problem JSONL + summary.json here (run mode: default RUN_DIR/eval)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_option(parser, "--grading_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per math-verify")
+    add_option(parser, "--grading_workers", type=int, default=2, help="grading processes per evaluating process")
+    parser.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm and CUDA; one process)")
+    add_option(parser, "--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Fixed-width summary table, one line per row (a benchmark, or a (checkpoint, benchmark) pair)."""
+    ks = sorted({kk for row in rows for kk in row["pass@k"]}, key=int)
+    header = ["step", "benchmark", "n", "k", "avg@k", *(f"pass@{kk}" for kk in ks), "length", "entropy"]
+    lines = [header]
+    for row in rows:
+        pass_cols = [f"{row['pass@k'][kk]:.4f}" if kk in row["pass@k"] else "" for kk in ks]
+        lines.append(
+            [str(row.get("step", "")), row["benchmark"], str(row["num_problems"]), str(row["k"])]
+            + [f"{row['avg@k']:.4f}", *pass_cols, f"{row['mean_length']:.1f}", f"{row['eval_entropy']:.4f}"]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+
+
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        pass_ks=args.pass_k,
+        progress=not args.no_progress,
+    )
+
+
+def _benchmarks(args: argparse.Namespace, settings: EvalSettings) -> list[Benchmark]:
+    """The benchmarks to run, checked (with the sampling overrides) before any model is loaded."""
+    names = [name for name in args.benchmarks.split(",") if name.strip()]
+    if args.data_file and len(names) != 1:
+        raise ConfigError("--data_file replaces the data of one benchmark: pass exactly one in --benchmarks")
+    if args.vllm and args.run:
+        raise ConfigError("--vllm evaluates one --model; curves over checkpoints use transformers")
+    benchmarks = [load_benchmark(n, args.data_dir, args.limit, args.data_file) for n in names]
+    for benchmark in benchmarks:
+        settings.sampling(benchmark)  # reject bad overrides (e.g. --k 4 with greedy) before loading a model
+    return benchmarks
+
+
+def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of the table: one per (checkpoint, benchmark) with --run, one per benchmark with --model."""
+    state = process_state()  # before the grader starts its worker processes, as the evaluator always did
+    settings = _settings(args)
+    benchmarks = _benchmarks(args, settings)
+    with Grader(timeout_s=args.grading_timeout, workers=args.grading_workers) as grader:
+        options = {"settings": settings, "grader": grader, "output_dir": args.output_dir}
+        if args.run:
+            return evaluate_run(args.run, benchmarks, dtype=args.dtype, **options)
+        llm = open_vllm(args.model, args.dtype, args.seed) if args.vllm else None
+        model, tokenizer = load_checkpoint_model(args.model, state.device, args.dtype)
+        return list(evaluate_checkpoint(model, tokenizer, benchmarks, llm=llm, **options).values())
+
+
+def _body(args: argparse.Namespace) -> int:
+    try:
+        rows = _evaluate(args)
+    except OSError as error:  # a model or file that cannot be read
+        return fail(COMMAND, error)
+    if process_state().is_main_process:
+        print(format_table(rows) if rows else "nothing to evaluate: every (checkpoint, benchmark) is in curve.jsonl")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(COMMAND, lambda: _body(args))

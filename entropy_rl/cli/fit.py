@@ -1,0 +1,252 @@
+"""`entropy-rl fit`: fit the entropy-performance law R = b - a * exp(H) to runs, print the tables, write fit.json.
+
+    entropy-rl fit RUN_DIR [RUN_DIR ...] [--metric M] [--benchmark B] [--fit_fraction F] [--joint] [--plot]
+
+The fitting is entropy_rl.fit; runs are read through entropy_rl.rundir; this module reads the flags, prints the
+report and writes the JSON report (docs/fit.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from entropy_rl.cli.common import run_command
+from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.fit import (
+    LAW,
+    JointFit,
+    LawFit,
+    LawFitError,
+    Pairs,
+    Prediction,
+    fit_early,
+    fit_joint,
+    fit_law,
+    load_pairs,
+)
+from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run, common_dir, load_runs
+
+COMMAND = "fit"
+
+
+# ------------------------------------------------------------------------------------------------ options
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options choosing the (H, R) points; shared by `entropy-rl fit` and `entropy-rl plot`."""
+    parser.add_argument(
+        "--metric",
+        help="R: avg@k, pass@N or pass@k (from curve.jsonl) or a metrics.jsonl key such as reward "
+        "(default: avg@k when the run has curve.jsonl, else reward)",
+    )
+    parser.add_argument(
+        "--benchmark", help="curve.jsonl benchmark for R (default: the only one, else the mean over all benchmarks)"
+    )
+    add_option(
+        parser,
+        "--entropy_key",
+        default=DEFAULT_ENTROPY_KEY,
+        help=f"metrics.jsonl key for H (default {DEFAULT_ENTROPY_KEY})",
+    )
+    parser.add_argument(
+        "--smooth",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trailing moving average of H and R over N points (default 1: none)",
+    )
+    add_option(
+        parser,
+        "--entropy_window",
+        type=int,
+        default=1,
+        metavar="N",
+        help="H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
+    )
+
+
+def pair_options(args: argparse.Namespace) -> dict[str, Any]:
+    """load_pairs keyword arguments from the options of add_pair_arguments."""
+    return {
+        "metric": args.metric,
+        "benchmark": args.benchmark,
+        "entropy_key": args.entropy_key,
+        "smooth": args.smooth,
+        "entropy_window": args.entropy_window,
+    }
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        COMMAND, f"Fit the entropy-performance law {LAW} (Cui et al. 2025) to runs. See docs/fit.md."
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    add_pair_arguments(parser)
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="resamples for 95%% intervals (0: none; default 1000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    add_option(
+        parser,
+        "--fit_fraction",
+        type=_fraction,
+        metavar="F",
+        help="also fit the first F of the points and predict the rest",
+    )
+    parser.add_argument("--joint", action="store_true", help="also fit one (a, b) shared by all runs")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="JSON report (default: RUN_DIR/fit.json for one run, else fit.json in the deepest directory holding all)",
+    )
+    parser.add_argument("--plot", action="store_true", help="also write the figures next to the JSON report")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+@dataclass(frozen=True)
+class Fits:
+    """Everything one `entropy-rl fit` computes: per run its points, fit and early prediction; the joint fit."""
+
+    runs: list[Run]
+    pairs: list[Pairs]
+    fits: list[LawFit]
+    predictions: list[Prediction | None]
+    joint: JointFit | None
+
+
+def _joint(pairs: Sequence[Pairs], args: argparse.Namespace) -> JointFit | None:
+    if not args.joint:
+        return None
+    kinds = {(p.metric, p.benchmark) for p in pairs}
+    if len(kinds) > 1:
+        raise LawFitError(f"--joint needs the same R in every run, got (metric, benchmark) {sorted(kinds)}")
+    points = [(p.H, p.R) for p in pairs]
+    return fit_joint(points, bootstrap=args.bootstrap, seed=args.seed, source="joint fit of all runs")
+
+
+def compute(args: argparse.Namespace) -> Fits:
+    runs = load_runs(args.run_dirs)
+    pairs = [load_pairs(run, **pair_options(args)) for run in runs]
+    fits = [fit_law(p.H, p.R, bootstrap=args.bootstrap, seed=args.seed, source=p.source) for p in pairs]
+    predictions = [
+        fit_early(p.H, p.R, args.fit_fraction, bootstrap=args.bootstrap, seed=args.seed, source=p.source)
+        if args.fit_fraction
+        else None
+        for p in pairs
+    ]
+    return Fits(runs, pairs, fits, predictions, _joint(pairs, args))
+
+
+# ------------------------------------------------------------------------------------------------ report text
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
+def _fit_lines(fit: LawFit) -> list[str]:
+    lines = [f"    {'':9} {'value':>10}  95% CI", f"    {'a':9} {fit.a:>10.4g}  {_fmt_ci(fit.a_ci)}"]
+    lines.append(f"    {'b':9} {fit.b:>10.4g}  {_fmt_ci(fit.b_ci)}")
+    lines.append(f"    {'ceiling':9} {fit.ceiling:>10.4g}  {_fmt_ci(fit.ceiling_ci)}")
+    lines.append(
+        f"    R2 {fit.r2:.4f}   RMSE {fit.rmse:.4g}   n {fit.n}   H in [{fit.h_min:.4g}, {fit.h_max:.4g}] nats"
+    )
+    if fit.a <= 0:
+        lines.append("    note: a <= 0, performance does not rise as entropy falls; the law's premise fails here")
+    return lines
+
+
+def _run_lines(pairs: Pairs, fit: LawFit, prediction: Prediction | None) -> list[str]:
+    lines = [pairs.label, f"  {pairs.source}", *_fit_lines(fit)]
+    if prediction is not None:
+        lines.append(
+            f"  fit on the first {prediction.n_fit} points ({prediction.fraction:g}), predicting the other "
+            f"{prediction.n_test}: RMSE {prediction.rmse:.4g}, max |error| {prediction.max_abs_error:.4g}"
+        )
+        lines.extend(_fit_lines(prediction.fit))
+    return lines
+
+
+def _joint_lines(joint: JointFit, labels: Sequence[str]) -> list[str]:
+    lines = ["joint fit (one a, b for all runs)", *_fit_lines(joint.fit)]
+    lines.append(
+        f"    separate fits: RMSE {joint.separate_rmse:.4g}, R2 {joint.separate_r2:.4f}; "
+        f"joint/separate RMSE {joint.rmse_ratio:.2f}x; "
+        f"F({joint.df[0]}, {joint.df[1]}) = {joint.f_stat:.4g}, p = {joint.p_value:.3g}"
+    )
+    lines.append(f"    {'run':30} {'own RMSE':>10} {'joint RMSE':>11}")
+    for label, own, shared in zip(labels, joint.own_rmse, joint.joint_rmse, strict=True):
+        lines.append(f"    {label:30} {own:>10.4g} {shared:>11.4g}")
+    return lines
+
+
+def report_text(result: Fits) -> str:
+    lines = [f"entropy-performance law {LAW}", ""]
+    for p, fit, prediction in zip(result.pairs, result.fits, result.predictions, strict=True):
+        lines += [*_run_lines(p, fit, prediction), ""]
+    if result.joint is not None:
+        lines += [*_joint_lines(result.joint, [p.label for p in result.pairs]), ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ JSON report
+def _run_entry(run: Run, p: Pairs, fit: LawFit, prediction: Prediction | None) -> dict[str, Any]:
+    return {
+        "run_dir": str(run.path),
+        "label": p.label,
+        "source": p.source,
+        "metric": p.metric,
+        "benchmark": p.benchmark,
+        "steps": [int(p.steps[0]), int(p.steps[-1])],
+        "dropped": p.dropped,
+        "unmatched": p.unmatched,
+        "fit": fit.to_dict(),
+        "prediction": None if prediction is None else prediction.to_dict(),
+    }
+
+
+def report_json(result: Fits, args: argparse.Namespace) -> dict[str, Any]:
+    options = {**pair_options(args), "bootstrap": args.bootstrap, "seed": args.seed, "fit_fraction": args.fit_fraction}
+    entries = zip(result.runs, result.pairs, result.fits, result.predictions, strict=True)
+    labels = [p.label for p in result.pairs]
+    return {
+        "law": LAW,
+        "options": options,
+        "runs": [_run_entry(*entry) for entry in entries],
+        "joint": None if result.joint is None else result.joint.to_dict(labels),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ command
+def _body(args: argparse.Namespace) -> int:
+    """Fit, print the tables, write the JSON report (and the figures with --plot)."""
+    result = compute(args)
+    print(report_text(result))
+    output = args.output or common_dir(args.run_dirs) / "fit.json"
+    report = report_json(result, args)
+    if args.plot:
+        from entropy_rl.plot import make_plots  # matplotlib costs about a second to import; only --plot needs it
+
+        joint = None if result.joint is None else result.joint.fit
+        paths = make_plots(result.runs, result.pairs, result.fits, output.parent, joint=joint)
+        report["plots"] = [str(path) for path in paths]
+        print("\n".join(f"wrote {path}" for path in paths))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(COMMAND, lambda: _body(args))

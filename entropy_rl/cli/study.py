@@ -1,0 +1,144 @@
+"""`entropy-rl study`: train every method x seed, evaluate the checkpoints, fit the law and write the results page.
+
+    entropy-rl study --config recipes/toy/study.yaml                   # the toy study, docs/results/toy.md
+    entropy-rl study --config recipes/toy/study.yaml --dry_run         # the runs, their state, their train commands
+    entropy-rl study --quick --output runs/study-quick                 # CI miniature (doc in runs/study-quick/docs)
+    entropy-rl study --steps 4 --seeds 1 --methods none,clip_cov --eval_problems 16 --output runs/mini --doc_dir /tmp/d
+
+A run is finished when its final/ model exists and its metrics file has one row per step: a re-run skips it (and the
+evaluator skips evaluated checkpoints), resumes an unfinished run from its last checkpoint, and refuses a run
+directory trained with other settings. Flags are TRL's --snake_case; the dashed spellings (--save-steps, --dry-run,
+...) are still accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from entropy_rl.cli.common import run_command
+from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.study.spec import (
+    DEFAULT_CONFIG,
+    QUICK,
+    Study,
+    apply_overrides,
+    build_study,
+    read_study_file,
+    select_methods,
+)
+
+COMMAND = "study"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        COMMAND,
+        "Train every method x seed, evaluate the checkpoints, fit the entropy-performance law and write the results "
+        "page. Flags override the study YAML.",
+    )
+    add_option(parser, "--config", default=DEFAULT_CONFIG, help=f"study YAML (default {DEFAULT_CONFIG})")
+    add_option(parser, "--steps", type=int, help="optimizer steps per run")
+    add_option(parser, "--seeds", type=int, help="number of seeds per method (seeds 0 .. N-1)")
+    add_option(parser, "--methods", help="comma-separated subset of the YAML's methods, in this order")
+    add_option(parser, "--save_steps", type=int, help="checkpoint (= evaluation) interval; must divide --steps")
+    add_option(parser, "--dynamics_every", type=int, help="measure the entropy change every N steps")
+    add_option(parser, "--eval_problems", type=int, help="first N problems of the benchmark")
+    add_option(parser, "--eval_k", type=int, help="samples per problem")
+    add_option(parser, "--output", help="root of the run directories <output>/<method>/seed<k>")
+    add_option(parser, "--doc_dir", help="where the page and its figures go")
+    add_option(parser, "--threads", type=int, help="torch threads")
+    quick = ", ".join(f"--{key} {value}" for key, value in QUICK.items())
+    add_option(
+        parser,
+        "--quick",
+        action="store_true",
+        help=f"CI miniature: {quick}, --doc_dir <output>/docs (explicit flags win)",
+    )
+    add_option(parser, "--dry_run", action="store_true", help="list the runs, their state and commands; train nothing")
+    add_option(
+        parser,
+        "--workers",
+        type=int,
+        default=1,
+        help="train in N processes at once, each taking every N-th method (use one per CPU core, with threads 1); "
+        "the page is written once all are done",
+    )
+    return parser
+
+
+def load_study(args: argparse.Namespace) -> tuple[Study, dict[str, Any]]:
+    """The study and the resolved mapping it was built from (the YAML with --quick and the flags applied)."""
+    path = Path(args.config)
+    data = read_study_file(path)
+    if args.quick:
+        for dest, value in QUICK.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, value)
+        # Never into the real docs: the miniature's page lands next to its runs unless asked otherwise.
+        args.doc_dir = args.doc_dir or str(Path(args.output) / "docs")
+    apply_overrides(data, vars(args))
+    if args.methods is not None:
+        select_methods(data, args.methods)
+    return build_study(data, path.parent), data
+
+
+# Flags each worker gets its own value for (every spelling), dropped from the parent's arguments.
+_PER_WORKER = ("--workers", "--methods", "--doc_dir", "--doc-dir")
+
+
+def worker_commands(argv: list[str], methods: list[str], workers: int, scratch: Path) -> list[list[str]]:
+    """One command line per worker: this same study restricted by --methods (round-robin split), so it trains and
+    evaluates its runs and skips finished ones; its own page goes to a scratch directory, and the parent then writes
+    the real page over every run."""
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _PER_WORKER:
+            skip = True
+        elif not arg.startswith(tuple(f"{flag}=" for flag in _PER_WORKER)):
+            rest.append(arg)
+    return [
+        [sys.executable, "-m", "entropy_rl.cli", COMMAND, *rest, "--methods", ",".join(methods[i::workers]),
+         "--doc_dir", str(scratch / str(i))]
+        for i in range(min(workers, len(methods)))
+    ]  # fmt: skip
+
+
+def _study(argv: list[str], started: float) -> int:
+    from entropy_rl.evaluation.benchmarks import load_benchmark
+    from entropy_rl.study.execute import eval_settings, execute, run_workers, torch_threads
+    from entropy_rl.study.page import write_page
+    from entropy_rl.study.plan import plan_runs
+
+    args = build_parser().parse_args(argv)
+    study, data = load_study(args)
+    benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
+    settings = eval_settings(study, benchmark)
+    problems = len(benchmark.problems)
+    plans = plan_runs(study, problems)
+    if args.dry_run:
+        for plan in plans:
+            print(f"{plan.method} seed {plan.seed}: {plan.state}\n  {shlex.join(['entropy-rl', 'train', *plan.argv])}")
+        return 0
+    if args.workers > 1:
+        with tempfile.TemporaryDirectory() as scratch:
+            run_workers(worker_commands(argv, [method.name for method in study.methods], args.workers, Path(scratch)))
+        plans = plan_runs(study, problems)  # the workers finished them: now only the report is left
+    with torch_threads(study.threads):
+        results = execute(study, plans, benchmark, settings, report=lambda line: print(line, flush=True))
+        page = write_page(study, data, plans, results, problems, argv, time.perf_counter() - started)
+    print(f"wrote {page}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    started = time.perf_counter()
+    return run_command(COMMAND, lambda: _study(argv, started))

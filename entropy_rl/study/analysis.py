@@ -1,0 +1,147 @@
+"""The numbers of a study: per run (entropy at start and end, accuracy, the law fit and its early prediction), per
+method over seeds (mean, spread, comparison with GRPO), and over all runs (the joint law fit, the entropy dynamics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from entropy_rl.errors import EntropyRLError
+from entropy_rl.fit import JointFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
+from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run
+
+from .spec import Study
+
+BASELINE = "none"
+PREDICTED, MEASURED = "dynamics/predicted_dH", "dynamics/measured_dH"
+STRONG_R, WEAK_R = 0.7, 0.4  # |Pearson r| at or above: strong; below WEAK_R: weak
+WEAK_R2 = 0.5  # a law fit explaining less than half the variance of R is called weak
+
+
+@dataclass(frozen=True)
+class RunResult:
+    method: str
+    seed: int
+    run: Run
+    status: str  # what this invocation did with the run
+    train_s: float  # recorded seconds, over every invocation that worked on the run
+    eval_s: float
+
+
+@dataclass
+class RunAnalysis:
+    result: RunResult
+    numbers: dict[str, float]  # start_h, end_h, first_acc, final_acc, final_pass, eval_h, a, b, ceiling, r2, ...
+    pairs: Pairs | None
+    notes: list[str]  # why a fit is missing
+
+
+Groups = dict[str, list[RunAnalysis]]  # method -> its runs (one per seed), in the study's order
+
+
+def _edge_mean(values: np.ndarray, fraction: float, last: bool) -> float:
+    """Mean of the first (or last) `fraction` of the finite values, at least one."""
+    values = values[np.isfinite(values)]
+    n = max(1, round(fraction * len(values)))
+    return float(np.mean(values[-n:] if last else values[:n])) if len(values) else float("nan")
+
+
+def eval_curve(run: Run, benchmark: str) -> list[dict[str, Any]]:
+    """The run's evaluation rows of one benchmark, by step."""
+    return sorted((row for row in run.curve or [] if row.get("benchmark") == benchmark), key=lambda row: row["step"])
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (NaN entries skipped; std NaN for one value)."""
+    finite = np.array([v for v in values if np.isfinite(v)], dtype=float)
+    if not len(finite):
+        return float("nan"), float("nan")
+    return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
+
+
+def compare(values: Sequence[float], baseline: Sequence[float]) -> str:
+    """Higher / lower than the baseline when the means differ by more than the two seed standard deviations added."""
+    (mean, std), (base_mean, base_std) = mean_std(values), mean_std(baseline)
+    if not (np.isfinite(std) and np.isfinite(base_std)):
+        return "cannot tell (one seed)"
+    diff = mean - base_mean
+    if abs(diff) <= std + base_std:
+        return "no clear difference (within seed spread)"
+    return "higher" if diff > 0 else "lower"
+
+
+def strength(r: float | None) -> str:
+    if r is None:
+        return "undefined (fewer than 3 pairs or a constant series)"
+    label = "strong" if abs(r) >= STRONG_R else "moderate" if abs(r) >= WEAK_R else "weak"
+    return label if r >= 0 else f"{label}, negative"
+
+
+def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
+    """Entropy at the start and end of training; accuracy at the first and last checkpoint."""
+    nan = float("nan")
+    entropy = run.column(DEFAULT_ENTROPY_KEY)
+    curve = eval_curve(run, study.eval.benchmark)
+    last = curve[-1] if curve else {}
+    return {
+        "start_h": _edge_mean(entropy, study.fit.window, last=False),
+        "end_h": _edge_mean(entropy, study.fit.window, last=True),
+        "first_acc": curve[0]["avg@k"] if curve else nan,
+        "final_acc": last.get("avg@k", nan),
+        "final_pass": last.get("pass@k", {}).get(str(last.get("k")), nan),
+        "eval_h": last.get("eval_entropy", nan),
+    }
+
+
+def analyse_run(result: RunResult, study: Study) -> RunAnalysis:
+    run = result.run
+    numbers = _edge_numbers(run, study)
+    notes, pairs = [], None
+    try:
+        # H: the training entropy averaged over the steps since the previous checkpoint, not one batch's
+        pairs = load_pairs(
+            run, metric=study.fit.metric, benchmark=study.eval.benchmark, entropy_window=study.save_steps
+        )
+        fit = fit_law(pairs.H, pairs.R, source=pairs.source)
+        numbers |= {"a": fit.a, "b": fit.b, "ceiling": fit.ceiling, "r2": fit.r2, "rmse": fit.rmse, "n": fit.n}
+        early = fit_early(pairs.H, pairs.R, study.fit.early_fraction, source=pairs.source)
+        numbers |= {"early_rmse": early.rmse, "early_n": early.n_fit}
+    except EntropyRLError as err:  # a fit that fails or a run file that cannot be read: a note, not a crash
+        notes.append(f"{run.label}: {err}")
+    return RunAnalysis(result, numbers, pairs, notes)
+
+
+def by_method(analyses: Sequence[RunAnalysis]) -> Groups:
+    groups: Groups = {}
+    for analysis in analyses:
+        groups.setdefault(analysis.result.method, []).append(analysis)
+    return groups
+
+
+def column(analyses: Sequence[RunAnalysis], key: str) -> list[float]:
+    """One number of every run (NaN where the run lacks it)."""
+    return [a.numbers.get(key, float("nan")) for a in analyses]
+
+
+def dynamics(analyses: Sequence[RunAnalysis]) -> tuple[list[float], list[float]]:
+    """Predicted and measured entropy changes of every measured step of the runs."""
+    pairs = [
+        (row[PREDICTED], row[MEASURED])
+        for a in analyses
+        for row in a.result.run.metrics
+        if row.get(MEASURED) is not None and row.get(PREDICTED) is not None
+    ]
+    return [p for p, _ in pairs], [m for _, m in pairs]
+
+
+def joint(analyses: Sequence[RunAnalysis]) -> tuple[JointFit | None, str | None]:
+    """One law fitted to every run with a fit of its own; or None and why not."""
+    usable = [a.pairs for a in analyses if a.pairs is not None and "a" in a.numbers]
+    try:
+        return fit_joint([(p.H, p.R) for p in usable], source="joint fit of all runs"), None
+    except LawFitError as err:
+        return None, str(err)

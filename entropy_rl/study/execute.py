@@ -1,0 +1,114 @@
+"""Running a study's plan: train what is not finished, evaluate what is not evaluated, one run after the other.
+
+The seconds spent training and evaluating each run are summed over invocations in RUN_DIR/study_time.json (the page's
+time table). Progress lines go to a `report` callback (the command prints them). `run_workers` runs several copies of
+the command at once, each on a share of the methods.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from entropy_rl.errors import ConfigError
+from entropy_rl.evaluation.benchmarks import Benchmark
+from entropy_rl.evaluation.runner import EvalSettings, evaluate_run
+from entropy_rl.grading import Grader
+from entropy_rl.rundir import load_run
+from entropy_rl.training import train_run
+
+from .analysis import RunResult
+from .plan import Planned
+from .spec import Study
+
+TIME_FILE = "study_time.json"  # per run: seconds spent training and evaluating, summed over invocations
+
+
+def eval_settings(study: Study, benchmark: Benchmark) -> EvalSettings:
+    """The evaluator's settings for the study; a bad sampling (k > 1 at temperature 0) fails here, before training."""
+    settings = EvalSettings(
+        batch_size=study.eval.batch_size,
+        seed=study.eval.seed,
+        k=study.eval.k,
+        temperature=study.eval.temperature,
+        progress=False,
+    )
+    settings.sampling(benchmark)
+    return settings
+
+
+def add_time(run_dir: Path, key: str, seconds: float) -> dict[str, float]:
+    """Add `seconds` to the run's recorded `key` ("train_s" or "eval_s"); return all its recorded times."""
+    path = run_dir / TIME_FILE
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[key] = times.get(key, 0.0) + seconds
+    path.write_text(json.dumps(times, indent=2) + "\n")
+    return times
+
+
+def _train(plan: Planned, head: str, report: Callable[[str], None]) -> str:
+    """Train the run unless it is finished; what was done, for the page's "this invocation" column."""
+    if plan.state == "finished":
+        return "skipped (finished)"
+    resumed = Path(str(plan.config.resume_from_checkpoint)).name
+    status = "trained" if plan.state == "new" else f"resumed from {resumed}"
+    report(f"{head}: training ({status})")
+    started = time.perf_counter()
+    train_run(plan.script_args, plan.config)
+    add_time(plan.run_dir, "train_s", time.perf_counter() - started)
+    return status
+
+
+def execute(
+    study: Study,
+    plans: Sequence[Planned],
+    benchmark: Benchmark,
+    settings: EvalSettings,
+    report: Callable[[str], None] = lambda line: None,
+) -> list[RunResult]:
+    """Train what is not finished and evaluate what is not evaluated, one run after the other."""
+    results = []
+    with Grader(workers=study.eval.grading_workers) as grader:  # one set of grading processes for every run
+        for i, plan in enumerate(plans, start=1):
+            head = f"[{i}/{len(plans)}] {plan.method} seed {plan.seed}"
+            status = _train(plan, head, report)
+            started = time.perf_counter()
+            added = evaluate_run(plan.run_dir, [benchmark], settings=settings, grader=grader)
+            times = add_time(plan.run_dir, "eval_s", time.perf_counter() - started)
+            train_s, eval_s = times.get("train_s", 0.0), times["eval_s"]
+            report(
+                f"{head}: {status}; {len(added)} checkpoints evaluated now; recorded train {train_s:.0f} s, "
+                f"eval {eval_s:.0f} s"
+            )
+            results.append(RunResult(plan.method, plan.seed, load_run(plan.run_dir), status, train_s, eval_s))
+    return results
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Torch on `threads` threads and no transformers progress bars (a "Loading weights" bar per checkpoint would
+    drown the per-run lines) for the duration; both restored afterwards."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    before, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def run_workers(commands: Sequence[Sequence[str]]) -> None:
+    """Run the command lines as child processes all at once and wait for every one; a failed one is an error."""
+    children = [subprocess.Popen(list(command)) for command in commands]
+    codes = [child.wait() for child in children]
+    if any(codes):
+        raise ConfigError(f"a study worker failed (exit codes {codes}); re-run the command to resume")

@@ -1,0 +1,409 @@
+"""The study's Markdown page, <doc_dir>/<name>.md, with its figures <doc_dir>/<name>_*.png.
+
+Everything on it is recomputed from the run directories on every invocation (nothing is carried over from an earlier
+page). One builder per section; `write_page` analyses the runs, draws the figures and joins the sections.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import yaml
+
+from entropy_rl.fit import JointFit, LawFit
+from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, DEFAULT_ENTROPY_KEY
+from entropy_rl.stats import pearson
+
+from .analysis import (
+    BASELINE,
+    MEASURED,
+    PREDICTED,
+    STRONG_R,
+    WEAK_R,
+    WEAK_R2,
+    Groups,
+    RunAnalysis,
+    RunResult,
+    analyse_run,
+    by_method,
+    column,
+    compare,
+    dynamics,
+    joint,
+    mean_std,
+    strength,
+)
+from .execute import TIME_FILE
+from .figures import plot_accuracy, plot_dynamics, plot_entropy_bands, plot_pooled_law
+from .spec import Study
+
+if TYPE_CHECKING:
+    from .plan import Planned
+
+Figures = dict[str, Path | None]  # "entropy", "accuracy", "dynamics", "law" -> the file, None: nothing to draw
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def _pm(values: Sequence[float], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if not np.isfinite(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(" --- " for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _image(path: Path | None, alt: str) -> list[str]:
+    return [f"![{alt}]({path.name})", ""] if path is not None else [f"({alt}: nothing to draw.)", ""]
+
+
+def _wall_span(analyses: Sequence[RunAnalysis]) -> str:
+    """Wall-clock span of all runs, from the file times: first run's config written to last run's last evaluation.
+
+    Runs may have been trained by several invocations or workers at once, so summed compute overstates wall time.
+    """
+    run_dirs = [a.result.run.path for a in analyses]
+    starts = [(d / CONFIG_FILE).stat().st_mtime for d in run_dirs if (d / CONFIG_FILE).exists()]
+    ends = [(d / CURVE_FILE).stat().st_mtime for d in run_dirs if (d / CURVE_FILE).exists()]
+    if not starts or not ends:
+        return ""
+    return f"Wall clock from the first run's start to the last evaluation: {(max(ends) - min(starts)) / 60:.1f} min."
+
+
+# ------------------------------------------------------------------------------------------------ findings
+def _collapse_finding(groups: Groups, study: Study) -> list[str]:
+    base = groups.get(BASELINE)
+    if base is None:
+        return [f"- GRPO (`{BASELINE}`) is not in this study, so there is no entropy-collapse check and no baseline."]
+    start, end = mean_std(column(base, "start_h"))[0], mean_std(column(base, "end_h"))[0]
+    first, final = mean_std(column(base, "first_acc"))[0], mean_std(column(base, "final_acc"))[0]
+    change = 100 * (end / start - 1)
+    window = f"mean of the first / last {study.fit.window:.0%} of steps, averaged over {len(base)} seed(s)"
+    if end <= start / 2:
+        verdict = f"GRPO (`{BASELINE}`) lost at least half of its starting entropy"
+    else:
+        verdict = f"GRPO (`{BASELINE}`) did NOT lose half of its starting entropy at this scale"
+    return [
+        f"- {verdict}: {DEFAULT_ENTROPY_KEY} went from {start:.3f} to {end:.3f} nats ({abs(change):.0f} % "
+        f"{'lower' if change <= 0 else 'higher'}; {window}). "
+        f"Its held-out avg@{study.eval.k} went from {first:.3f} (first checkpoint, step {study.save_steps}) to "
+        f"{final:.3f} (step {study.steps})."
+    ]
+
+
+def _method_findings(groups: Groups, study: Study) -> list[str]:
+    base = groups.get(BASELINE)
+    if base is None or len(groups) == 1:
+        return []
+    lines = []
+    counts = {"entropy": 0, "accuracy": 0}
+    for method, analyses in groups.items():
+        if method == BASELINE:
+            continue
+        entropy = compare(column(analyses, "end_h"), column(base, "end_h"))
+        accuracy = compare(column(analyses, "final_acc"), column(base, "final_acc"))
+        counts["entropy"] += entropy == "higher"
+        counts["accuracy"] += accuracy == "higher"
+        lines.append(
+            f"- `{method}` vs `{BASELINE}`: final entropy **{entropy}** ({_pm(column(analyses, 'end_h'))} vs "
+            f"{_pm(column(base, 'end_h'))}); final avg@{study.eval.k} **{accuracy}** "
+            f"({_pm(column(analyses, 'final_acc'))} vs {_pm(column(base, 'final_acc'))})."
+        )
+    others = len(groups) - 1
+    summary = (
+        f"- {counts['entropy']} of {others} methods ended with clearly higher entropy than GRPO and "
+        f'{counts["accuracy"]} of {others} with clearly higher held-out accuracy. "Clearly" means the means over '
+        "seeds differ by more than the two seeds' standard deviations added; anything else is reported as no clear "
+        "difference, i.e. the method did not help measurably at this scale."
+    )
+    return [summary, *lines]
+
+
+def _dynamics_finding(groups: Groups, analyses: Sequence[RunAnalysis]) -> list[str]:
+    predicted, measured = dynamics(analyses)
+    r = pearson(predicted, measured)
+    per_method = [pearson(*dynamics(group)) for group in groups.values()]
+    defined = [x for x in per_method if x is not None]
+    span = f" (per method from {min(defined):.2f} to {max(defined):.2f})" if defined else ""
+    text = "n/a" if r is None else f"{r:.2f}"
+    line = (
+        f"- Predicted vs measured entropy change per step: Pearson r = {text} over all {len(predicted)} measured "
+        f"steps{span}: **{strength(r)}**."
+    )
+    if r is not None and r < 0:
+        line += " The correlation is negative: the first-order prediction points the wrong way here."
+    elif r is None or r < WEAK_R:
+        line += " The first-order prediction does not track the measured change well here."
+    return [line]
+
+
+def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, study: Study) -> list[str]:
+    fitted = [a for a in analyses if "r2" in a.numbers]
+    if not fitted:
+        return ["- The entropy-performance law could not be fitted to any run (see the notes below)."]
+    r2 = float(np.nanmedian(column(fitted, "r2")))
+    non_positive = sum(a.numbers["a"] <= 0 for a in fitted)
+    lines = [
+        f"- Law R = b − a·exp(H) per run: median R² = {r2:.2f} over {len(fitted)} runs"
+        + (" — **weak**: entropy explains little of the held-out accuracy here." if r2 < WEAK_R2 else ".")
+        + f" {non_positive} of {len(fitted)} runs have a ≤ 0 (accuracy does not rise as entropy falls)."
+    ]
+    early = [a for a in fitted if "early_rmse" in a.numbers]
+    if early:
+        early_rmse, full_rmse = (float(np.nanmedian(column(early, key))) for key in ("early_rmse", "rmse"))
+        n_fit, n = (int(np.nanmedian(column(early, key))) for key in ("early_n", "n"))
+        lines.append(
+            f"- Fitted on the first {study.fit.early_fraction:.0%} of each run's points ({n_fit} of {n}), the law "
+            f"predicts the rest with RMSE {early_rmse:.3f} (median over {len(early)} runs), "
+            f"{early_rmse / full_rmse:.1f}× the full fit's residual RMSE of {full_rmse:.3f} (the noise floor)."
+        )
+    if joint_fit is not None:
+        shared = "consistent with" if joint_fit.p_value >= 0.05 else "not consistent with"
+        lines.append(
+            f"- One (a, b) for all runs: R² = {joint_fit.fit.r2:.2f}, RMSE {joint_fit.rmse_ratio:.2f}× that of the "
+            f"separate fits, F test p = {joint_fit.p_value:.3g}: {shared} coefficients shared across methods and seeds."
+        )
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _final_table(groups: Groups, study: Study) -> list[str]:
+    base = groups.get(BASELINE)
+    rows = []
+    for method, analyses in groups.items():
+        versus = [
+            "—" if base is None or method == BASELINE else compare(column(analyses, key), column(base, key))
+            for key in ("end_h", "final_acc")
+        ]
+        numbers = [_pm(column(analyses, key)) for key in ("start_h", "end_h", "final_acc", "final_pass", "eval_h")]
+        rows.append([f"`{method}`", str(len(analyses)), *numbers, *versus])
+    k = study.eval.k
+    header = [
+        "method", "seeds", "start H", "final H", f"final avg@{k}", f"final pass@{k}", "eval entropy",
+        f"H vs {BASELINE}", f"avg@{k} vs {BASELINE}",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def _law_table(groups: Groups, joint_fit: JointFit | None, study: Study) -> list[str]:
+    keys = ("a", "b", "ceiling", "r2", "rmse", "early_rmse")
+    rows = [[f"`{method}`", *(_pm(column(analyses, key)) for key in keys)] for method, analyses in groups.items()]
+    if joint_fit is not None:
+        fit: LawFit = joint_fit.fit
+        rows.append(["**joint (all runs)**", *(f"{v:.3f}" for v in (fit.a, fit.b, fit.ceiling, fit.r2, fit.rmse)), "—"])
+    early = f"early-{study.fit.early_fraction:.0%} prediction RMSE"
+    return _table(["method", "a", "b", "ceiling b − a", "R²", "fit RMSE", early], rows)
+
+
+def _dynamics_table(groups: Groups) -> list[str]:
+    rows = []
+    for method, analyses in groups.items():
+        predicted, measured = dynamics(analyses)
+        r = pearson(predicted, measured)
+        rows.append([f"`{method}`", str(len(predicted)), "n/a" if r is None else f"{r:.3f}", strength(r)])
+    return _table(["method", "measured steps (all seeds)", "Pearson r", "strength"], rows)
+
+
+def _runs_table(analyses: Sequence[RunAnalysis], study: Study) -> list[str]:
+    rows = [
+        [
+            f"`{a.result.method}`",
+            str(a.result.seed),
+            a.result.status,
+            f"{a.result.train_s:.0f}",
+            f"{study.steps / a.result.train_s:.1f}" if a.result.train_s > 0 else "n/a",
+            f"{a.result.eval_s:.0f}",
+        ]
+        for a in analyses
+    ]
+    return _table(["method", "seed", "this invocation", "train s", "steps/s", "eval s"], rows)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _intro_section(study: Study, groups: Groups, problems: int) -> list[str]:
+    k, bench = study.eval.k, study.eval.benchmark
+    return [
+        f"# Study `{study.name}`: GRPO and its entropy regularizers, side by side",
+        "",
+        "Generated by `entropy-rl study` (entropy_rl/study/) from the run directories under "
+        f"`{study.output}`; every number, table and figure on this page is recomputed on each invocation. Do not edit "
+        "it by hand: re-run the command below.",
+        "",
+        f"Setup: {len(groups)} methods × {study.seeds} seed(s), {study.steps} optimizer steps each; a checkpoint every "
+        f"{study.save_steps} steps, evaluated on the held-out `{bench}` set ({problems} problems,"
+        f" k = {k} samples at T = {study.eval.temperature:g}: avg@{k} is the accuracy of one sample, "
+        f"pass@{k} that of the best of {k}). H is the training entropy `{DEFAULT_ENTROPY_KEY}` "
+        f"(docs/metrics.md); the law's R is `{study.fit.metric}`. Methods and their settings: recipes named in the "
+        "config below (docs/regularizers.md).",
+        "",
+    ]
+
+
+def _findings_section(
+    groups: Groups, analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, study: Study
+) -> list[str]:
+    return [
+        "## Findings",
+        "",
+        *_collapse_finding(groups, study),
+        *_method_findings(groups, study),
+        *_dynamics_finding(groups, analyses),
+        *_law_findings(analyses, joint_fit, study),
+        "",
+    ]
+
+
+def _training_section(figures: Figures) -> list[str]:
+    return [
+        "## Entropy and accuracy during training",
+        "",
+        *_image(figures["entropy"], "entropy vs step per method"),
+        *_image(figures["accuracy"], "held-out accuracy vs step per method"),
+    ]
+
+
+def _final_section(groups: Groups, study: Study) -> list[str]:
+    k = study.eval.k
+    return [
+        "## Final numbers per method",
+        "",
+        f"Mean ± standard deviation over seeds. start / final H: `{DEFAULT_ENTROPY_KEY}` averaged over the first / "
+        f"last {study.fit.window:.0%} of steps. final avg@{k}, pass@{k} and eval entropy (mean token entropy of the "
+        f'evaluation samples): the checkpoint of step {study.steps}. "vs none": higher / lower when the means '
+        "differ by more than the two standard deviations added.",
+        "",
+        *_final_table(groups, study),
+        "",
+    ]
+
+
+def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[str]:
+    return [
+        "## Predicted vs measured entropy change",
+        "",
+        f"Every {study.dynamics_every} step(s) the trainer re-evaluates the step's batch after the update "
+        f"(`{MEASURED}`) next to the first-order prediction `{PREDICTED}` (docs/metrics.md). The prediction has no "
+        "step size in it; all runs share the learning rate, so pooling them keeps the correlation meaningful. "
+        f"|r| ≥ {STRONG_R}: strong, ≥ {WEAK_R}: moderate, below: weak.",
+        "",
+        *_image(figures["dynamics"], "predicted vs measured entropy change"),
+        *_dynamics_table(groups),
+        "",
+    ]
+
+
+def _law_section(groups: Groups, joint_fit: JointFit | None, study: Study, figures: Figures) -> list[str]:
+    return [
+        "## Entropy-performance law R = b − a·exp(H)",
+        "",
+        f"Fitted per run (docs/fit.md) on the evaluated checkpoints: H = the training entropy (`entropy/seq_mean`) "
+        f"averaged over the {study.save_steps} steps up to the checkpoint, R = {study.eval.benchmark} "
+        f"`{study.fit.metric}`. Mean ± std over seeds of each run's a, b, ceiling (R at H = 0, an extrapolation), R² "
+        f"and residual RMSE; the early prediction fits the first {study.fit.early_fraction:.0%} of the points and "
+        "reports the RMSE on the rest. The joint row fits one (a, b) to every run. The figure pools each method's "
+        "seeds into one colour and draws the joint fit.",
+        "",
+        *_image(figures["law"], "held-out accuracy vs entropy with the joint law fit"),
+        *_law_table(groups, joint_fit, study),
+        "",
+    ]
+
+
+def _notes_section(analyses: Sequence[RunAnalysis], joint_error: str | None) -> list[str]:
+    notes = [note for a in analyses for note in a.notes] + ([f"joint fit: {joint_error}"] if joint_error else [])
+    return ["Fits that could not be made:", "", *(f"- {note}" for note in notes), ""] if notes else []
+
+
+def _time_section(analyses: Sequence[RunAnalysis], study: Study, invocation_s: float) -> list[str]:
+    train_total = sum(a.result.train_s for a in analyses)
+    eval_total = sum(a.result.eval_s for a in analyses)
+    return [
+        "## Time",
+        "",
+        f"Recorded compute over all runs: training {train_total / 60:.1f} min + evaluation {eval_total / 60:.1f} min "
+        f"= {(train_total + eval_total) / 60:.1f} min (per run in RUN_DIR/{TIME_FILE}, summed over the invocations "
+        f"that worked on it). This invocation took {invocation_s / 60:.1f} min in all. {_wall_span(analyses)}",
+        "",
+        *_runs_table(analyses, study),
+        "",
+    ]
+
+
+def _reproduce_section(argv: Sequence[str], data: dict[str, Any], plans: Sequence[Planned]) -> list[str]:
+    return [
+        "## Reproduce",
+        "",
+        "```bash",
+        shlex.join(["entropy-rl", "study", *argv]),
+        "```",
+        "",
+        "The study config as used (the YAML with the command-line overrides applied):",
+        "",
+        "```yaml",
+        yaml.safe_dump(data, sort_keys=False).rstrip(),
+        "```",
+        "",
+        "Each run is `entropy-rl train` with these arguments (seed 0 shown; other seeds change `--seed` and the "
+        "directory):",
+        "",
+        "```bash",
+        *(shlex.join(["entropy-rl", "train", *p.argv]) for p in plans if p.seed == 0),
+        "```",
+        "",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ the page
+def draw_figures(groups: Groups, joint_fit: JointFit | None, study: Study) -> Figures:
+    out, name = study.doc_dir, study.name
+    window = max(1, round(study.fit.window * study.steps))
+    return {
+        "entropy": plot_entropy_bands(groups, window, out / f"{name}_entropy.png"),
+        "accuracy": plot_accuracy(groups, study, out / f"{name}_accuracy.png"),
+        "dynamics": plot_dynamics(groups, out / f"{name}_dynamics.png"),
+        "law": plot_pooled_law(groups, joint_fit, out / f"{name}_law.png"),
+    }
+
+
+def write_page(
+    study: Study,
+    data: dict[str, Any],
+    plans: Sequence[Planned],
+    results: Sequence[RunResult],
+    problems: int,
+    argv: Sequence[str],
+    invocation_s: float,
+) -> Path:
+    """<doc_dir>/<name>.md and its figures, from the runs' files alone (nothing carried over from earlier pages).
+
+    `data` is the study mapping as used and `argv` the study's command-line arguments (both shown to reproduce it),
+    `problems` the number of benchmark problems evaluated, `invocation_s` how long this invocation took."""
+    analyses = [analyse_run(result, study) for result in results]
+    groups = by_method(analyses)
+    joint_fit, joint_error = joint(analyses)
+    figures = draw_figures(groups, joint_fit, study)
+    lines = [
+        *_intro_section(study, groups, problems),
+        *_findings_section(groups, analyses, joint_fit, study),
+        *_training_section(figures),
+        *_final_section(groups, study),
+        *_dynamics_section(groups, study, figures),
+        *_law_section(groups, joint_fit, study, figures),
+        *_notes_section(analyses, joint_error),
+        *_time_section(analyses, study, invocation_s),
+        *_reproduce_section(argv, data, plans),
+    ]
+    page = study.doc_dir / f"{study.name}.md"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("\n".join(lines))
+    return page

@@ -1,0 +1,119 @@
+"""The runs of a study: each method x seed as an `entropy-rl train` command line, checked and with its state.
+
+Every run's train arguments are parsed before anything trains, so a bad recipe or flag fails at once. A run is
+finished when its final/ model exists and its metrics file has one row per step; an unfinished run resumes from its
+last checkpoint; a run directory trained with other settings, or evaluated with another k or problem count, is
+refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from entropy_rl.config import EntropyGRPOConfig
+from entropy_rl.errors import ConfigError, check
+from entropy_rl.jsonl import read_rows
+from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, list_checkpoints, read_config
+from entropy_rl.training import TrainScriptArguments, parse_train_args
+
+from .spec import EvalSpec, Method, Study
+
+
+@dataclass
+class Planned:
+    method: str
+    seed: int
+    run_dir: Path
+    argv: list[str]  # `entropy-rl train` arguments of this run
+    state: str  # "finished", "resume" or "new"
+    script_args: TrainScriptArguments
+    config: EntropyGRPOConfig
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+
+
+def train_argv(study: Study, method: Method, seed: int) -> list[str]:
+    """The train command-line of one run: the method's recipe, then shared flags, then the method's own flags, then
+    what the study controls (steps, seed, checkpoints, output)."""
+    argv = ["--config", str(method.recipe)] if method.recipe else ["--regularizer", method.name]
+    flags = {
+        **study.train_args,
+        **method.args,
+        "max_steps": study.steps,
+        "seed": seed,
+        "save_strategy": "steps",
+        "save_steps": study.save_steps,
+        "dynamics_every": study.dynamics_every,
+        "output_dir": study.output / method.name / f"seed{seed}",
+    }
+    for key, value in flags.items():
+        argv += _flag(key, value)
+    return argv
+
+
+def _saved_settings(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> dict[str, Any]:
+    # As training writes the run's saved config, read back through JSON so that both sides compare alike.
+    return json.loads(json.dumps({"script": asdict(script_args), **config.to_dict()}, default=str))
+
+
+def _check_same_settings(run_dir: Path, script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> None:
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    saved, now = read_config(run_dir), _saved_settings(script_args, config)
+    # A resumed run records the checkpoint it resumed from; everything else must match.
+    changed = sorted(
+        k for k in saved.keys() | now.keys() if k != "resume_from_checkpoint" and saved.get(k) != now.get(k)
+    )
+    if changed:
+        diff = "; ".join(f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in changed[:5])
+        raise ConfigError(
+            f"invalid config: {run_dir} was trained with other settings ({diff}); remove it or choose another --output"
+        )
+
+
+def _check_curve(run_dir: Path, evaluation: EvalSpec, problems: int) -> None:
+    # The evaluator skips (checkpoint, benchmark) pairs already in curve.jsonl whatever their sampling settings.
+    wanted = (evaluation.k, problems)
+    for row in read_rows(run_dir / CURVE_FILE):
+        if row.get("benchmark") == evaluation.benchmark and (row.get("k"), row.get("num_problems")) != wanted:
+            raise ConfigError(
+                f"invalid config: {run_dir / CURVE_FILE} holds {evaluation.benchmark} rows with k={row.get('k')}, "
+                f"{row.get('num_problems')} problems; this study asks k={evaluation.k}, {problems} problems; "
+                "remove the file or choose another --output"
+            )
+
+
+def run_state(run_dir: Path, config: EntropyGRPOConfig) -> tuple[str, Path | None]:
+    """("finished", None), ("resume", last checkpoint) or ("new", None)."""
+    steps = [row.get("step") for row in read_rows(run_dir / config.metrics_file)]
+    if (run_dir / FINAL_DIR / "model.safetensors").is_file() and steps == list(range(1, config.max_steps + 1)):
+        return "finished", None
+    checkpoints = list_checkpoints(run_dir) if run_dir.is_dir() else []
+    return ("resume", checkpoints[-1][1]) if checkpoints else ("new", None)
+
+
+def plan_run(study: Study, method: Method, seed: int, problems: int) -> Planned:
+    """One run: its train arguments parsed and checked against what its directory already holds."""
+    argv = train_argv(study, method, seed)
+    script_args, config = parse_train_args(argv)  # a bad flag or value: ConfigError
+    # Runs are labelled by their regularizer: a recipe of another method under this name would mislabel them.
+    check(config.regularizer == method.name, f"methods.{method.name}", str(method.recipe), "its own recipe")
+    run_dir = Path(config.output_dir)
+    _check_same_settings(run_dir, script_args, config)
+    _check_curve(run_dir, study.eval, problems)
+    state, checkpoint = run_state(run_dir, config)
+    if checkpoint is not None:
+        argv += _flag("resume_from_checkpoint", checkpoint)
+        config.resume_from_checkpoint = str(checkpoint)
+    return Planned(method.name, seed, run_dir, argv, state, script_args, config)
+
+
+def plan_runs(study: Study, problems: int) -> list[Planned]:
+    """Every method x seed, in order (so a bad recipe fails before anything trains), with what is already done."""
+    return [plan_run(study, method, seed, problems) for method in study.methods for seed in range(study.seeds)]
