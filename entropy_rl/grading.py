@@ -5,8 +5,10 @@ Design (see docs/evaluation.md):
 * The final answer is pulled out of the last ``tail_chars`` characters of a response by plain-Python, linear-time
   rules (last ``\\boxed{}``, else ``#### x``, else "the answer is x", else the last number). Only that short string
   ever reaches math-verify, so megabyte outputs cost nothing.
-* Identical answers are accepted without math-verify; the rest are compared by math-verify (LaTeX extraction only:
-  its plain-expression extractor runs ``sympy.parse_expr``, which ``eval``s text, so model output never reaches it).
+* Plain decimal numbers ("-.5", "1\\,000", "12.5\\%") are read exactly and compared without math-verify; identical
+  answers are accepted and an answer with digits split by spaces ("1 2") rejected. The rest are compared by
+  math-verify (LaTeX extraction only: its plain-expression extractor runs ``sympy.parse_expr``, which ``eval``s text,
+  so model output never reaches it).
 * Every math-verify call runs in a worker process. math-verify's own ``signal.alarm`` timeouts only work in a main
   thread and cannot interrupt long C-level work (big-integer powers inside sympy), so the parent enforces the limit:
   a worker that has not answered by the deadline is killed and respawned, and the answer is graded wrong with status
@@ -53,7 +55,7 @@ _NUMBER = re.compile(rf"-?(?:{_INTEGER}(?:\.\d+)?|(?<![\w.])\.\d+)(?:/\d+)?")
 # A whole answer that is one decimal number: sign, currency sign, digits, point, percent sign (all but digits optional).
 _PLAIN_NUMBER = re.compile(rf"(?P<sign>[-+]?)(?:\\\$)?(?P<int>{_INTEGER})?(?:\.(?P<frac>\d*))?(?P<pct>\\?%)?", re.ASCII)
 _SEP_BETWEEN_DIGITS = re.compile(rf"(?<=\d){_GROUP_SEP}(?=\d)")
-# LaTeX spaces between groups of three digits anywhere in an answer ("(1\,000, 2)"); commas stay, they may be tuples.
+# LaTeX spaces between groups of three digits, anywhere in an answer.
 _SPACED_THOUSANDS = re.compile(rf"(?<![\d.])\d{{1,3}}(?:(?:{_SPACE_SEP})\d{{3}})+(?!\d)")
 # Digits separated only by spacing, once thousands separators are gone: "1 2", "3\,14". LaTeX shows the first as 12,
 # math-verify reads it as 1 + 2 (its mixed-number rule, as in "1 \frac12") and the second as 3·14: no reading is safe.
@@ -85,10 +87,13 @@ def after_hashes(text: str) -> str | None:
 
 
 def normalize_number(answer: str) -> str:
-    """Drop the thousands separators of a plain number ("70,000", "1\\,000" -> "70000", "1000"), so that it is
-    read as one number, not as a tuple or a product; anything else is returned stripped but unchanged."""
+    """Drop thousands separators: every one of a plain number ("70,000" -> "70000", "10,\\!080" -> "10080"), and
+    LaTeX spaces between digit groups anywhere ("(1\\,000, 2)" -> "(1000, 2)"; a comma there may separate a tuple).
+    Otherwise the answer is returned stripped but unchanged. math-verify would read "1\\,000" as the product 1·000."""
     answer = answer.strip()
-    return _SEP_BETWEEN_DIGITS.sub("", answer) if _PLAIN_NUMBER.fullmatch(answer) else answer
+    if _PLAIN_NUMBER.fullmatch(answer):
+        return _SEP_BETWEEN_DIGITS.sub("", answer)
+    return _SPACED_THOUSANDS.sub(lambda m: _SEP_BETWEEN_DIGITS.sub("", m[0]), answer)
 
 
 def _clean_final(rest: str) -> str | None:
@@ -148,8 +153,7 @@ def _numbers_match(answer: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -
 def _canonical(answer: str) -> str:
     """The answer without what does not change its meaning: "$" and a full stop at the ends, thousands separators,
     LaTeX's negative thin space, and whitespace, except that digits split by spaces stay split (by one space)."""
-    answer = answer.strip().strip("$").strip().removesuffix(".").replace("\\!", "")
-    answer = _SPACED_THOUSANDS.sub(lambda m: _SEP_BETWEEN_DIGITS.sub("", m[0]), normalize_number(answer))
+    answer = normalize_number(answer.strip().strip("$").strip().removesuffix(".").replace("\\!", ""))
     return _WHITESPACE.sub(lambda m: " " if m[1] else "", answer)
 
 

@@ -110,6 +110,7 @@ def test_equivalent_answers(grader, response, gold):
         ("\\boxed{1 2}", "12"),  # digits split by a space are not one number...
         ("\\boxed{1 2}", "3"),  # ...nor a sum (math-verify's mixed-number reading)
         ("\\boxed{1\\,2}", "2"),  # ...nor a product
+        ("\\boxed{(1\\,000, 2)}", "(0,2)"),  # math-verify alone reads 1\,000 as 1·000
         ("\\boxed{0.333333}", "0.3333333"),  # plain numbers compare exactly, without math-verify's rounding
     ],
 )
@@ -135,6 +136,7 @@ def test_wrong_answers(grader, response, gold):
         ("apples.5 more", "5"),
         ("The answer is 1\\,000.", "1000"),
         ("in all 1{,}000 apples", "1000"),
+        ("\\boxed{(1\\,000, 2)}", "(1000, 2)"),
         ("between 100~200", "200"),
         ("nothing numeric here", None),
         ("", None),
