@@ -5,8 +5,10 @@ Design (see docs/evaluation.md):
 * The final answer is pulled out of the last ``tail_chars`` characters of a response by plain-Python, linear-time
   rules (last ``\\boxed{}``, else ``#### x``, else "the answer is x", else the last number). Only that short string
   ever reaches math-verify, so megabyte outputs cost nothing.
-* Identical answers are accepted without math-verify; the rest are compared by math-verify (LaTeX extraction only:
-  its plain-expression extractor runs ``sympy.parse_expr``, which ``eval``s text, so model output never reaches it).
+* Plain decimal numbers ("-.5", "1\\,000", "12.5\\%") are read exactly and compared without math-verify; identical
+  answers are accepted and an answer with digits split by spaces ("1 2") rejected. The rest are compared by
+  math-verify (LaTeX extraction only: its plain-expression extractor runs ``sympy.parse_expr``, which ``eval``s text,
+  so model output never reaches it).
 * Every math-verify call runs in a worker process. math-verify's own ``signal.alarm`` timeouts only work in a main
   thread and cannot interrupt long C-level work (big-integer powers inside sympy), so the parent enforces the limit:
   a worker that has not answered by the deadline is killed and respawned, and the answer is graded wrong with status
@@ -24,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from typing import Literal, cast
 
@@ -37,10 +40,27 @@ Status = Literal["ok", "no_answer", "timeout", "error"]
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####([^\n]*)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)([^\n]*)", re.IGNORECASE)
-# Thousands separators only in groups of three, so that a tuple "1,2" is not read as the number 12.
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
 _INLINE_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]")
-_GROUPED_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+# How numbers are written. A thousands separator: a comma ("1,000", "1{,}000", "10,\!080") or a LaTeX space
+# ("1\,000", "1\;000", "1\ 000"; not "~", which also writes ranges: "100~200"). It only counts between groups of
+# exactly three digits, so that a tuple "1,2" is not read as the number 12. Plain whitespace is never one: "1 2" is
+# two numbers typed next to each other, not 12.
+_SPACE_SEP = r"\\[,;: ]"
+_GROUP_SEP = rf"(?:,(?:\\!)?|\{{,\}}|{_SPACE_SEP})"
+_INTEGER = rf"(?:\d{{1,3}}(?:{_GROUP_SEP}\d{{3}})+|\d+)"
+# A number in running text, for extraction. A decimal may start with its point (".5", "-.5"), unless the point ends
+# a word ("apples.5" is "5").
+_NUMBER = re.compile(rf"-?(?:{_INTEGER}(?:\.\d+)?|(?<![\w.])\.\d+)(?:/\d+)?")
+# A whole answer that is one decimal number: sign, currency sign, digits, point, percent sign (all but digits optional).
+_PLAIN_NUMBER = re.compile(rf"(?P<sign>[-+]?)(?:\\\$)?(?P<int>{_INTEGER})?(?:\.(?P<frac>\d*))?(?P<pct>\\?%)?", re.ASCII)
+_SEP_BETWEEN_DIGITS = re.compile(rf"(?<=\d){_GROUP_SEP}(?=\d)")
+# LaTeX spaces between groups of three digits, anywhere in an answer.
+_SPACED_THOUSANDS = re.compile(rf"(?<![\d.])\d{{1,3}}(?:(?:{_SPACE_SEP})\d{{3}})+(?!\d)")
+# Digits separated only by spacing, once thousands separators are gone: "1 2", "3\,14". LaTeX shows the first as 12,
+# math-verify reads it as 1 + 2 (its mixed-number rule, as in "1 \frac12") and the second as 3·14: no reading is safe.
+_SPACED_DIGITS = re.compile(rf"\d(?:\s|{_SPACE_SEP})+\d")
+_WHITESPACE = re.compile(r"(?<=\d)(\s+)(?=\d)|(?<!\\)\s+")  # keeps "\ ", a LaTeX space
 
 
 def last_boxed(text: str) -> str | None:
@@ -67,9 +87,13 @@ def after_hashes(text: str) -> str | None:
 
 
 def normalize_number(answer: str) -> str:
-    """Drop thousands separators from a plain number ("70,000" -> "70000"), so it is not read as a tuple."""
+    """Drop thousands separators: every one of a plain number ("70,000" -> "70000", "10,\\!080" -> "10080"), and
+    LaTeX spaces between digit groups anywhere ("(1\\,000, 2)" -> "(1000, 2)"; a comma there may separate a tuple).
+    Otherwise the answer is returned stripped but unchanged. math-verify would read "1\\,000" as the product 1·000."""
     answer = answer.strip()
-    return answer.replace(",", "") if _GROUPED_NUMBER.fullmatch(answer) else answer
+    if _PLAIN_NUMBER.fullmatch(answer):
+        return _SEP_BETWEEN_DIGITS.sub("", answer)
+    return _SPACED_THOUSANDS.sub(lambda m: _SEP_BETWEEN_DIGITS.sub("", m[0]), answer)
 
 
 def _clean_final(rest: str) -> str | None:
@@ -104,8 +128,47 @@ def extract_answer(response: str, tail_chars: int = DEFAULT_TAIL_CHARS) -> str |
     return normalize_number(answer)
 
 
+def read_number(answer: str) -> tuple[Fraction, bool] | None:
+    """(exact value, written with a percent sign) of an answer that is one plain decimal number, else None.
+
+    Reads "-.5", "1{,}000.25", "10,\\!080", "1\\,000", "12.5\\%", "\\$32,\\!348", "$5$" and "5." (a sentence's
+    full stop); not fractions, powers or anything else, which math-verify compares.
+    """
+    match = _PLAIN_NUMBER.fullmatch(answer.strip().strip("$").strip())
+    if match is None or not (match["int"] or match["frac"]):
+        return None
+    digits = _SEP_BETWEEN_DIGITS.sub("", match["int"] or "0")
+    return Fraction(f"{match['sign']}{digits}.{match['frac'] or 0}"), bool(match["pct"])
+
+
+def _numbers_match(answer: tuple[Fraction, bool], gold: tuple[Fraction, bool]) -> bool:
+    (a, a_pct), (g, g_pct) = answer, gold
+    if a_pct == g_pct:
+        return a == g
+    # "25%" matches a gold 25 (benchmarks write percentages without the sign) and 0.25, as in math-verify.
+    pct, other = (a, g) if a_pct else (g, a)
+    return other in (pct, pct / 100)
+
+
 def _canonical(answer: str) -> str:
-    return "".join(normalize_number(answer).strip("$ .").split())
+    """The answer without what does not change its meaning: "$" and a full stop at the ends, thousands separators,
+    LaTeX's negative thin space, and whitespace, except that digits split by spaces stay split (by one space)."""
+    answer = normalize_number(answer.strip().strip("$").strip().removesuffix(".").replace("\\!", ""))
+    return _WHITESPACE.sub(lambda m: " " if m[1] else "", answer)
+
+
+def match_without_math_verify(answer: str, gold: str) -> bool | None:
+    """The verdict when it needs no math-verify (None when it does): plain numbers are compared exactly, identical
+    answers accepted, and an answer whose digits are split by spaces rejected."""
+    answer_number, gold_number = read_number(answer), read_number(gold)
+    if answer_number is not None and gold_number is not None:
+        return _numbers_match(answer_number, gold_number)
+    answer, gold = _canonical(answer), _canonical(gold)
+    if answer == gold:
+        return True
+    if _SPACED_DIGITS.search(answer):
+        return False
+    return None
 
 
 @dataclass(frozen=True)
@@ -210,8 +273,8 @@ class Grader:
             answer = extract_answer(response, self.tail_chars)
             if answer is None:
                 grades[i] = Grade(None, False, "no_answer")
-            elif _canonical(answer) == _canonical(gold):
-                grades[i] = Grade(answer, True, "ok")
+            elif (verdict := match_without_math_verify(answer, gold)) is not None:
+                grades[i] = Grade(answer, verdict, "ok")
             else:
                 jobs.append((i, gold, answer))
         for (i, _, answer), verdict in zip(jobs, self._verify_all([(g, a) for _, g, a in jobs]), strict=True):

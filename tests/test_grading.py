@@ -73,6 +73,16 @@ def test_reference_answers_verified_by_math_verify(grader, name):
         ("\\boxed{x^2+2x+1}", "(x+1)^2"),
         ("\\boxed{90^\\circ}", "90"),
         ("first \\boxed{7}, then corrected: \\boxed{\\boxed{8}}", "8"),
+        ("\\boxed{1\\,000}", "1000"),  # LaTeX thin space as thousands separator
+        ("\\boxed{1\\,000\\,000}", "1,000,000"),
+        ("\\boxed{1{,}000}", "1000"),
+        ("\\boxed{10,\\!080}", "10080"),
+        ("\\boxed{12.5\\%}", "12.5"),  # decimal percentage
+        ("\\boxed{25\\%}", "0.25"),
+        ("\\boxed{-.5}", "-0.5"),
+        ("The answer is .5", "\\frac{1}{2}"),
+        ("\\boxed{0.35625}", ".35625"),
+        ("\\boxed{(1\\,000, 2)}", "(1000,2)"),
     ],
 )
 def test_equivalent_answers(grader, response, gold):
@@ -92,6 +102,16 @@ def test_equivalent_answers(grader, response, gold):
         ("1/2", "2"),
         ("\\boxed{1}\n\\boxed{2}", "1"),
         ("42 was a guess; the answer is 41", "42"),
+        ("\\boxed{.5}", "5"),  # a leading-dot decimal is not the integer
+        ("\\boxed{5}", ".5"),
+        ("\\boxed{35625}", ".35625"),
+        ("the answer is .5", "5"),
+        ("x = -.5", "5"),
+        ("\\boxed{1 2}", "12"),  # digits split by a space are not one number...
+        ("\\boxed{1 2}", "3"),  # ...nor a sum (math-verify's mixed-number reading)
+        ("\\boxed{1\\,2}", "2"),  # ...nor a product
+        ("\\boxed{(1\\,000, 2)}", "(0,2)"),  # math-verify alone reads 1\,000 as 1·000
+        ("\\boxed{0.333333}", "0.3333333"),  # plain numbers compare exactly, without math-verify's rounding
     ],
 )
 def test_wrong_answers(grader, response, gold):
@@ -111,6 +131,13 @@ def test_wrong_answers(grader, response, gold):
         ("The answer is 25%.", "25"),
         ("The answer is \\$18.", "18"),
         ("roots 1,2", "2"),
+        ("the answer is .5", ".5"),
+        ("x = -.5", "-.5"),
+        ("apples.5 more", "5"),
+        ("The answer is 1\\,000.", "1000"),
+        ("in all 1{,}000 apples", "1000"),
+        ("\\boxed{(1\\,000, 2)}", "(1000, 2)"),
+        ("between 100~200", "200"),
         ("nothing numeric here", None),
         ("", None),
     ],

@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from entropy_rl.errors import ConfigError
-from entropy_rl.regularizers import REGISTRY, TokenBatch, get_regularizer, parse_names
+from entropy_rl.regularizers import (
+    LOCAL,
+    REGISTRY,
+    Edits,
+    Regularizer,
+    TokenBatch,
+    aggregate,
+    get_regularizer,
+    parse_names,
+)
 
 EPS = 0.2
 
@@ -240,6 +249,82 @@ def test_none_is_clipped_ppo_token_mean():
     torch.testing.assert_close(grad, torch.tensor([[-0.25, 0.0, 0.0, 0.25, 0.0]], dtype=torch.float64))
     assert metrics == {}
     assert_same((loss, grad), run_ref(lambda *a: (ref_ppo(*a), None), batch)[:2])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Aggregation: verl 0.9.1's agg_loss (verl/trainer/ppo/core_algos.py), dp_size=1
+
+
+def ref_agg_loss(loss_mat, loss_mask, mode):
+    """verl 0.9.1's agg_loss transcribed for one process (dp_size=1, global_batch_size and loss_scale_factor None)."""
+    if mode == "token-mean":
+        return (loss_mat * loss_mask).sum() / loss_mask.sum()
+    seq_sums = (loss_mat * loss_mask).sum(-1)
+    if mode == "seq-mean-token-mean":
+        seq_sums = seq_sums / (loss_mask.sum(-1) + 1e-8)
+    seq_mask = (loss_mask.sum(-1) > 0).double()
+    loss = (seq_sums * seq_mask).sum() / seq_mask.sum()
+    return loss / loss_mask.shape[-1] if mode == "seq-mean-token-sum-norm" else loss
+
+
+AGG_HAND = {  # rows (sum, tokens): (6, 3), (11, 2), (empty), (9, 1); T = 4
+    "token-mean": 26 / 6,
+    "seq-mean-token-mean": (2 + 5.5 + 9) / 3,
+    "seq-mean-token-sum": (6 + 11 + 9) / 3,
+    "seq-mean-token-sum-norm": (6 + 11 + 9) / 3 / 4,
+}
+
+
+@pytest.mark.parametrize("mode", list(AGG_HAND))
+def test_aggregate_averages_over_non_empty_rows_only(mode):
+    # Row 2 is fully padded; its values (7) must not count, and it must not count as a zero-loss row either.
+    per_token = torch.tensor([[1, 2, 3, 5], [5, 6, 7, 7], [7, 7, 7, 7], [9, 7, 7, 7]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    assert aggregate(per_token, mask, mode).item() == pytest.approx(AGG_HAND[mode], rel=1e-12)
+    assert aggregate(per_token, mask, mode).item() == pytest.approx(ref_agg_loss(per_token, mask, mode).item())
+    assert aggregate(per_token, torch.zeros_like(mask), mode).item() == 0  # no valid token: 0, not 0/0
+
+
+class DropRowOne(Regularizer):
+    """A filter that removes every token of row 1, as Clip_B / Clip_V may."""
+
+    name = "drop_row_one"
+    kind = "filter"
+
+    def edits(self, batch, reduce=LOCAL, generator=None):
+        keep = torch.ones_like(batch.mask)
+        keep[1] = False
+        return Edits(keep=keep)
+
+
+@pytest.mark.parametrize(
+    "mode,want",
+    [  # on policy the token loss is -A; kept rows: row 0 (3 tokens of -1), row 3 (1 token of +4); T = 4
+        ("token-mean", (-3 + 4) / 4),
+        ("seq-mean-token-mean", (-1 + 4) / 2),
+        ("seq-mean-token-sum", (-3 + 4) / 2),
+        ("seq-mean-token-sum-norm", (-3 + 4) / 2 / 4),
+    ],
+)
+def test_rows_emptied_by_a_filter_leave_the_sequence_mean(mode, want):
+    logps = torch.full((4, 4), -1.0, dtype=torch.float64)
+    advantages = torch.tensor([1.0, 2.0, 3.0, -4.0], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])  # row 2: fully padded
+    loss, _ = DropRowOne().policy_loss(
+        logps=logps, old_logps=logps, advantages=advantages, mask=mask, loss_agg_mode=mode
+    )
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", list(AGG_HAND))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_aggregate_matches_verl_on_a_random_batch_with_empty_rows(mode, seed):
+    batch = random_batch(seed)
+    per_token = torch.randn(batch["mask"].shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    mask = batch["mask"].clone()
+    mask[[2, 5]] = False
+    got, want = aggregate(per_token, mask, mode), ref_agg_loss(per_token, mask.double(), mode)
+    torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-7)  # verl's 1e-8 in the token-mean denominator
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -122,16 +122,25 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """verl's loss aggregation modes (see docs/regularizers.md)."""
+    """verl 0.9.1's `agg_loss` on one batch (dp_size=1), see docs/regularizers.md.
+
+    The seq-mean modes average over non-empty rows only: a fully padded row, or one whose tokens Clip_B / Clip_V all
+    removed, has no loss to average and must not pull the mean towards zero. With no valid token at all the loss is 0
+    (verl would divide 0 by 0).
+    """
     mask = mask.to(per_token.dtype)
     if mode == "token-mean":
         return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    row_tokens = mask.sum(-1)
+    rows = (row_tokens > 0).sum().clamp(min=1)
+    row_sums = (per_token * mask).sum(-1)  # an empty row sums to 0, so it adds nothing to the numerators below
     if mode == "seq-mean-token-mean":
-        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return (row_sums / row_tokens.clamp(min=1)).sum() / rows
     if mode == "seq-mean-token-sum":
-        return (per_token * mask).sum(-1).mean()
+        return row_sums.sum() / rows
     if mode == "seq-mean-token-sum-norm":
-        return (per_token * mask).sum() / per_token.shape[-1]
+        # verl's default loss_scale_factor: the padded response length T, a constant divisor in the Dr.GRPO manner.
+        return row_sums.sum() / rows / per_token.shape[-1]
     raise ValueError(f"loss_agg_mode={mode!r}; allowed: {AGG_MODES}")
 
 
