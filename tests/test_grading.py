@@ -11,6 +11,9 @@ import pytest
 from entropy_rl.evaluation.benchmarks import load_benchmark, resolve_data_dir
 from entropy_rl.grading import Grader, extract_answer, last_boxed
 
+# Verdicts are checked under a generous time limit, so a busy machine cannot turn a slow proof of
+# equivalence into a wrong grade; the tests of bounded time use a short limit of their own.
+VERDICT_TIMEOUT_S = 10.0
 TIMEOUT_S = 1.0
 # A timed-out worker is killed and a fresh one started before grading goes on; allow for that and a busy machine.
 SLACK_S = 4.0
@@ -18,6 +21,12 @@ SLACK_S = 4.0
 
 @pytest.fixture(scope="module")
 def grader():
+    with Grader(timeout_s=VERDICT_TIMEOUT_S, workers=2) as grader:
+        yield grader
+
+
+@pytest.fixture(scope="module")
+def strict_grader():
     with Grader(timeout_s=TIMEOUT_S, workers=2) as grader:
         yield grader
 
@@ -153,7 +162,8 @@ def test_only_the_tail_is_read():
     assert extract_answer(response, tail_chars=20_000) == "1"
 
 
-def test_hostile_outputs_are_bounded_and_never_executed(grader, tmp_path):
+def test_hostile_outputs_are_bounded_and_never_executed(strict_grader, tmp_path):
+    grader = strict_grader
     sentinel = tmp_path / "pwned"
     code = f"__import__('os').system('touch {sentinel}')"
     hostile = [
@@ -183,7 +193,8 @@ def test_hostile_outputs_are_bounded_and_never_executed(grader, tmp_path):
     assert grader.grade("\\boxed{0.5}", "\\frac{1}{2}").correct
 
 
-def test_timeouts_are_wrong_and_bounded(grader):
+def test_timeouts_are_wrong_and_bounded(strict_grader):
+    grader = strict_grader
     start = time.monotonic()
     grades = grader.grade_many([("\\boxed{10^{10^{10^{10^{10}}}}}", "5"), ("\\boxed{2^{2^{2^{2^{2^{10}}}}}}", "7")])
     assert time.monotonic() - start < TIMEOUT_S + SLACK_S  # two workers: both run at once
