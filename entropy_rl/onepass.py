@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
-from trl.kernels.chunked_logprob import OPTIONAL_OUTPUTS, TOKEN_CHUNK_SIZE, ChunkedLogProbFunction, _torch_transform
+from trl.kernels.chunked_logprob import OPTIONAL_OUTPUTS, TOKEN_CHUNK_SIZE, ChunkedLogProbFunction
 from trl.kernels.chunked_logprob import _use_triton as use_triton
 from trl.trainer import utils as trl_utils
 
@@ -49,6 +49,33 @@ class TokenStats(NamedTuple):
     nec: torch.Tensor
 
 
+def _transform_(z: torch.Tensor, logit_scale, softcap, inv_t, HAS_SOFTCAP) -> torch.Tensor:
+    """TRL's `_torch_transform` in place: the same operations in the same order, so the same bits, no allocation."""
+    if logit_scale != 1.0:  # x * 1.0 == x: skip a pass over the tile
+        z.mul_(logit_scale)
+    if HAS_SOFTCAP:
+        z.div_(softcap).tanh_().mul_(softcap)
+    if inv_t != 1.0:
+        z.mul_(inv_t)
+    return z
+
+
+class _Scratch:
+    """Tile-sized fp32 buffers allocated once per forward: on CPU, allocating (and page-faulting) a fresh tensor for
+    every elementwise step of every tile costs more than the step itself."""
+
+    def __init__(self, rows: int, cols: int, device: torch.device):
+        self.flat = [torch.empty(rows * cols, device=device, dtype=torch.float32) for _ in range(3)]
+
+    def tiles(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(z, d, e) for `tile`: contiguous; z is the tile itself when that is already a contiguous fp32 tensor."""
+        n, cols = tile.shape
+        z, d, e = (buf[: n * cols].view(n, cols) for buf in self.flat)
+        if tile.dtype == torch.float32 and tile.is_contiguous():
+            return tile, d, e  # the product is not needed after the fold: transform it in place
+        return z.copy_(tile), d, e
+
+
 def _fold_tiles(hidden, weight, bias, targets, chunk_size, compute_dtype, kernel_args, sums, raw_sum) -> None:
     """TRL's forward tile loop (same tiles, same dtypes), folding every tile once into `sums` and TRL's sum e z."""
     device, n_rows, vocab = hidden.device, hidden.shape[0], weight.shape[0]
@@ -56,6 +83,8 @@ def _fold_tiles(hidden, weight, bias, targets, chunk_size, compute_dtype, kernel
     fold_on_gpu = use_triton(device)
     if fold_on_gpu:
         from .triton_fold import fold_tile  # Triton is imported only where it runs
+    else:
+        scratch = _Scratch(*mm_buf.shape, device)
     for token_start in range(0, n_rows, TOKEN_CHUNK_SIZE):
         token_end = min(token_start + TOKEN_CHUNK_SIZE, n_rows)
         hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
@@ -70,7 +99,8 @@ def _fold_tiles(hidden, weight, bias, targets, chunk_size, compute_dtype, kernel
             if fold_on_gpu:
                 fold_tile(tile, chunk_targets, block, raw, start, kernel_args)
             else:
-                block.fold(_torch_transform(tile.float(), **kernel_args), chunk_targets - start, raw)
+                z, d, e = scratch.tiles(tile)
+                block.fold(_transform_(z, **kernel_args), chunk_targets - start, raw, scratch=(d, e))
 
 
 class OnePassLogProbFunction(ChunkedLogProbFunction):

@@ -40,13 +40,14 @@ class VocabSums:
     def rows(self, start: int, end: int) -> VocabSums:
         return VocabSums(*(x[start:end] for x in (self.m, self.s, self.a, self.b, self.c, self.target)))
 
-    def fold(self, z: torch.Tensor, local_targets: torch.Tensor, raw_sum: torch.Tensor | None = None) -> None:
+    def fold(self, z: torch.Tensor, local_targets: torch.Tensor, raw_sum=None, scratch=None) -> None:
         """Fold one fp32 tile z [n, cols] (overwritten: its buffer is reused) of transformed logits into the sums.
 
         `local_targets` are the sampled ids minus the tile's first id. `raw_sum`, if given, also accumulates TRL's
         sum e z (raw logits); m, s, b and that sum are computed with exactly the operations of TRL's torch tile fold
-        (trl.kernels.chunked_logprob._forward_tile), so TRL's outputs come out bit for bit.
-        At most three tile-sized fp32 tensors are alive (z, d, e), as in TRL's fold.
+        (trl.kernels.chunked_logprob._forward_tile), so TRL's outputs come out bit for bit. `scratch`, two
+        contiguous fp32 tensors shaped like z, receive d and e; without it they are allocated. Either way at most
+        three tile-sized fp32 tensors are alive (z, d, e), as in TRL's fold.
         """
         new_m = torch.maximum(self.m, z.amax(-1))
         rescale = torch.exp(self.m - new_m)
@@ -56,8 +57,9 @@ class VocabSums:
         in_tile = (local_targets >= 0) & (local_targets < cols)
         target_z = z.gather(-1, local_targets.clamp(0, cols - 1).unsqueeze(-1)).squeeze(-1)
         self.target.copy_(torch.where(in_tile, target_z, self.target))
-        d = z - new_m.unsqueeze(-1)
-        e = torch.exp(d)
+        d_out, e_out = (None, None) if scratch is None else scratch
+        d = torch.sub(z, new_m.unsqueeze(-1), out=d_out)
+        e = torch.exp(d, out=e_out)
         if raw_sum is not None:
             raw_sum.mul_(rescale).add_(z.mul_(e).sum(-1))
         self.a.sub_(delta * self.s).mul_(rescale).add_(torch.mul(e, d, out=z).sum(-1))

@@ -99,9 +99,13 @@ def apply_both(autocast: bool, softcap, scale, temperature, rows=40, vocab=37, c
     return results, (hidden, weight, bias, targets)
 
 
-@pytest.mark.parametrize("autocast,softcap,scale,temperature", [(False, None, 1.0, 1.0), (True, 5.0, 0.5, 0.7)])
-def test_one_pass_function_gives_trl_outputs_and_gradients_to_the_bit(autocast, softcap, scale, temperature):
-    ((trl_out, trl_calls), (ours_out, calls)), _ = apply_both(autocast, softcap, scale, temperature)
+@pytest.mark.parametrize(
+    "autocast,softcap,scale,temperature,rows",
+    # bf16 tiles, softcap, scale and temperature; and more rows than TRL's 4,096-token chunk
+    [(False, None, 1.0, 1.0, 40), (True, 5.0, 0.5, 0.7, 40), (False, None, 1.0, 0.9, 4_100)],
+)
+def test_one_pass_function_gives_trl_outputs_and_gradients_to_the_bit(autocast, softcap, scale, temperature, rows):
+    ((trl_out, trl_calls), (ours_out, calls)), _ = apply_both(autocast, softcap, scale, temperature, rows=rows)
     for theirs, ours in zip(trl_out, ours_out, strict=True):
         assert torch.equal(theirs, ours)
     assert trl_calls == [] and len(calls) == 1 and not calls[0].compact  # TRL's own function appends nothing
