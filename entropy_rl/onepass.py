@@ -65,15 +65,20 @@ class _Scratch:
     every elementwise step of every tile costs more than the step itself."""
 
     def __init__(self, rows: int, cols: int, device: torch.device):
-        self.flat = [torch.empty(rows * cols, device=device, dtype=torch.float32) for _ in range(3)]
+        self.size, self.device = rows * cols, device
+        self.d, self.e = (torch.empty(self.size, device=device, dtype=torch.float32) for _ in range(2))
+        self.z: torch.Tensor | None = None  # only for bf16 or ragged tiles
 
     def tiles(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(z, d, e) for `tile`: contiguous; z is the tile itself when that is already a contiguous fp32 tensor."""
+        """(z, d, e) for `tile`, contiguous; z is the tile itself when that is already a contiguous fp32 tensor (the
+        product is not needed after the fold, so it is transformed in place): at most three fp32 tiles, as TRL."""
         n, cols = tile.shape
-        z, d, e = (buf[: n * cols].view(n, cols) for buf in self.flat)
+        d, e = (buf[: n * cols].view(n, cols) for buf in (self.d, self.e))
         if tile.dtype == torch.float32 and tile.is_contiguous():
-            return tile, d, e  # the product is not needed after the fold: transform it in place
-        return z.copy_(tile), d, e
+            return tile, d, e
+        if self.z is None:
+            self.z = torch.empty(self.size, device=self.device, dtype=torch.float32)
+        return self.z[: n * cols].view(n, cols).copy_(tile), d, e
 
 
 def _fold_tiles(hidden, weight, bias, targets, chunk_size, compute_dtype, kernel_args, sums, raw_sum) -> None:
