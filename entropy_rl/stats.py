@@ -25,7 +25,8 @@ class VocabSums:
     With d_v = z_v - m and e_v = exp(d_v): s = sum e, a = sum e d, b = sum e^2, c = sum e^2 d. Every sum is taken
     relative to m, so its terms stay O(1) whatever the size of the logits (sum e z with raw z loses |m| * 2^-24 per
     term, about 1e-5 nats at |z| ~ 125). When m grows by delta, e -> r e with r = exp(-delta) and d -> d - delta, so
-    s -> r s, a -> r (a - delta s), b -> r^2 b, c -> r^2 (c - delta b): the rescale loses no digit.
+    s -> r s, a -> r (a - delta s), b -> r^2 b, c -> r^2 (c - delta b): nothing is ever rounded at the scale of the
+    raw logits.
     The tensors may be views into longer buffers (one token chunk of them); every update is in place.
     """
 
