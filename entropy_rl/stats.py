@@ -19,6 +19,78 @@ VOCAB_CHUNK = 32768
 TOKEN_CHUNK = 2048
 
 
+class VocabSums:
+    """Online (flash-softmax) sums of one pass over a row's logits z, in vocabulary tiles, relative to the running max.
+
+    With d_v = z_v - m and e_v = exp(d_v): s = sum e, a = sum e d, b = sum e^2, c = sum e^2 d. Every sum is taken
+    relative to m, so its terms stay O(1) whatever the size of the logits (sum e z with raw z loses |m| * 2^-24 per
+    term, about 1e-5 nats at |z| ~ 125). When m grows by delta, e -> r e with r = exp(-delta) and d -> d - delta, so
+    s -> r s, a -> r (a - delta s), b -> r^2 b, c -> r^2 (c - delta b): nothing is ever rounded at the scale of the
+    raw logits.
+    The tensors may be views into longer buffers (one token chunk of them); every update is in place.
+    """
+
+    def __init__(self, m, s, a, b, c, target):
+        self.m, self.s, self.a, self.b, self.c, self.target = m, s, a, b, c, target
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device | str) -> VocabSums:
+        zeros = [torch.zeros(n, device=device, dtype=torch.float32) for _ in range(5)]
+        return cls(torch.full((n,), -math.inf, device=device), *zeros)
+
+    def rows(self, start: int, end: int) -> VocabSums:
+        return VocabSums(*(x[start:end] for x in (self.m, self.s, self.a, self.b, self.c, self.target)))
+
+    def fold(self, z: torch.Tensor, local_targets: torch.Tensor, raw_sum=None, scratch=None) -> None:
+        """Fold one fp32 tile z [n, cols] (overwritten: its buffer is reused) of transformed logits into the sums.
+
+        `local_targets` are the sampled ids minus the tile's first id. `raw_sum`, if given, also accumulates TRL's
+        sum e z (raw logits); m, s, b and that sum are computed with exactly the operations of TRL's torch tile fold
+        (trl.kernels.chunked_logprob._forward_tile), so TRL's outputs come out bit for bit. `scratch`, two
+        contiguous fp32 tensors shaped like z, receive d and e; without it they are allocated. Either way at most
+        three tile-sized fp32 tensors are alive (z, d, e), as in TRL's fold.
+        """
+        new_m = torch.maximum(self.m, z.amax(-1))
+        rescale = torch.exp(self.m - new_m)
+        # How far the max moved; 0 on the first tile, where the sums are 0 and m = -inf (inf * 0 would be NaN).
+        delta = torch.where(self.m == -math.inf, 0.0, new_m - self.m)
+        cols = z.shape[1]
+        in_tile = (local_targets >= 0) & (local_targets < cols)
+        target_z = z.gather(-1, local_targets.clamp(0, cols - 1).unsqueeze(-1)).squeeze(-1)
+        self.target.copy_(torch.where(in_tile, target_z, self.target))
+        d_out, e_out = (None, None) if scratch is None else scratch
+        d = torch.sub(z, new_m.unsqueeze(-1), out=d_out)
+        e = torch.exp(d, out=e_out)
+        if raw_sum is not None:
+            raw_sum.mul_(rescale).add_(z.mul_(e).sum(-1))
+        self.a.sub_(delta * self.s).mul_(rescale).add_(torch.mul(e, d, out=z).sum(-1))
+        self.s.mul_(rescale).add_(e.sum(-1))
+        e.mul_(e)  # e^2 from here on
+        self.c.sub_(delta * self.b).mul_(rescale * rescale).add_(d.mul_(e).sum(-1))
+        self.b.mul_(rescale * rescale).add_(e.sum(-1))
+        self.m.copy_(new_m)
+
+    def finish(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log p(target), H and N. With E_p[d] = a/s and E_{p^2}[d] = c/b: H = log s - E_p[d], sum p^2 = b/s^2, and
+        N = sum p^2 (log p + H) = sum p^2 (E_{p^2}[d] - E_p[d]) -- the log s terms cancel before any rounding."""
+        # [N]-sized, so float64 costs nothing and keeps the final roundings (log s ~ log V ~ 12) off the result.
+        s, a, b, c = (x.double() for x in (self.s, self.a, self.b, self.c))
+        log_s = torch.log(s)
+        mean_d = a / s
+        logp = (self.target.double() - self.m.double()) - log_s
+        entropy = log_s - mean_d
+        nec = b / s.square() * (c / b - mean_d)
+        return logp.float(), entropy.float(), nec.float()
+
+
+def transform_logits(z: torch.Tensor, logit_scale: float, softcap: float | None, temperature: float) -> torch.Tensor:
+    """The logit transform of TRL's fused head, in its order: scale, softcap, then temperature."""
+    z = z * logit_scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    return z * (1 / temperature)
+
+
 @torch.no_grad()
 def vocab_stats(
     hidden: torch.Tensor,
@@ -33,50 +105,23 @@ def vocab_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of `targets`, entropy H and N = sum_v p_v^2 (log p_v + H) of softmax(hidden @ weight.T / temperature).
 
-    hidden [N, D], weight [V, D], targets [N]; returns three fp32 [N] tensors. One pass over the vocabulary in tiles
-    with online rescaling (the flash-softmax trick), so no [N, V] tensor is ever materialised. With e_v = exp(z_v - m):
-    H = log Z - sum e z / sum e, sum p^2 = sum e^2 / (sum e)^2, sum p^2 log p = sum e^2 z / (sum e)^2 - log Z sum p^2.
+    hidden [N, D], weight [V, D], targets [N]; returns three fp32 [N] tensors. The pure-PyTorch reference of the
+    trainer's one-pass statistics (entropy_rl.onepass): an fp32 projection in tiles folded into `VocabSums`, so no
+    [N, V] tensor is ever materialised.
     """
     n = hidden.shape[0]
-    out_logp, out_entropy, out_n = (torch.empty(n, device=hidden.device, dtype=torch.float32) for _ in range(3))
+    sums = VocabSums.empty(n, hidden.device)
     weight32 = weight.float()
     bias32 = bias.float() if bias is not None else None
     for row in range(0, n, TOKEN_CHUNK):
         h = hidden[row : row + TOKEN_CHUNK].float()
-        tgt = targets[row : row + TOKEN_CHUNK]
-        m = torch.full((h.shape[0],), -math.inf, device=h.device)
-        sum_e, sum_ez, sum_e2, sum_e2z = (torch.zeros(h.shape[0], device=h.device) for _ in range(4))
-        target_z = torch.zeros(h.shape[0], device=h.device)
+        block = sums.rows(row, row + h.shape[0])
         for start in range(0, weight32.shape[0], vocab_chunk):
             z = h @ weight32[start : start + vocab_chunk].T
             if bias32 is not None:
                 z += bias32[start : start + vocab_chunk]
-            z *= logit_scale
-            if softcap is not None:
-                z = softcap * torch.tanh(z / softcap)
-            z /= temperature
-            new_m = torch.maximum(m, z.amax(-1))
-            scale = torch.exp(m - new_m)
-            e = torch.exp(z - new_m[:, None])
-            sum_e = sum_e * scale + e.sum(-1)
-            sum_ez = sum_ez * scale + (e * z).sum(-1)
-            e2 = e * e
-            sum_e2 = sum_e2 * scale * scale + e2.sum(-1)
-            sum_e2z = sum_e2z * scale * scale + (e2 * z).sum(-1)
-            m = new_m
-            local = tgt - start
-            in_tile = (local >= 0) & (local < z.shape[1])
-            target_z = torch.where(in_tile, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target_z)
-        # Quantities relative to the running max m keep every exponent <= 0; shift z back by m where it appears.
-        log_z = torch.log(sum_e)  # log partition of z - m
-        entropy = log_z - (sum_ez / sum_e - m)
-        sum_p2 = sum_e2 / sum_e**2
-        sum_p2_logp = (sum_e2z / sum_e**2 - m * sum_p2) - log_z * sum_p2
-        block = slice(row, row + h.shape[0])
-        out_logp[block] = target_z - m - log_z
-        out_entropy[block] = entropy
-        out_n[block] = entropy * sum_p2 + sum_p2_logp
-    return out_logp, out_entropy, out_n
+            block.fold(transform_logits(z, logit_scale, softcap, temperature), targets[row : row + TOKEN_CHUNK] - start)
+    return sums.finish()
 
 
 def discriminator(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
 - `_compute_loss` hands TRL a shallow copy of the micro-batch and keeps a reference to it, so that
 - `_get_per_token_logps_and_entropies`, when TRL calls it for the training loss, can (1) measure the tokens (entropy,
-  Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, and (2) apply the
+  Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, taking H, log p
+  and N from the logits tiles of TRL's own fused LM head (entropy_rl.onepass), and (2) apply the
   regularizer's edits before TRL reads the advantages: loss weights become per-token advantages (exact for the
   PPO-clip surrogate, whose branch depends only on the sign of A), a KL-Cov penalty is added after TRL's loss with
   TRL's own normaliser, and removed tokens leave the loss mask through TRL's `tool_mask`;
@@ -26,9 +27,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from . import rundir, stats
+from . import onepass, rundir, stats
 from .config import EntropyGRPOConfig
 from .jsonl import append_row
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
@@ -47,21 +47,6 @@ WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", 
 MAX_LOG_RATIO = 20.0
 # Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
 STATE_FILE = "entropy_rl_state_rank{rank}.pt"
-
-
-def _head_transform(config: Any) -> tuple[float, float | None]:
-    """The logit scale and softcap that TRL's fused head applies (trl.trainer.utils.add_fused_lm_head)."""
-    text_config = config.get_text_config()
-    softcap = getattr(text_config, "final_logit_softcapping", None)
-    scale = getattr(text_config, "logit_scale", None)
-    if scale is None:
-        scale = getattr(text_config, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(text_config, "lm_head_multiplier", None)
-    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
-        scaling = text_config.logits_scaling
-        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
-    return (1.0 if scale is None else float(scale)), softcap
 
 
 class AcceleratorReducer:
@@ -141,14 +126,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._step_sums: torch.Tensor | None = None  # stats.SUM_FIELDS accumulated over the step's micro-batches
         self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
         self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
-        self._hidden: list[torch.Tensor] = []  # final hidden states captured during a forward
-        self._capture_hidden = False
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self._step_started = time.perf_counter()
-        if self.args.diagnostics or "nec" in self.regularizer.needs:
-            self._policy_model().base_model.register_forward_hook(self._capture_hidden_hook)
         self.add_callback(_StepEndCallback(self))
 
     # ---------------------------------------------------------------- hooks into TRL (guarded by the contract test)
@@ -168,24 +149,32 @@ class EntropyGRPOTrainer(GRPOTrainer):
         is_loss_call = inputs is not None and kwargs.get("compute_entropy", False) and self.model.training
         loss_time = self._step_regularizer if self._step_edits_at_loss else self._loss_regularizer
         wants_nec = loss_time is not None and "nec" in loss_time.needs
-        self._capture_hidden = is_loss_call and (self.args.diagnostics or wants_nec)
-        try:
-            logps, entropies, *rest = super()._get_per_token_logps_and_entropies(
+        call = (model, input_ids, attention_mask, logits_to_keep, *args)
+        if not is_loss_call:
+            return super()._get_per_token_logps_and_entropies(*call, **kwargs)
+        token_stats = None
+        if self.args.diagnostics or wants_nec:
+            (logps, entropies, *rest), token_stats = self._one_pass(*call, **kwargs)
+        else:
+            logps, entropies, *rest = super()._get_per_token_logps_and_entropies(*call, **kwargs)
+        old = inputs.get("old_per_token_logps")
+        if old is not None:
+            current = logps.detach()
+            inputs["old_per_token_logps"] = old.clamp(current - MAX_LOG_RATIO, current + MAX_LOG_RATIO)
+        advantages = inputs["advantages"]
+        self._apply_edits(logps, entropies.detach(), None if token_stats is None else token_stats.nec, inputs)
+        if self.args.diagnostics:
+            self._record_micro_batch(logps.detach(), token_stats, advantages, inputs)
+        return (logps, entropies, *rest)
+
+    def _one_pass(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        """TRL's log-prob call, plus H, log p and N of every completion token from the same logits (one pass)."""
+        with onepass.capture() as calls:
+            output = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        finally:
-            self._capture_hidden = False
-        if is_loss_call:
-            old = inputs.get("old_per_token_logps")
-            if old is not None:
-                current = logps.detach()
-                inputs["old_per_token_logps"] = old.clamp(current - MAX_LOG_RATIO, current + MAX_LOG_RATIO)
-            s, nec = self._discriminators(logits_to_keep, inputs) if self._hidden else (None, None)
-            advantages = inputs["advantages"]
-            self._apply_edits(logps, entropies.detach(), nec, inputs)
-            if self.args.diagnostics:
-                self._record_micro_batch(logps.detach(), entropies.detach(), s, nec, advantages, inputs)
-        return (logps, entropies, *rest)
+        batch_size = kwargs["batch_size"] if "batch_size" in kwargs else (args[0] if args else None)
+        return output, onepass.per_position(calls, input_ids, attention_mask, logits_to_keep, batch_size)
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -196,10 +185,6 @@ class EntropyGRPOTrainer(GRPOTrainer):
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
-
-    def _capture_hidden_hook(self, module, args, output) -> None:
-        if self._capture_hidden:
-            self._hidden.append(output.last_hidden_state.detach())
 
     # ---------------------------------------------------------------- regularizers
     def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
@@ -261,15 +246,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         keep = output["completion_ids"].size(1)
-        self._capture_hidden = "nec" in self._step_regularizer.needs
-        try:
-            logps, entropies, _ = super()._get_per_token_logps_and_entropies(
-                self.model, ids, attention, keep, batch_size=self.args.per_device_train_batch_size, compute_entropy=True
-            )
-        finally:
-            self._capture_hidden = False
-        nec = self._discriminators(keep, output)[1] if self._hidden else None
-        return logps, entropies, nec
+        call = dict(batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
+        if "nec" not in self._step_regularizer.needs:
+            logps, entropies, _ = super()._get_per_token_logps_and_entropies(self.model, ids, attention, keep, **call)
+            return logps, entropies, None
+        (logps, entropies, _), token_stats = self._one_pass(self.model, ids, attention, keep, **call)
+        return logps, entropies, token_stats.nec
 
     def _normalize_like_trl(self, per_token: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Aggregate an extra per-token loss exactly as TRL 1.16's `_compute_loss` aggregates its own (by loss_type)."""
@@ -293,10 +275,6 @@ class EntropyGRPOTrainer(GRPOTrainer):
             self._reg_sums[name] = pair if name not in self._reg_sums else self._reg_sums[name] + pair
 
     # ---------------------------------------------------------------- diagnostics
-    def _policy_model(self) -> torch.nn.Module:
-        model = self.accelerator.unwrap_model(self.model)
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
     def _loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
         mask = inputs["completion_mask"]
         return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
@@ -305,35 +283,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """Every sampled completion token, including those a filter regularizer removed from the loss."""
         return inputs[VALID_KEY] if VALID_KEY in inputs else self._loss_mask(inputs)
 
-    def _discriminators(self, logits_to_keep: int, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """S and N of every completion token from the captured hidden states: one chunked fp32 pass over the vocab.
-
-        S and N both come from this pass so that S - N is exact even when the forward ran in bf16.
-        """
-        hidden = torch.cat(self._hidden, dim=0)[:, -logits_to_keep - 1 : -1]
-        self._hidden.clear()
-        mask = self._valid_mask(inputs).bool()
-        model = self._policy_model()
-        head = model.get_output_embeddings()
-        scale, softcap = _head_transform(model.config)
-        weight, bias = head.weight, head.bias
-        with maybe_gather_lm_head_ctx(weight, bias):
-            if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor
-                weight = weight.full_tensor()
-                bias = bias.full_tensor() if bias is not None else None
-            logp, entropy, nec = stats.vocab_stats(
-                hidden[mask],
-                weight,
-                inputs["completion_ids"][mask],
-                bias=bias,
-                temperature=self.temperature,
-                logit_scale=scale,
-                softcap=softcap,
-            )
-        zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-        return zeros.masked_scatter(mask, stats.discriminator(logp, entropy)), zeros.masked_scatter(mask, nec)
-
-    def _record_micro_batch(self, logps, entropies, s, nec, advantages, inputs) -> None:
+    def _record_micro_batch(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> None:
+        """Sums of one micro-batch. H, S and N come from the one pass (shifted sums: precise at any logit size, and
+        S - N from one set of logits); log p is TRL's, the one the ratio and the update use."""
         mask = self._valid_mask(inputs).bool()
         advantages = stats.per_token(advantages, logps)
         old = inputs.get("old_per_token_logps")
@@ -341,11 +293,11 @@ class EntropyGRPOTrainer(GRPOTrainer):
         unclipped = stats.unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
         sums = stats.token_sums(
             logp=logps,
-            entropy=entropies,
+            entropy=token_stats.entropy,
             advantages=advantages,
             mask=mask,
-            S=s,
-            N=nec,
+            S=stats.discriminator(token_stats.logp, token_stats.entropy),
+            N=token_stats.nec,
             ratio=ratio,
             unclipped=unclipped,
             # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
@@ -367,11 +319,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
         for inputs in batches:
             input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
             attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            _, entropies, *_ = self._get_per_token_logps_and_entropies(
+            # The same one-pass H as the step's diagnostics, so the measured change compares like with like.
+            _, token_stats = self._one_pass(
                 self.model_wrapped, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True
             )
             mask = self._valid_mask(inputs).double()
-            total += torch.stack([(entropies.double() * mask).sum(), mask.sum()])
+            total += torch.stack([(token_stats.entropy.double() * mask).sum(), mask.sum()])
         return total
 
     def _finish_step(self) -> None:

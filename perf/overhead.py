@@ -1,24 +1,33 @@
 """Step-time and memory overhead of entropy-rl vs plain TRL GRPOTrainer, measured side by side in one process.
 
     python perf/overhead.py                                  # built-in tiny model, ~3 min on 2 CPU cores
-    python perf/overhead.py --vocab 32000 --hidden 256       # a vocabulary where a full-vocab pass shows
-    python perf/overhead.py --output docs/performance-cpu.json --markdown docs/performance-cpu.md
+    python perf/overhead.py --vocab 76,32000,152064 --batch 16 --length 8 --configs trl_null,diagnostics,clip_v
+    python perf/overhead.py --micro --vocab 32768,152064 --tokens 256,1024   # the vocabulary reduction alone
+    python perf/overhead.py --output docs/performance/x.json --markdown docs/performance/x.md
 
 Every configuration trains the same random model on the same prompts with the same seed. Configurations run in
 interleaved blocks (plain, diagnostics, ..., plain, diagnostics, ...) so that slow phases of a shared machine hit all of
-them alike; the first steps of each block are dropped as warm-up. Reported per configuration: median step time, its
-ratio to plain TRL, and peak memory (CUDA: max_memory_allocated above the block's start; CPU: the process's peak
-resident set size while it ran; median over blocks, after one untimed warm-up block) with its ratio.
+them alike; the first steps of each block are dropped as warm-up. Each block gives one ratio per configuration: its
+median step time over plain TRL's median in the same round. Reported: the median of those ratios and their range
+over blocks, for per-step CPU time of the training thread (steadier than wall time on a shared machine; run with one
+torch thread) and for wall time, and peak memory (CUDA: max_memory_allocated above the block's start; CPU: the
+process's peak resident set size while it ran). `trl_null` is plain TRL timed as a second configuration: it does no
+extra work, so its ratio shows the noise floor of the machine. `--vocab` takes a list: one sweep per size.
+
+`--micro` times the vocabulary pass alone on random hidden states, outside the trainer: TRL's chunked log p + entropy
+(forward, and forward + backward), the one pass that adds N in the same tile loop, the separate fp32 N pass it
+replaced, and the fold of one logits tile by TRL and by the one pass (no projection).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +36,18 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, PrinterCallback, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE, ChunkedLogProbFunction, _forward_tile, _torch_transform
 
+from entropy_rl import onepass, stats
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.trainer import EntropyGRPOTrainer
+
+VOCAB_CHUNK = 32768  # TRL's vocabulary tile (trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE)
 
 # name -> EntropyGRPOConfig overrides; None = plain TRL GRPOTrainer
 CONFIGS: dict[str, dict[str, Any] | None] = {
     "trl": None,
+    "trl_null": None,  # plain TRL again: the noise floor
     "diagnostics": {"dynamics_every": 0},
     "diagnostics+measured_dH/10": {"dynamics_every": 10},
     "clip_higher": {"regularizer": "clip_higher", "diagnostics": False, "dynamics_every": 0},
@@ -88,15 +102,19 @@ def spread_reward(completions, **kwargs) -> list[float]:
 
 
 class StepTimer(TrainerCallback):
+    """Per optimizer step: wall time and CPU time of the training thread (all of torch's work with one thread)."""
+
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._start = (0.0, 0.0)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._start = (time.perf_counter(), time.thread_time())
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
+        self.wall.append(time.perf_counter() - self._start[0])
+        self.cpu.append(time.thread_time() - self._start[1])
 
 
 class PeakMemory:
@@ -139,14 +157,16 @@ class PeakMemory:
 
 
 @dataclass
-class Result:
-    step_times: list[float] = field(default_factory=list)
-    peaks: list[int] = field(default_factory=list)
+class Block:
+    """One configuration's run in one interleaved round: median step times and peak memory."""
+
+    cpu_s: float
+    wall_s: float
+    peak: int
+    steps: int
 
 
-def run_block(
-    name: str, overrides: dict[str, Any] | None, args, tokenizer, dataset, out: Path
-) -> tuple[list[float], int]:
+def build_trainer(name: str, overrides: dict[str, Any] | None, args, vocab: int, tokenizer, dataset, out: Path):
     common = dict(
         output_dir=str(out / name),
         max_steps=args.steps,
@@ -165,40 +185,176 @@ def run_block(
         disable_tqdm=True,
         **(OFF_POLICY if args.off_policy else {}),
     )
-    model = build_model(args.vocab, args.hidden, args.layers)
+    model = build_model(vocab, args.hidden, args.layers)
+    kwargs = dict(model=model, reward_funcs=spread_reward, train_dataset=dataset, processing_class=tokenizer)
     if overrides is None:
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=spread_reward,
-            args=GRPOConfig(**common),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
-    else:
-        trainer = EntropyGRPOTrainer(
-            model=model,
-            reward_funcs=spread_reward,
-            args=EntropyGRPOConfig(**common, **overrides),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-        )
+        return GRPOTrainer(args=GRPOConfig(**common), **kwargs)
+    return EntropyGRPOTrainer(args=EntropyGRPOConfig(**common, **overrides), **kwargs)
+
+
+def per_cycle(times: list[float], args) -> list[float]:
+    if not args.off_policy:
+        return times
+    # Only every second step generates: single step times are bimodal and their median meaningless. Time whole
+    # rollout cycles (generation + both updates) instead.
+    cycle = OFF_POLICY["num_iterations"]
+    return [sum(times[i : i + cycle]) for i in range(0, len(times) - cycle + 1, cycle)]
+
+
+def run_block(name: str, args, vocab: int, tokenizer, dataset) -> Block:
+    trainer = build_trainer(name, CONFIGS[name], args, vocab, tokenizer, dataset, args.workdir)
     timer = StepTimer()
     trainer.add_callback(timer)
     trainer.remove_callback(PrinterCallback)
     with PeakMemory() as memory:
         trainer.train()
-    times = timer.times[args.warmup :]
-    if args.off_policy:
-        # Only every second step generates: single step times are bimodal and their median meaningless. Time whole
-        # rollout cycles (generation + both updates) instead.
-        cycle = OFF_POLICY["num_iterations"]
-        times = [sum(times[i : i + cycle]) for i in range(0, len(times) - cycle + 1, cycle)]
-    return times, memory.peak
+    cpu, wall = (per_cycle(t[args.warmup :], args) for t in (timer.cpu, timer.wall))
+    return Block(statistics.median(cpu), statistics.median(wall), memory.peak, len(cpu))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def sweep(vocab: int, names: list[str], args) -> list[dict[str, Any]]:
+    """Interleaved blocks over `names` at one vocabulary size; per configuration the per-block ratios to plain TRL."""
+    tokenizer = build_tokenizer(vocab)
+    dataset = Dataset.from_list([{"prompt": f"{a}+{b}="} for a in range(40) for b in range(40)])
+    run_block("trl", args, vocab, tokenizer, dataset)  # untimed: first-use allocations and caches
+    blocks: dict[str, list[Block]] = {name: [] for name in names}
+    for round_ in range(args.blocks):
+        for name in names:
+            block = run_block(name, args, vocab, tokenizer, dataset)
+            blocks[name].append(block)
+            print(f"V={vocab} block {round_ + 1}/{args.blocks} {name:28s} cpu {block.cpu_s * 1000:8.1f} ms/step")
+    base = blocks["trl"]
+    rows = []
+    for name in names:
+        mine = blocks[name]
+        rows.append(
+            {
+                "config": name,
+                "cpu_step_ms": statistics.median(b.cpu_s for b in mine) * 1000,
+                "cpu_ratio": spread([b.cpu_s / t.cpu_s for b, t in zip(mine, base, strict=True)]),
+                "wall_ratio": spread([b.wall_s / t.wall_s for b, t in zip(mine, base, strict=True)]),
+                "peak_memory_mb": statistics.median(b.peak for b in mine) / 2**20,
+                "memory_ratio": spread([b.peak / t.peak for b, t in zip(mine, base, strict=True)]),
+                "timed_steps": sum(b.steps for b in mine),
+            }
+        )
+    return rows
+
+
+def ratio_cell(r: dict[str, float]) -> str:
+    return f"{r['median']:.3f} [{r['min']:.2f}, {r['max']:.2f}]"
+
+
+def sweep_table(vocab: int, rows: list[dict[str, Any]]) -> list[str]:
+    table = [
+        f"Vocabulary {vocab:,}: ratio to plain TRL, median [min, max] over blocks",
+        "",
+        "| configuration | CPU ms/step | CPU-time ratio | wall-time ratio | peak memory (MiB) | memory ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        table.append(
+            f"| {row['config']} | {row['cpu_step_ms']:.1f} | {ratio_cell(row['cpu_ratio'])} | "
+            f"{ratio_cell(row['wall_ratio'])} | {row['peak_memory_mb']:.0f} | {ratio_cell(row['memory_ratio'])} |"
+        )
+    return [*table, ""]
+
+
+# ---------------------------------------------------------------- micro-benchmark: the vocabulary pass alone
+def micro_cases(tokens: int, vocab: int, hidden: int) -> dict[str, Any]:
+    """Closures over the same hidden states and head; each returns nothing and does one pass."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(tokens, hidden, generator=g)
+    w = torch.randn(vocab, hidden, generator=g) * hidden**-0.5 * 3  # logits of std ~3
+    t = torch.randint(0, vocab, (tokens,), generator=g)
+    h_grad = h.clone().requires_grad_()
+    fold_rows = min(tokens, TOKEN_CHUNK_SIZE)
+    tile = (h[:fold_rows] @ w[:VOCAB_CHUNK].T).contiguous()
+    outputs = ("log_probs", "entropy")
+
+    def head(fn, x):
+        return fn.apply(x, w, None, t, 1.0, VOCAB_CHUNK, None, 1.0, outputs)
+
+    def one_pass(x):
+        with onepass.capture():
+            return head(onepass.OnePassLogProbFunction, x)
+
+    def backward(out):
+        (out[0].sum() + out[1].sum()).backward()
+
+    def trl_fold():
+        state = [torch.full((fold_rows,), -math.inf), *(torch.zeros(fold_rows) for _ in range(4))]
+        state += [torch.full((fold_rows,), -math.inf), torch.zeros(fold_rows)]
+        _forward_tile(tile, tile.stride(0), t[:fold_rows], *state, 0, tile.shape[1], 1.0, 1.0, 1.0, False,
+                      True, False, False, False, 1024)  # fmt: skip
+
+    def one_pass_fold():
+        z = _torch_transform(tile.float(), 1.0, 1.0, 1.0, False)  # what both folds start from
+        stats.VocabSums.empty(fold_rows, "cpu").fold(z, t[:fold_rows], torch.zeros(fold_rows))
+
+    return {
+        "trl: log p + H, forward": lambda: head(ChunkedLogProbFunction, h),
+        "null: the same again": lambda: head(ChunkedLogProbFunction, h),
+        "one pass: log p + H + N, forward": lambda: one_pass(h),
+        "before: TRL forward + separate N pass": lambda: (head(ChunkedLogProbFunction, h), stats.vocab_stats(h, w, t)),
+        "trl: forward + backward": lambda: backward(head(ChunkedLogProbFunction, h_grad)),
+        "one pass: forward + backward": lambda: backward(one_pass(h_grad)),
+        "fold of one tile, TRL (log p + H)": trl_fold,
+        "fold of one tile, one pass (+ N)": one_pass_fold,
+    }
+
+
+def micro(args) -> tuple[list[dict[str, Any]], list[str]]:
+    """Interleaved repetitions of every case; CPU time of this thread, ratios within each repetition."""
+    results, lines = [], []
+    for vocab in args.vocab:
+        for tokens in args.tokens:
+            cases = micro_cases(tokens, vocab, args.hidden)
+            times: dict[str, list[float]] = {name: [] for name in cases}
+            order = list(cases)
+            for rep in range(args.reps + 1):
+                for name in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate: no case always first
+                    start = time.thread_time()
+                    cases[name]()
+                    if rep:  # the first repetition warms up
+                        times[name].append(time.thread_time() - start)
+            results.append(micro_row(vocab, tokens, times))
+            lines += micro_lines(results[-1])
+    return results, lines
+
+
+def micro_row(vocab: int, tokens: int, times: dict[str, list[float]]) -> dict[str, Any]:
+    def ratios(name: str, base: str) -> dict[str, float]:
+        return spread([a / b for a, b in zip(times[name], times[base], strict=True)])
+
+    row = {"vocab": vocab, "tokens": tokens, "cases": {}}
+    for name in times:
+        base = "trl: forward + backward" if "backward" in name else "trl: log p + H, forward"
+        base = "fold of one tile, TRL (log p + H)" if name.startswith("fold") else base
+        row["cases"][name] = {"ms": statistics.median(times[name]) * 1000, "ratio": ratios(name, base), "base": base}
+    return row
+
+
+def micro_lines(row: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Vocabulary {row['vocab']:,}, {row['tokens']:,} tokens: CPU time, ratio median [min, max] over repetitions",
+        "",
+        "| case | CPU ms | ratio | to |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for name, case in row["cases"].items():
+        lines.append(f"| {name} | {case['ms']:.1f} | {ratio_cell(case['ratio'])} | {case['base']} |")
+    return [*lines, ""]
+
+
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--vocab", type=int, default=76)
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    parser.add_argument("--vocab", type=ints, default=[76], help="vocabulary size(s), comma-separated: one sweep each")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64, help="completions per step (8 per prompt)")
@@ -212,67 +368,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="num_iterations=2 for every configuration; times are then per rollout cycle of 2 optimizer steps",
     )
+    parser.add_argument("--micro", action="store_true", help="time the vocabulary pass alone (see above)")
+    parser.add_argument("--tokens", type=ints, default=[256, 1024], help="--micro: token counts, comma-separated")
+    parser.add_argument("--reps", type=int, default=5, help="--micro: timed repetitions")
     parser.add_argument("--output", type=Path, help="write the results as JSON")
-    parser.add_argument("--markdown", type=Path, help="write the results as a markdown table")
+    parser.add_argument("--markdown", type=Path, help="write the results as markdown tables")
     parser.add_argument("--workdir", type=Path, default=Path("runs/benchmark-overhead"))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = args.configs.split(",")
-    if not args.off_policy and "kl_cov" in names:
-        names.remove("kl_cov")  # on-policy KL-Cov is refused by the config; run it with --off-policy
-    tokenizer = build_tokenizer(args.vocab)
-    prompts = [{"prompt": f"{a}+{b}="} for a in range(40) for b in range(40)]
-    dataset = Dataset.from_list(prompts)
-    results = {name: Result() for name in names}
     started = time.perf_counter()
-    run_block("trl", None, args, tokenizer, dataset, args.workdir)  # untimed: first-use allocations and caches
-    for block in range(args.blocks):
-        for name in names:
-            times, peak = run_block(name, CONFIGS[name], args, tokenizer, dataset, args.workdir)
-            results[name].step_times += times
-            results[name].peaks.append(peak)
-            print(f"block {block + 1}/{args.blocks} {name:28s} median {statistics.median(times) * 1000:8.1f} ms")
-    base_time = statistics.median(results["trl"].step_times)
-    base_memory = statistics.median(results["trl"].peaks)
-    rows = []
-    for name in names:
-        median = statistics.median(results[name].step_times)
-        peak = statistics.median(results[name].peaks)
-        rows.append(
-            {
-                "config": name,
-                "median_step_s": median,
-                "time_ratio": median / base_time,
-                "peak_memory_mb": peak / 2**20,
-                "memory_ratio": peak / base_memory if base_memory else None,
-                "timed_steps": len(results[name].step_times),
-            }
-        )
+    if args.micro:
+        results, lines = micro(args)
+    else:
+        names = args.configs.split(",")
+        if not args.off_policy and "kl_cov" in names:
+            names.remove("kl_cov")  # on-policy KL-Cov is refused by the config; run it with --off-policy
+        names = ["trl", *(n for n in names if n != "trl")]
+        results, lines = [], []
+        for vocab in args.vocab:
+            results.append({"vocab": vocab, "rows": sweep(vocab, names, args)})
+            lines += sweep_table(vocab, results[-1]["rows"])
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     report = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "device": torch.cuda.get_device_name()
-        if torch.cuda.is_available()
-        else f"CPU ({torch.get_num_threads()} threads)",
+        "device": device,
         "memory": "max_memory_allocated" if torch.cuda.is_available() else "peak RSS of the process",
         "wall_time_s": time.perf_counter() - started,
-        "rows": rows,
+        "results": results,
     }
-    table = [
-        "| configuration | median step (ms) | time ratio vs TRL | peak memory (MiB) | memory ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        ratio = "n/a" if row["memory_ratio"] is None else f"{row['memory_ratio']:.2f}"
-        table.append(
-            f"| {row['config']} | {row['median_step_s'] * 1000:.1f} | {row['time_ratio']:.3f} | "
-            f"{row['peak_memory_mb']:.0f} | {ratio} |"
-        )
-    print("\n".join(table))
+    print("\n".join(lines))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))
     if args.markdown:
-        args.markdown.write_text("\n".join(table) + "\n")
+        args.markdown.write_text("\n".join(lines))
     return report
 
 

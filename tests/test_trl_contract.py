@@ -7,9 +7,10 @@ from importlib.metadata import version
 
 import trl
 from trl import GRPOTrainer
+from trl.kernels import chunked_logprob
 from trl.trainer import utils as trl_utils
 
-import entropy_rl.trainer as ours
+from entropy_rl import onepass
 
 
 def test_trl_is_the_pinned_version():
@@ -65,16 +66,85 @@ def test_logps_method_returns_logps_entropies_then_the_rest():
     assert "outputs.log_probs[:, -logits_to_keep:]" in source
 
 
-def test_fused_head_reads_the_backbone_and_the_head_transform_we_mirror():
-    source = inspect.getsource(trl_utils.add_fused_lm_head)
-    # The diagnostics capture the final hidden states with a forward hook on `model.base_model`.
-    assert 'backbone_attr = "base_model"' in source
-    assert "last_hidden_state[:, :-1]" in source
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
-        assert attr in source, attr
-    ours_source = inspect.getsource(ours._head_transform)
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
-        assert attr in ours_source, attr
+def test_grpo_scores_tokens_through_the_fused_head_we_extend():
+    # The one pass (entropy_rl.onepass) extends the function GRPO's fused head calls; it supports what GRPO asks for.
+    source = inspect.getsource(GRPOTrainer.__init__)
+    assert 'outputs=("log_probs", "entropy")' in source
+    assert set(("log_probs", "entropy")) <= onepass.SUPPORTED_OUTPUTS
+    assert trl_utils._ChunkedLogProbFunction is chunked_logprob.ChunkedLogProbFunction
+    # The fused forward looks the function up as a module global at call time, so `onepass.capture` can swap it.
+    head = inspect.getsource(trl_utils.add_fused_lm_head)
+    assert "per_token = _ChunkedLogProbFunction.apply(" in head
+    assert "_ChunkedLogProbFunction" in trl_utils.__dict__
+
+
+def test_fused_head_row_layout_we_rebuild():
+    # onepass.per_position places the captured rows exactly as the fused head places its log-probs.
+    head = inspect.getsource(trl_utils.add_fused_lm_head)
+    for line in (
+        "labels = labels[:, 1:]",
+        "mask = labels != -100",
+        "compact = _use_triton(hidden_states.device)",
+        "hidden_states[mask] if compact else hidden_states.reshape(-1, hidden_states.size(-1))",
+        "x.new_zeros(mask.shape).masked_scatter(mask, x)",
+        "x.view(mask.shape).masked_fill(~mask, 0)",
+    ):
+        assert line in head, line
+    logps = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
+    for line in (
+        "for start in range(0, input_ids.size(0), batch_size):",
+        "batch_size = batch_size or input_ids.size(0)",
+        "labels = input_ids_batch.masked_fill(attention_mask_batch == 0, -100)",
+        "labels[:, :-logits_to_keep] = -100",
+        "outputs = model(**model_inputs, labels=labels, fused_lm_head=True)",
+    ):
+        assert line in logps, line
+    assert inspect.getsource(onepass.label_mask).count("-100") == 3
+
+
+def test_chunked_logprob_internals_the_one_pass_reuses():
+    fn = chunked_logprob.ChunkedLogProbFunction
+    assert parameters(fn.forward) == parameters(onepass.OnePassLogProbFunction.forward)
+    forward = inspect.getsource(fn.forward)
+    # Same tiles and dtypes, and the saved state TRL's inherited backward reads.
+    for line in (
+        "mm_buf = torch.empty((min(N, TOKEN_CHUNK_SIZE), chunk_size), device=device, dtype=compute_dtype)",
+        "torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)",
+        "log_z = running_max + torch.log(sum_exp)",
+        "logprobs = target_logit - log_z",
+        "entropy = log_z - x_sum_exp / sum_exp",
+        "ctx.save_for_backward(hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy)",
+    ):
+        assert line in forward, line
+    backward = inspect.getsource(fn.backward)
+    for attr in ("ctx.compute_dtype", "ctx.chunk_size", "ctx.kernel_args", "ctx.saved_tensors"):
+        assert attr in backward, attr
+    # The torch and Triton folds whose sums VocabSums / triton_fold reproduce with TRL's expressions.
+    tile = inspect.getsource(chunked_logprob._forward_tile)
+    for line in (
+        "rescale = torch.exp(running_max - new_m)",
+        "e = torch.exp(z - new_m.unsqueeze(-1))",
+        "sum_exp.mul_(rescale).add_(e.sum(-1))",
+        "x_sum_exp.mul_(rescale).add_((e * z).sum(-1))",
+        "sq_sum_exp.mul_(rescale * rescale).add_((e * e).sum(-1))",
+    ):
+        assert line in tile, line
+    kernel_fn = chunked_logprob._forward_kernel
+    kernel = inspect.getsource(getattr(kernel_fn, "fn", kernel_fn))  # `.fn`: the Python function under triton.jit
+    for line in (
+        "e = tl.where(mask, tl.exp(z - new_m), 0.0)",
+        "s = s * rescale + tl.sum(e, axis=0)",
+        "xs = xs * rescale + tl.sum(e * tl.where(mask, z, 0.0), axis=0)",
+        "sq = sq * rescale * rescale + tl.sum(e * e, axis=0)",
+    ):
+        assert line in kernel, line
+    assert list(inspect.signature(chunked_logprob._torch_transform).parameters) == [
+        "z",
+        "logit_scale",
+        "softcap",
+        "inv_t",
+        "HAS_SOFTCAP",
+    ]
 
 
 def test_metrics_store_and_step_callback_contract():

@@ -40,9 +40,10 @@ class ClipV(Regularizer):
         d = batch.nec - discriminator(batch.old_logps, batch.entropies)
         _, std = spread(d, mask, reduce)
         violates = mask & (d > self.clip_v_mu * std) & (adv <= 0) & (std >= DEGENERATE_STD)
-        n_valid = int(reduce.sum(mask.sum()))
+        # Both global counts in one reduction and one host synchronisation (the branch below needs them on the host).
+        n_valid, n_violates = (int(x) for x in reduce.sum(torch.stack([mask.sum(), violates.sum()])).tolist())
         removed = violates
-        if int(reduce.sum(violates.sum())) > self.clip_v_max_frac * n_valid:
+        if n_violates > self.clip_v_max_frac * n_valid:
             budget = max(int(self.clip_v_max_frac * n_valid), 1)
             negative = violates & (adv < 0)
             flat, offset = reduce.cat(torch.where(negative, d, -torch.inf)[mask])
