@@ -30,6 +30,8 @@ from fractions import Fraction
 from multiprocessing.connection import Connection, wait
 from typing import Literal, cast
 
+from entropy_rl.errors import check
+
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_TAIL_CHARS = 6000
 # A final answer longer than this is not an answer: it would only feed the LaTeX parser something to choke on.
@@ -218,7 +220,16 @@ class _Worker:
         try:
             ready = self.conn.poll(self.startup_timeout_s) and self.conn.recv() == "ready"
         except EOFError:  # it died while starting; its traceback is on stderr
-            ready = False
+            self.process.join()
+            code = self.process.exitcode
+            self.kill()
+            # The usual cause: spawn re-imports the parent's main script in the worker, and a script that makes a
+            # Grader at top level then makes one again in the worker, whose start multiprocessing refuses.
+            raise RuntimeError(
+                f"a grading worker exited (code {code}) before it was ready; its error is printed above. Grader "
+                "starts its workers with multiprocessing's 'spawn', which re-imports your main script: in a script, "
+                'create and use the Grader under `if __name__ == "__main__":`'
+            ) from None
         if not ready:
             self.kill()
             raise RuntimeError(f"a grading worker failed to start within {self.startup_timeout_s:.0f}s")
@@ -243,8 +254,8 @@ class Grader:
         tail_chars: int = DEFAULT_TAIL_CHARS,
         startup_timeout_s: float = 120.0,
     ) -> None:
-        if timeout_s <= 0 or workers < 1:
-            raise ValueError("Grader needs timeout_s > 0 and workers >= 1")
+        check(0 < timeout_s < math.inf, "timeout_s", timeout_s, "seconds > 0")
+        check(workers >= 1, "workers", workers, "an integer >= 1")
         self.timeout_s = timeout_s
         self.num_workers = workers
         self.tail_chars = tail_chars

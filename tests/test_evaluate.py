@@ -206,7 +206,7 @@ def test_bad_rows_name_file_and_line(tmp_path, capsys, lines, line_number, messa
     with pytest.raises(BenchmarkError, match=f"{path}:{line_number}: .*{message}"):
         load_benchmark("gsm8k", data_file=path)
     # The CLI reports it without a traceback, before loading any model.
-    assert main(["--model", str(tmp_path / "none"), "--benchmarks", "gsm8k", "--data_file", str(path)]) == 2
+    assert main(["--model", str(tmp_path), "--benchmarks", "gsm8k", "--data_file", str(path)]) == 2
     assert f"{path}:{line_number}" in capsys.readouterr().err
 
 
@@ -409,3 +409,162 @@ def test_empty_benchmark_file_is_an_error_naming_it(tmp_path):
     path.write_text("")
     with pytest.raises(BenchmarkError, match=f"no problems in {path}"):
         load_benchmark("gsm8k", data_file=path)
+
+
+# ------------------------------------------------------------------------------------------- argument validation
+
+
+def _no_expensive_work(monkeypatch) -> None:
+    """Fail the test if the command gets as far as starting a grader or loading a model."""
+    from entropy_rl.cli import eval as eval_cli
+
+    def expensive(*args, **kwargs):
+        pytest.fail("expensive work started before the flags were checked")
+
+    monkeypatch.setattr(eval_cli, "Grader", expensive)
+    monkeypatch.setattr(eval_cli, "load_checkpoint_model", expensive)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--grading_timeout", "0"], "invalid --grading_timeout 0.0; allowed: seconds > 0"),
+        (["--grading-timeout", "nan"], "invalid --grading_timeout nan; allowed: seconds > 0"),
+        (["--grading_workers", "0"], "invalid --grading_workers 0; allowed: an integer >= 1"),
+        (["--max_new_tokens", "0"], "invalid --max_new_tokens 0; allowed: an integer >= 1"),
+        (["--batch_size", "0"], "invalid --batch_size 0; allowed: an integer >= 1"),
+        (["--batch-size", "-4"], "invalid --batch_size -4; allowed: an integer >= 1"),
+        (["--limit", "0"], "invalid --limit 0; allowed: an integer >= 1"),
+        (["--k", "0"], "invalid --k 0; allowed: an integer >= 1"),
+        (["--temperature", "-1"], "invalid --temperature -1.0; allowed: a number >= 0 (0: greedy)"),
+        (["--top_p", "1.5"], "invalid --top_p 1.5; allowed: a number in (0, 1]"),
+        (["--pass_k", "0,2"], "invalid --pass_k 0,2; allowed: integers >= 1"),
+        (
+            ["--k", "8", "--temperature", "1", "--pass_k", "4,16"],
+            "invalid --pass_k 16: benchmark arithmetic draws k=8 samples per problem; allowed: values <= 8",
+        ),
+    ],
+)
+def test_bad_eval_numbers_exit_2_with_one_line_before_any_work(tmp_path, capsys, monkeypatch, flags, expected):
+    _no_expensive_work(monkeypatch)
+    assert main(["--model", str(tmp_path), "--benchmarks", "arithmetic", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"entropy-rl eval: error: {expected}") and err.count("\n") == 1, err
+
+
+def test_max_new_tokens_override_is_used_not_replaced_by_the_default(monkeypatch):
+    from entropy_rl.evaluation import runner
+
+    benchmark = load_benchmark("arithmetic", limit=1)
+    seen = {}
+
+    def record(model, tokenizer, bench, batch, **options):
+        seen.update(options)
+        return []
+
+    monkeypatch.setattr(runner, "generate_records", record)
+    runner._generate_my_share(None, None, benchmark, EvalSettings(max_new_tokens=0, progress=False), None)
+    assert seen["max_new_tokens"] == 0  # the library passes what it is given; the command rejects 0
+
+
+@pytest.mark.parametrize("model", ["/nonexistent/model", "./missing-model", "~/missing-model", "a/b/c"])
+def test_missing_local_model_folder_is_named_as_such(capsys, monkeypatch, model):
+    _no_expensive_work(monkeypatch)
+    assert main(["--model", model, "--benchmarks", "arithmetic"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"entropy-rl eval: error: invalid --model {model}: the local folder does not exist\n"
+
+
+def test_missing_run_directory_is_named_before_any_work(tmp_path, capsys, monkeypatch):
+    _no_expensive_work(monkeypatch)
+    assert main(["--run", str(tmp_path / "nope"), "--benchmarks", "arithmetic"]) == 2
+    assert (
+        capsys.readouterr().err == f"entropy-rl eval: error: invalid --run {tmp_path / 'nope'}: no such run directory\n"
+    )
+
+
+def test_hub_model_id_offline_says_so_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "entropy_rl.cli", "eval", "--model", "no-such-org/no-such-model"]
+        + ["--benchmarks", "arithmetic", "--limit", "1", "--no_progress"],
+        env={**_subprocess_env(), "HF_HOME": str(tmp_path)},  # an empty cache: nothing to find offline
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "entropy-rl eval: error: invalid --model no-such-org/no-such-model: no such local folder, and the Hub model "
+        "could not be loaded (offline: HF_HUB_OFFLINE is set): "
+    )
+    assert result.stderr.count("\n") == 1 and "Repo id must" not in result.stderr
+
+
+def test_offline_hub_benchmark_names_the_local_path_it_tried(tmp_path, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'math-ai/amc23' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(BenchmarkError) as caught:
+        load_benchmark("amc23", data_dir=tmp_path)
+    message = str(caught.value)
+    assert f"no local file {tmp_path / 'amc23_test.jsonl'}, and the Hub dataset 'math-ai/amc23'" in message
+    assert "--data_dir" in message and "eval --data_file" in message and "train --dataset_file" in message
+    assert "\n" not in message
+    monkeypatch.delenv("ENTROPY_RL_DATA_DIR", raising=False)
+    with pytest.raises(BenchmarkError, match=r"amc23_test.jsonl: no data directory given, by --data_dir or \$ENTR"):
+        load_benchmark("amc23")
+
+
+def test_relative_source_path_is_read_from_the_spec_folder(tmp_path, monkeypatch):
+    spec_dir = tmp_path / "specs"
+    (spec_dir / "data").mkdir(parents=True)
+    (spec_dir / "data" / "mine.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    spec = (
+        (BENCHMARK_DIR / "gsm8k.yaml").read_text().replace("${ENTROPY_RL_DATA_DIR}/gsm8k_test.jsonl", "data/mine.jsonl")
+    )
+    (spec_dir / "mine.yaml").write_text(spec.replace("  hub: openai/gsm8k\n", ""))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    benchmark = load_benchmark(spec_dir / "mine.yaml")
+    assert benchmark.source == str(spec_dir / "data" / "mine.jsonl") and benchmark.problems[0]["gold"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("line", "column"),
+    [('{"question": "q2", "answer": ', 30), ('{"question": "q", "answer": tru}', 29), ('{"question": 1,}', 16)],
+)
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_malformed_jsonl_line_names_the_right_line_and_column(tmp_path, line, column, line_end):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f'{{"question": "q", "answer": "#### 1"}}{line_end}{line}{line_end}', newline="")
+    with pytest.raises(BenchmarkError, match=rf"bad.jsonl:2: malformed JSON \(.* at column {column}\)"):
+        load_benchmark("gsm8k", data_file=path)
+
+
+def test_grader_in_a_script_without_main_guard_says_why(tmp_path):
+    script = tmp_path / "grade_it.py"
+    script.write_text(
+        "from entropy_rl.grading import Grader\n"
+        "grader = Grader(workers=1)\n"
+        "print(grader.grade('\\\\boxed{\\\\frac{1}{2}}', '\\\\sqrt{2}/2'))\n"  # needs math-verify: starts a worker
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], env=_subprocess_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert 'under `if __name__ == "__main__":`' in result.stderr
+    assert "failed to start within" not in result.stderr
+
+
+def test_grader_arguments_are_checked():
+    from entropy_rl.errors import ConfigError
+    from entropy_rl.grading import Grader
+
+    with pytest.raises(ConfigError, match=r"timeout_s=0; allowed: seconds > 0"):
+        Grader(timeout_s=0)
+    with pytest.raises(ConfigError, match=r"workers=0; allowed: an integer >= 1"):
+        Grader(workers=0)

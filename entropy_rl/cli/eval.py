@@ -10,7 +10,11 @@ The work is done by entropy_rl.evaluation; this module reads the flags and print
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from entropy_rl.cli.common import fail, run_command
@@ -68,6 +72,51 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
 
 
+# A Hub model id: "name" or "owner/name". Anything else (absolute, ./, ~, deeper paths) can only be a local folder.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Reject out-of-range numbers with the flag's name, before a benchmark, a grader or a model is loaded."""
+    # None keeps the benchmark's default.
+    checks = [
+        ("--batch_size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+        ("--limit", args.limit, args.limit is None or args.limit >= 1, "an integer >= 1"),
+        ("--k", args.k, args.k is None or args.k >= 1, "an integer >= 1"),
+        (
+            "--max_new_tokens",
+            args.max_new_tokens,
+            args.max_new_tokens is None or args.max_new_tokens >= 1,
+            "an integer >= 1",
+        ),
+        (
+            "--temperature",
+            args.temperature,
+            args.temperature is None or args.temperature >= 0,
+            "a number >= 0 (0: greedy)",
+        ),
+        ("--top_p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "a number in (0, 1]"),
+        ("--pass_k", ",".join(map(str, args.pass_k)), all(kk >= 1 for kk in args.pass_k), "integers >= 1"),
+        ("--grading_timeout", args.grading_timeout, 0 < args.grading_timeout < math.inf, "seconds > 0"),
+        ("--grading_workers", args.grading_workers, args.grading_workers >= 1, "an integer >= 1"),
+    ]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"invalid {flag} {value}; allowed: {allowed}")
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    """--model must be a local folder or a Hub id, --run a directory: say which, instead of the Hub client's error."""
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"invalid --run {args.run}: no such run directory")
+    if args.model is None or Path(args.model).expanduser().is_dir():
+        return
+    if Path(args.model).exists():
+        raise ConfigError(f"invalid --model {args.model}: a file; allowed: a model folder or a Hub model id")
+    if args.model.startswith((".", "~")) or not _HUB_ID.fullmatch(args.model):
+        raise ConfigError(f"invalid --model {args.model}: the local folder does not exist")
+
+
 def _settings(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(
         batch_size=args.batch_size,
@@ -90,12 +139,34 @@ def _benchmarks(args: argparse.Namespace, settings: EvalSettings) -> list[Benchm
         raise ConfigError("--vllm evaluates one --model; curves over checkpoints use transformers")
     benchmarks = [load_benchmark(n, args.data_dir, args.limit, args.data_file) for n in names]
     for benchmark in benchmarks:
-        settings.sampling(benchmark)  # reject bad overrides (e.g. --k 4 with greedy) before loading a model
+        k = settings.sampling(benchmark).k  # rejects bad overrides (e.g. --k 4 with greedy) before loading a model
+        if too_large := [kk for kk in settings.pass_ks if kk > k]:
+            raise ConfigError(
+                f"invalid --pass_k {','.join(map(str, too_large))}: benchmark {benchmark.name} draws k={k} samples "
+                f"per problem; allowed: values <= {k} (raise --k to report more)"
+            )
     return benchmarks
+
+
+def _load_model(args: argparse.Namespace, device: object) -> tuple[object, object]:
+    """The --model to evaluate; a Hub id that cannot be loaded (offline, unknown) gives one line that says so."""
+    try:
+        return load_checkpoint_model(args.model, device, args.dtype)
+    except OSError as error:
+        if Path(args.model).expanduser().is_dir():
+            raise  # a local folder that cannot be read: _body reports it
+        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") else ""
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"invalid --model {args.model}: no such local folder, and the Hub model could not be loaded{offline}: "
+            f"{reason}"
+        ) from error
 
 
 def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of the table: one per (checkpoint, benchmark) with --run, one per benchmark with --model."""
+    _check_numbers(args)
+    _check_target(args)
     state = process_state()  # before the grader starts its worker processes, as the evaluator always did
     settings = _settings(args)
     benchmarks = _benchmarks(args, settings)
@@ -104,7 +175,7 @@ def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.run:
             return evaluate_run(args.run, benchmarks, dtype=args.dtype, **options)
         llm = open_vllm(args.model, args.dtype, args.seed) if args.vllm else None
-        model, tokenizer = load_checkpoint_model(args.model, state.device, args.dtype)
+        model, tokenizer = _load_model(args, state.device)
         return list(evaluate_checkpoint(model, tokenizer, benchmarks, llm=llm, **options).values())
 
 
@@ -112,7 +183,7 @@ def _body(args: argparse.Namespace) -> int:
     try:
         rows = _evaluate(args)
     except OSError as error:  # a model or file that cannot be read
-        return fail(COMMAND, error)
+        return fail(COMMAND, (str(error).strip().splitlines() or [repr(error)])[0])
     if process_state().is_main_process:
         print(format_table(rows) if rows else "nothing to evaluate: every (checkpoint, benchmark) is in curve.jsonl")
     return 0

@@ -63,10 +63,10 @@ class Benchmark:
     chat_template: bool  # wrap the prompt in the tokenizer's chat template when it has one
 
 
-def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
-    """Directory of the offline benchmark files: argument, else $ENTROPY_RL_DATA_DIR, else ../shared/data/math."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data" / "math"
-    return Path(chosen).expanduser()
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """Directory of the offline benchmark files: the argument, else $ENTROPY_RL_DATA_DIR, else None (none given)."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else None
 
 
 def available_benchmarks() -> list[str]:
@@ -116,7 +116,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 continue
             where = f"{path}:{line_number}"
             try:
-                row = json.loads(line)
+                # Without its line end: json would place an error at the end of a cut line at "line 2 column 1".
+                row = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as error:
                 raise BenchmarkError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from error
             if not isinstance(row, dict):
@@ -124,15 +125,19 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield where, row
 
 
-def _read_hub(name: str, hub: str, config: str | None, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _read_hub(name: str, source: dict[str, Any], local: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of the spec's Hub dataset; `local` says which local file was looked for first (for the error)."""
     import datasets
 
+    hub, split = source["hub"], source.get("split", "test")
     try:
-        dataset = datasets.load_dataset(hub, config, split=split)
+        dataset = datasets.load_dataset(hub, source.get("config"), split=split)
     except Exception as error:  # offline, unknown id, auth...: all end the same way for the user
+        reason = (str(error).strip().splitlines() or [""])[0]  # one line: the datasets message can run to pages
         raise BenchmarkError(
-            f"benchmark {name}: no local file, and the Hub dataset {hub!r} (split {split!r}) could not be loaded: "
-            f"{type(error).__name__}: {error}. Offline? Download it elsewhere and pass --data_file FILE.jsonl."
+            f"benchmark {name}: {local}, and the Hub dataset {hub!r} (split {split!r}) could not be loaded "
+            f"({type(error).__name__}: {reason}). Offline? Save its rows as that JSONL file (the folder is --data_dir "
+            f"or ${DATA_DIR_ENV}), or pass the file itself (eval --data_file, train --dataset_file)"
         ) from error
     for index, row in enumerate(dataset):
         yield f"{hub}[{split}] row {index}", row
@@ -145,25 +150,46 @@ def _read_generator(target: str, kwargs: dict[str, Any]) -> Iterator[tuple[str, 
         yield f"{target} problem {index}", row
 
 
-def _rows(spec: dict[str, Any], data_dir: Path, data_file: str | Path | None) -> tuple[str, Iterator]:
+def _local_path(raw: str, spec_dir: Path, data_dir: Path | None) -> Path | None:
+    """A spec's `source.path`: ${ENTROPY_RL_DATA_DIR} expanded (None when no data directory is given), and a relative
+    path taken from the spec file's folder, so that a spec and its data can move together."""
+    if DATA_DIR_PLACEHOLDER in raw:
+        if data_dir is None:
+            return None
+        raw = raw.replace(DATA_DIR_PLACEHOLDER, str(data_dir))
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else spec_dir / path
+
+
+def _missing_local(raw: str | None, path: Path | None) -> str:
+    """What was looked for locally and not found, for error messages."""
+    if raw is None:
+        return "no local file (the spec has no source.path)"
+    if path is None:
+        return f"no local file ({raw}: no data directory given, by --data_dir or ${DATA_DIR_ENV})"
+    return f"no local file {path}"
+
+
+def _rows(
+    spec: dict[str, Any], spec_path: Path, data_dir: Path | None, data_file: str | Path | None
+) -> tuple[str, Iterator]:
     """(description of the source, iterator of (location, row)); a local file beats a Hub dataset."""
     source = spec["source"]
-    path = None
     if data_file:
-        path = Path(data_file)
-    elif source.get("path"):
-        path = Path(str(source["path"]).replace(DATA_DIR_PLACEHOLDER, str(data_dir))).expanduser()
-        if not path.is_file() and (source.get("hub") or source.get("generator")):
-            path = None  # no local copy: fall back to the spec's other source
-    if path is not None:
-        if not path.is_file():
-            raise BenchmarkError(
-                f"benchmark {spec['name']}: data file {path} not found "
-                f"(set {DATA_DIR_ENV} or --data_dir to the directory holding it, or pass --data_file)"
-            )
+        if not Path(data_file).is_file():
+            raise BenchmarkError(f"benchmark {spec['name']}: data file {data_file} not found")
+        return str(data_file), _read_jsonl(Path(data_file))
+    raw = str(source["path"]) if source.get("path") else None
+    path = None if raw is None else _local_path(raw, spec_path.parent, data_dir)
+    if path is not None and path.is_file():
         return str(path), _read_jsonl(path)
+    if raw is not None and not (source.get("hub") or source.get("generator")):
+        raise BenchmarkError(
+            f"benchmark {spec['name']}: {_missing_local(raw, path)} (set --data_dir or ${DATA_DIR_ENV} to the "
+            "directory holding it, or pass the file itself)"
+        )
     if source.get("hub"):
-        return source["hub"], _read_hub(spec["name"], source["hub"], source.get("config"), source.get("split", "test"))
+        return source["hub"], _read_hub(spec["name"], source, _missing_local(raw, path))
     if source.get("generator"):
         return source["generator"], _read_generator(source["generator"], source.get("kwargs") or {})
     raise BenchmarkError(f"benchmark {spec['name']}: source needs one of path, hub or generator")
@@ -196,7 +222,7 @@ def load_benchmark(
     """
     spec_path = _spec_path(name_or_yaml_path)
     spec = _read_spec(spec_path)
-    source, rows = _rows(spec, resolve_data_dir(data_dir), data_file)
+    source, rows = _rows(spec, spec_path, resolve_data_dir(data_dir), data_file)
     problems: list[dict[str, str]] = []
     seen: dict[str, str] = {}
     for index, (where, row) in enumerate(rows):

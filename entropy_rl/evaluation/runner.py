@@ -76,7 +76,8 @@ def _generate_my_share(
     problems = benchmark.problems
     batches = [problems[i : i + per_batch] for i in range(0, len(problems), per_batch)]
     options = {"sampling": sampling, "seed": settings.seed, "llm": llm}
-    options["max_new_tokens"] = settings.max_new_tokens or benchmark.max_new_tokens
+    # `is None`, not `or`: a 0 must not silently become the default (the command rejects it).
+    options["max_new_tokens"] = benchmark.max_new_tokens if settings.max_new_tokens is None else settings.max_new_tokens
     records: list[dict[str, Any]] = []
     with state.split_between_processes(batches) as my_batches, torch.inference_mode():
         bar = tqdm(
