@@ -134,7 +134,8 @@ def test_score_records():
     ],
 )
 def test_shared_benchmark_files_load(name, count, sampling):
-    if not (resolve_data_dir() / f"{name}_test.jsonl").is_file():
+    data_dir = resolve_data_dir()
+    if data_dir is None or not (data_dir / f"{name}_test.jsonl").is_file():
         pytest.skip(f"no {name}_test.jsonl in {resolve_data_dir()}: set ENTROPY_RL_DATA_DIR to the benchmark files")
     benchmark = load_benchmark(name)
     assert len(benchmark.problems) == count and benchmark.sampling == sampling

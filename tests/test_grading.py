@@ -34,6 +34,8 @@ def strict_grader():
 def _reference_pairs(name: str) -> list[tuple[str, str]]:
     """(reference worked solution, gold) for every problem of a benchmark, read from the shared data files."""
     data_dir = resolve_data_dir()
+    if data_dir is None:
+        pytest.skip("set ENTROPY_RL_DATA_DIR to the directory of the offline benchmark files")
     path = data_dir / f"{name}_test.jsonl"
     if not path.is_file():
         pytest.skip(f"{path} absent: set ENTROPY_RL_DATA_DIR to the directory of the offline benchmark files")
