@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,10 @@ from scipy.stats import f as f_distribution
 from .errors import EntropyRLError
 from .rundir import CURVE_FILE, DEFAULT_ENTROPY_KEY, Run, load_run, metric_value
 
-MIN_POINTS = 3
+MIN_POINTS = 3  # two parameters and one residual degree of freedom: the least that gives a fit at all
+# Below this many points the fit is reported with a warning: with fewer, its nominal 95 % bootstrap intervals covered
+# the true (a, ceiling) far less often than 95 % in simulation (perf/fit_small_n.py, table in docs/fit.md).
+MIN_RELIABLE_POINTS = 8
 CI_PERCENTILES = (2.5, 97.5)  # two-sided 95 % percentile-bootstrap interval
 LAW = "R = b - a * exp(H)"
 # Metrics read from curve.jsonl; any other metric names a column of the metrics file (e.g. "reward").
@@ -80,8 +83,15 @@ def _curve_series(run: Run, metric: str, benchmark: str | None) -> tuple[str, di
         step, name = row.get("step"), row.get("benchmark")
         if isinstance(step, bool) or not isinstance(step, int) or not isinstance(name, str):
             raise LawFitError(f"{path}: row {row} lacks an integer 'step' or a string 'benchmark'")
-        raw = _curve_value(row, metric)
-        by_bench.setdefault(name, {})[step] = metric_value(raw, f"{path} step {step} benchmark {name!r} {metric}")
+        where = f"{path} step {step} benchmark {name!r} {metric}"
+        value = metric_value(_curve_value(row, metric), where)
+        if not (math.isnan(value) or 0 <= value <= 1):  # NaN (null) is a missing value, dropped later
+            raise LawFitError(f"{where}: {value!r}; allowed: a fraction in [0, 1] (the evaluator writes fractions)")
+        by_bench.setdefault(name, {})[step] = value
+    if not by_bench:
+        raise LawFitError(
+            f"{path}: no rows (no checkpoint evaluated yet: run `entropy-rl eval --run`, or use --metric reward)"
+        )
     if benchmark is not None and benchmark not in by_bench:
         raise LawFitError(f"{path}: no rows for benchmark {benchmark!r}; benchmarks present: {', '.join(by_bench)}")
     names = [benchmark] if benchmark is not None else sorted(by_bench)
@@ -176,6 +186,13 @@ class LawFit:
     b_ci: tuple[float, float] | None = None
     ceiling_ci: tuple[float, float] | None = None
     n_bootstrap: int = 0  # resamples that gave a fit (those with constant entropy cannot)
+    # [n_bootstrap, 2] (a, b) of the resamples, for a band around the curve; not part of the JSON report.
+    draws: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def few_points(self) -> bool:
+        """Fewer points than MIN_RELIABLE_POINTS: R2 and the intervals are not to be trusted (docs/fit.md)."""
+        return self.n < MIN_RELIABLE_POINTS
 
     @property
     def ceiling(self) -> float:
@@ -261,6 +278,7 @@ def fit_law(H: np.ndarray, R: np.ndarray, *, bootstrap: int = 0, seed: int = 0, 
         h_min=float(H.min()),
         h_max=float(H.max()),
         n_bootstrap=len(draws),
+        draws=draws if len(draws) else None,
         **intervals,
     )
 
@@ -279,6 +297,17 @@ def _bootstrap(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> np.nd
 def predict(fit: LawFit, H: np.ndarray | float) -> np.ndarray:
     """R the law predicts at entropy H."""
     return fit.b - fit.a * np.exp(np.asarray(H, dtype=float))
+
+
+def band(fit: LawFit, H: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pointwise 95 % bootstrap band (low, high) of the fitted curve at entropies H; None without bootstrap draws.
+
+    At H = 0 it is the ceiling's interval, so a plot can show how uncertain the extrapolation is."""
+    if fit.draws is None:
+        return None
+    curves = fit.draws[:, 1:2] - fit.draws[:, 0:1] * np.exp(np.asarray(H, dtype=float))[None, :]
+    low, high = np.percentile(curves, CI_PERCENTILES, axis=0)
+    return low, high
 
 
 def _rmse(fit: LawFit, H: np.ndarray, R: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .fit import LAW, LawFit, Pairs, moving_average, predict
+from .fit import LAW, LawFit, Pairs, band, moving_average, predict
 from .rundir import Run, RunDirError, load_run
 
 ENTROPY_LINES = {  # metrics.jsonl key -> (legend text, line style)
@@ -28,7 +28,6 @@ ENTROPY_LINES = {  # metrics.jsonl key -> (legend text, line style)
 ENTROPY_UNIT = "entropy (nats per token)"
 STEP_UNIT = "optimizer step"
 DPI = 130
-CEILING_TEXT_PTS = (5, 13)  # offset above its ceiling line of the first ceiling note, and step between stacked notes
 
 
 def series_color(i: int) -> str:
@@ -42,12 +41,31 @@ def save_figure(fig: Figure, path: Path) -> Path:
 
 
 def metric_label(pairs: Pairs) -> str:
-    """Axis label of R with its unit."""
+    """Axis label of R with its unit, from what the metric is: the evaluator's scores are fractions by definition."""
     if pairs.benchmark is None:
         return "training reward (batch mean)" if pairs.metric == "reward" else pairs.metric
-    # The evaluator's unit is not recorded; scores never above 1 are fractions, others are taken as percentages.
-    unit = "fraction correct" if np.nanmax(pairs.R) <= 1 else "% correct"
-    return f"{pairs.benchmark} {pairs.metric} ({unit})"
+    if pairs.metric == "avg@k":
+        unit = "fraction of samples correct"
+    else:
+        unit = f"fraction of problems solved within {pairs.metric.removeprefix('pass@')} samples"
+    return f"{pairs.benchmark} {pairs.metric}\n({unit})"  # two lines: a long name stays inside a short axis
+
+
+def measure_groups(pairs: Sequence[Pairs]) -> list[list[int]]:
+    """Indices of the runs that share one performance measure (metric and benchmark), in first-seen order.
+
+    Runs with different measures (a training reward and a held-out avg@k) get separate axes: one y-axis would put
+    numbers of different meaning side by side."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault((p.metric, p.benchmark), []).append(i)
+    return list(groups.values())
+
+
+def _finite(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The points with a finite y: matplotlib breaks a line at every NaN, so one null every other step erases it."""
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
 
 
 def _draw_entropy(ax: Axes, run: Run, color: str, prefix: str = "") -> None:
@@ -56,7 +74,7 @@ def _draw_entropy(ax: Axes, run: Run, color: str, prefix: str = "") -> None:
         raise RunDirError(f"{run.metrics_path}: none of the entropy keys {', '.join(ENTROPY_LINES)} is logged")
     for key in drawn:
         text, style = ENTROPY_LINES[key]
-        ax.plot(run.steps, run.column(key), style, color=color, lw=1.4, label=f"{prefix}{text}")
+        ax.plot(*_finite(run.steps, run.column(key)), style, color=color, lw=1.4, label=f"{prefix}{text}")
     ax.set_ylabel(ENTROPY_UNIT)
     ax.grid(alpha=0.3)
 
@@ -72,72 +90,71 @@ def plot_runs_entropy(runs: Sequence[Run], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _axes_per_group(fig: Figure, groups: list[list[int]], height: float) -> list[Axes]:
+    fig.set_size_inches(8, height * len(groups))
+    return list(np.atleast_1d(fig.subplots(len(groups), 1, sharex=True, squeeze=False)[:, 0]))
+
+
 def plot_performance(pairs: Sequence[Pairs], path: Path) -> Path:
-    """R (the law's performance measure) vs step, one colour per run."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    for i, p in enumerate(pairs):
-        # Markers only where points are sparse (evaluated checkpoints); per-step rewards read better as a line.
-        ax.plot(p.steps, p.R, marker="o" if len(p.R) <= 100 else None, ms=4, color=series_color(i), label=p.label)
-    ax.set(title="Performance during training", xlabel=STEP_UNIT, ylabel=" / ".join({metric_label(p) for p in pairs}))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    """R (the law's performance measure) vs step, one colour per run, one axis per performance measure."""
+    fig = Figure(layout="constrained")
+    groups = measure_groups(pairs)
+    for ax, group in zip(_axes_per_group(fig, groups, 5 if len(groups) == 1 else 3.5), groups, strict=True):
+        for i in group:
+            p = pairs[i]
+            # Markers only where points are sparse (evaluated checkpoints); per-step rewards read better as a line.
+            ax.plot(p.steps, p.R, marker="o" if len(p.R) <= 100 else None, ms=4, color=series_color(i), label=p.label)
+        ax.set(ylabel=metric_label(pairs[group[0]]))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.axes[0].set_title("Performance during training")
+    fig.axes[-1].set_xlabel(STEP_UNIT)
     return save_figure(fig, path)
 
 
-def _draw_law(ax: Axes, fit: LawFit, color: str, label: str, slot: int) -> None:
-    """Fitted curve (solid over the observed entropies, dotted where extrapolated to H = 0) and its ceiling."""
+def _draw_law(ax: Axes, fit: LawFit, color: str, label: str) -> None:
+    """Fitted curve (solid over the observed entropies, dotted where extrapolated to H = 0), its 95 % bootstrap band
+    when there is one, and its ceiling, whose value goes into the legend (a note in the axes would cross curves)."""
     observed = np.linspace(fit.h_min, fit.h_max, 100)
     extrapolated = np.linspace(0.0, fit.h_min, 50)
     ax.plot(observed, predict(fit, observed), "-", color=color, lw=2, label=label)
     ax.plot(extrapolated, predict(fit, extrapolated), ":", color=color, lw=1.5)
-    ax.axhline(fit.ceiling, ls="--", color=color, lw=1, alpha=0.7)
+    grid = np.linspace(0.0, fit.h_max, 150)
+    if (low_high := band(fit, grid)) is not None:
+        ax.fill_between(grid, *low_high, color=color, alpha=0.15, lw=0, label="95% bootstrap band")
+    ceiling = f"ceiling b - a = {fit.ceiling:.3g}"
+    if fit.ceiling_ci is not None:
+        ceiling += f" [{fit.ceiling_ci[0]:.3g}, {fit.ceiling_ci[1]:.3g}]"
+    ax.axhline(fit.ceiling, ls="--", color=color, lw=1, alpha=0.7, label=f"{ceiling} at H = 0")
     ax.plot([0.0], [fit.ceiling], marker="*", ms=11, color=color, zorder=5)
-    ax.annotate(
-        f"ceiling b-a = {fit.ceiling:.3g} at H = 0",
-        xy=(0.0, fit.ceiling),
-        xytext=(8, CEILING_TEXT_PTS[0] + CEILING_TEXT_PTS[1] * slot),  # stacked: equal ceilings stay legible
-        textcoords="offset points",
-        color=color,
-        fontsize="small",
-    )
 
 
-def _make_room_for_ceiling_notes(ax: Axes, ceilings: Sequence[float]) -> None:
-    """Raise the y-limit so the notes stacked above the ceiling lines stay inside the axes (under the title)."""
-    bottom, top = ax.get_ylim()
-    axes_pts = ax.get_position().height * ax.figure.get_figheight() * 72
-    for slot, ceiling in enumerate(ceilings):
-        # Fraction of the axes height from the line to the top of its note, with a line of slack for the text.
-        frac = (CEILING_TEXT_PTS[0] + CEILING_TEXT_PTS[1] * (slot + 1) + 4) / axes_pts
-        top = max(top, (ceiling - frac * bottom) / (1 - frac))
-    ax.set_ylim(bottom, top)
+def _draw_law_axes(ax: Axes, pairs: Sequence[Pairs], fits: Sequence[LawFit | None], group: list[int]) -> None:
+    for i in group:
+        p, fit = pairs[i], fits[i]
+        ax.scatter(p.H, p.R, s=16, alpha=0.6, color=series_color(i), label=f"{p.label} (n={len(p.R)})")
+        if fit is not None:
+            _draw_law(ax, fit, series_color(i), f"fit: R = {fit.b:.3g} - {fit.a:.3g} exp(H), R2 = {fit.r2:.3f}")
+    ax.set_xlim(left=-0.03 * max(float(pairs[i].H.max()) for i in group))  # H = 0, the ceiling, stays in view
+    ax.set_ylabel(metric_label(pairs[group[0]]))
+    ax.grid(alpha=0.3)
 
 
 def plot_law(pairs: Sequence[Pairs], fits: Sequence[LawFit | None], path: Path, joint: LawFit | None = None) -> Path:
-    """R vs H per run with its fitted law and ceiling (runs whose fit is None are drawn as points only)."""
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
-    ax = fig.subplots()
-    drawn = []
-    for i, (p, fit) in enumerate(zip(pairs, fits, strict=True)):
-        ax.scatter(p.H, p.R, s=16, alpha=0.6, color=series_color(i), label=f"{p.label} (n={len(p.R)})")
-        if fit is not None:
-            text = f"fit: R = {fit.b:.3g} - {fit.a:.3g} exp(H), R2 = {fit.r2:.3f}"
-            _draw_law(ax, fit, series_color(i), text, len(drawn))
-            drawn.append(fit)
-    if joint is not None:
-        text = f"joint fit: R = {joint.b:.3g} - {joint.a:.3g} exp(H), R2 = {joint.r2:.3f}"
-        _draw_law(ax, joint, "black", text, len(drawn))
-        drawn.append(joint)
-    _make_room_for_ceiling_notes(ax, [fit.ceiling for fit in drawn])
-    ax.set_xlim(left=-0.03 * max(float(p.H.max()) for p in pairs))  # H = 0, where the ceiling sits, stays in view
-    ax.set(
-        title=f"Entropy-performance law {LAW}\n(dotted: extrapolation; dashed: ceiling b - a)",
-        xlabel=f"policy entropy H = {pairs[0].entropy_key} (nats per token)",
-        ylabel=" / ".join({metric_label(p) for p in pairs}),
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    """R vs H per run with its fitted law and ceiling (runs whose fit is None are drawn as points only); one axis per
+    performance measure. The legend sits below the axes, where it hides no point or curve."""
+    fig = Figure(layout="constrained")
+    groups = measure_groups(pairs)
+    axes = _axes_per_group(fig, groups, 7 if len(groups) == 1 else 5)
+    for ax, group in zip(axes, groups, strict=True):
+        _draw_law_axes(ax, pairs, fits, group)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if joint is not None:  # a joint fit needs one measure, so there is one axis
+        _draw_law(axes[0], joint, "black", f"joint fit: R = {joint.b:.3g} - {joint.a:.3g} exp(H), R2 = {joint.r2:.3f}")
+        axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.set_figwidth(12)
+    axes[0].set_title(f"Entropy-performance law {LAW}\n(dotted: extrapolation; dashed: ceiling b - a at H = 0)")
+    axes[-1].set_xlabel(f"policy entropy H = {pairs[0].entropy_key} (nats per token)")
     return save_figure(fig, path)
 
 
@@ -160,7 +177,7 @@ def make_plots(
 def _draw_trend(ax: Axes, steps: np.ndarray, values: np.ndarray, color: str, label: str) -> None:
     """Per-step values (thin) and their trailing mean (thick): the trend through the batch noise."""
     finite = np.isfinite(values)
-    ax.plot(steps, values, color=color, lw=0.8, alpha=0.45, label=f"{label}, per step")
+    ax.plot(steps[finite], values[finite], color=color, lw=0.8, alpha=0.45, label=f"{label}, per step")
     # A window of ~5 % of the run shows the trend without hiding its shape.
     window = max(1, int(finite.sum()) // 20)
     if window > 1:

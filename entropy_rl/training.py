@@ -22,7 +22,7 @@ from .errors import ConfigError
 # Reward names usable in `reward_funcs`; anything else is a dotted import path `package.module.function`.
 REWARDS = {"arithmetic": "entropy_rl.toy.arithmetic_reward", "math": "entropy_rl.rewards.math_reward"}
 
-# The built-in default, used when no --config is given: sized for 2 CPU cores (cpu-feasibility.md).
+# The built-in default, used when no --config is given: sized for 2 CPU cores (docs/results/default-run.md).
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/toy-default",
     "max_steps": 500,

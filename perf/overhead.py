@@ -3,7 +3,7 @@
     python perf/overhead.py                                  # built-in tiny model, ~3 min on 2 CPU cores
     python perf/overhead.py --vocab 76,32000,152064 --batch 16 --length 8 --configs trl_null,diagnostics,clip_v
     python perf/overhead.py --micro --vocab 32768,152064 --tokens 256,1024   # the vocabulary reduction alone
-    python perf/overhead.py --output docs/performance/x.json --markdown docs/performance/x.md
+    python perf/overhead.py --output docs/performance/NAME.json --markdown docs/performance/NAME.md
 
 Every configuration trains the same random model on the same prompts with the same seed. Configurations run in
 interleaved blocks (plain, diagnostics, ..., plain, diagnostics, ...) so that slow phases of a shared machine hit all of

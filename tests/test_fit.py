@@ -354,3 +354,142 @@ def test_plot_cli_draws_runs_too_short_to_fit(tmp_path, capsys):
     assert_png(run / "law_fit.png")
     assert plot_main([str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err == f"entropy-rl plot: error: {tmp_path / 'missing'}: run directory not found\n"
+
+
+# ------------------------------------------------------------------------------------------------ edge cases
+@pytest.fixture()
+def figures(monkeypatch):
+    """The Figure objects the plotting functions save, by file name (they are also written as usual)."""
+    import entropy_rl.plot as plot_module
+
+    saved = {}
+    original = plot_module.save_figure
+
+    def capture(fig, path):
+        saved[Path(path).name] = fig
+        return original(fig, path)
+
+    monkeypatch.setattr(plot_module, "save_figure", capture)
+    return saved
+
+
+def test_empty_curve_file_is_one_line_in_fit_and_plot(tmp_path, capsys):
+    run = make_run(tmp_path, "run", curve_every=None)
+    (run / "curve.jsonl").write_text("")
+    expected = f"{run / 'curve.jsonl'}: no rows (no checkpoint evaluated yet: run `entropy-rl eval --run`, or use "
+    for command, entry in (("fit", main), ("plot", plot_main)):
+        assert entry([str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"entropy-rl {command}: error: {expected}") and err.count("\n") == 1, err
+
+
+def test_fit_warns_below_the_documented_minimum_number_of_points(tmp_path, capsys):
+    from entropy_rl.fit import MIN_RELIABLE_POINTS
+
+    docs = (Path(__file__).parents[1] / "docs" / "fit.md").read_text()
+    assert f"fewer than {MIN_RELIABLE_POINTS} points" in docs  # the minimum is documented, with its reason
+    few = make_run(tmp_path, "few", steps=10 * (MIN_RELIABLE_POINTS - 1), curve_every=10)  # one point short
+    enough = make_run(tmp_path, "enough", steps=10 * MIN_RELIABLE_POINTS, curve_every=10)
+    assert main([str(few), "--benchmark", "math500", "--bootstrap", "50"]) == 0
+    captured = capsys.readouterr()
+    warning = f"only {MIN_RELIABLE_POINTS - 1} points (fewer than {MIN_RELIABLE_POINTS}): R2 and the 95% intervals"
+    assert warning in captured.out and f"entropy-rl fit: warning: none seed 0: {warning}" in captured.err
+    assert main([str(enough), "--benchmark", "math500", "--bootstrap", "50"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.out + captured.err
+
+
+def _filled_x_range(ax) -> tuple[float, float] | None:
+    from matplotlib.collections import FillBetweenPolyCollection, PolyCollection
+
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection | FillBetweenPolyCollection)]
+    if not bands:
+        return None
+    xs = np.concatenate([path.vertices[:, 0] for band in bands for path in band.get_paths()])
+    return float(xs.min()), float(xs.max())
+
+
+def test_fit_plot_draws_the_bootstrap_band_out_to_the_ceiling(tmp_path, figures):
+    run = make_run(tmp_path, "run")
+    assert main([str(run), "--benchmark", "math500", "--bootstrap", "200", "--plot"]) == 0
+    (ax,) = figures["law_fit.png"].axes
+    span = _filled_x_range(ax)
+    assert span is not None and span[0] == pytest.approx(0.0)  # the band reaches H = 0, around the ceiling
+    fit = json.loads((run / "fit.json").read_text())["runs"][0]["fit"]
+    assert span[1] == pytest.approx(fit["h_range"][1])
+    assert _filled_x_range(ax) is not None
+    # Without bootstrap there is no band to draw.
+    figures.clear()
+    assert main([str(run), "--benchmark", "math500", "--bootstrap", "0", "--plot"]) == 0
+    assert _filled_x_range(figures["law_fit.png"].axes[0]) is None
+
+
+def test_band_at_zero_entropy_is_the_ceiling_interval():
+    from entropy_rl.fit import band
+
+    rng = np.random.default_rng(0)
+    H = entropy_path(np.arange(1, 41))
+    fit = fit_law(H, law(H) + rng.normal(0, 0.02, H.size), bootstrap=300, seed=1)
+    low, high = band(fit, np.array([0.0, 1.0]))
+    assert (low[0], high[0]) == pytest.approx(fit.ceiling_ci)
+    assert low[1] < predict(fit, 1.0) < high[1]
+    assert band(fit_law(H, law(H)), np.array([0.0])) is None
+
+
+def test_plot_splits_reward_and_heldout_scores_and_warns(tmp_path, capsys, figures):
+    evaluated = make_run(tmp_path, "evaluated", regularizer="none")  # R: avg@k of curve.jsonl
+    reward_only = make_run(tmp_path, "reward_only", curve_every=None, regularizer="clip_cov")  # R: reward
+    assert plot_main([str(evaluated), str(reward_only), "--out", str(tmp_path / "figs")]) == 0
+    err = capsys.readouterr().err
+    assert "entropy-rl plot: warning: the runs' R are different measures" in err
+    assert "none seed 0: mean of aime, math500 avg@k" in err and "clip_cov seed 0: reward" in err
+    for name in ("performance_vs_step.png", "law_fit.png"):
+        labels = [ax.get_ylabel() for ax in figures[name].axes]
+        assert len(labels) == 2 and "training reward (batch mean)" in labels, (name, labels)
+    # Runs that measure the same thing share one axis and get no warning.
+    figures.clear()
+    assert plot_main([str(evaluated), str(make_run(tmp_path, "other", seed=2)), "--out", str(tmp_path / "f2")]) == 0
+    assert "warning" not in capsys.readouterr().err and len(figures["performance_vs_step.png"].axes) == 1
+
+
+def test_entropy_line_survives_alternating_null_steps(tmp_path, figures):
+    run = make_run(tmp_path, "run", curve_every=None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row in rows[::2]:
+        row["entropy/seq_mean"] = row["entropy/token_mean"] = None  # e.g. steps whose batch was all padding
+    write_jsonl(run / "metrics.jsonl", rows)
+    assert plot_main([str(run), "--metric", "reward"]) == 0
+    plot_run(run)
+    for name, ax in (("entropy_vs_step.png", 0), ("entropy_reward.png", 0)):
+        lines = figures[name].axes[ax].get_lines()
+        assert lines and all(np.isfinite(line.get_ydata()).all() for line in lines)
+        assert max(len(line.get_ydata()) for line in lines) == len(rows) // 2
+
+
+def test_score_label_comes_from_the_metric_and_out_of_range_scores_are_rejected(tmp_path):
+    from entropy_rl.plot import metric_label
+
+    run = make_run(tmp_path, "run")
+    assert metric_label(load_pairs(run, benchmark="math500")) == "math500 avg@k\n(fraction of samples correct)"
+    assert metric_label(load_pairs(run, metric="pass@8", benchmark="math500")) == (
+        "math500 pass@8\n(fraction of problems solved within 8 samples)"
+    )
+    assert metric_label(load_pairs(run, metric="reward")) == "training reward (batch mean)"
+    rows = [json.loads(line) for line in (run / "curve.jsonl").read_text().splitlines()]
+    rows[3]["avg@k"] = 55.0  # a percentage: not what the evaluator writes
+    write_jsonl(run / "curve.jsonl", rows)
+    with pytest.raises(LawFitError, match=r"step 10 benchmark 'aime' avg@k: 55.0; allowed: a fraction in \[0, 1\]"):
+        load_pairs(run, benchmark="aime")
+
+
+def test_ceiling_values_are_in_the_legend_outside_the_axes(tmp_path, figures):
+    runs = [make_run(tmp_path, name, seed=i, tau=t) for i, (name, t) in enumerate((("a", 30), ("b", 60)))]
+    assert main([*map(str, runs), "--benchmark", "math500", "--bootstrap", "100", "--plot"]) == 0
+    fig = figures["law_fit.png"]
+    fig.draw_without_rendering()  # lays the figure out as saving it did
+    (ax,) = fig.axes
+    assert not ax.texts  # no note inside the axes, where it would cross a curve
+    legend = ax.get_legend()
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert sum(text.startswith("ceiling b - a = ") and text.endswith("at H = 0") for text in texts) == 2
+    assert not legend.get_window_extent().overlaps(ax.get_window_extent())

@@ -139,6 +139,14 @@ def test_qwen_recipe_settings(path):
 
 
 @pytest.mark.parametrize("path", QWEN, ids=ids(QWEN))
+def test_qwen_recipe_bounds_its_checkpoints_on_disk(path):
+    """A 7B checkpoint is ~15 GB even weights-only: a run keeps a bounded number of them, and says so in its header."""
+    config = parse(path)[1]
+    assert config.save_only_model and config.save_total_limit == 4
+    assert "save_total_limit 4: only the 4 newest checkpoints stay (~60 GB)" in path.read_text()
+
+
+@pytest.mark.parametrize("path", QWEN, ids=ids(QWEN))
 def test_qwen_recipe_dataset_spec_loads(path, tmp_path):
     """The recipes' dataset_name is a spec path (relative to the repository root) that the trainer can load."""
     from entropy_rl.evaluation.benchmarks import load_benchmark

@@ -29,7 +29,8 @@ from entropy_rl.regularizers import (
 EPS = 0.2
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Spec references (algorithms.md). Masks are float 0/1, advantages [B, T].
+# Reference implementations, written from the papers and the authors' code (verl core_algos.py, STEER).
+# Masks are float 0/1, advantages [B, T].
 
 
 def ref_masked_mean(x, mask):

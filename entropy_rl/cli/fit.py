@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from entropy_rl.cli.common import run_command
 from entropy_rl.cli.options import add_option, command_parser
 from entropy_rl.fit import (
     LAW,
+    MIN_RELIABLE_POINTS,
     JointFit,
     LawFit,
     LawFitError,
@@ -66,6 +68,19 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
     )
+
+
+def warn_if_measures_differ(pairs: Sequence[Pairs], command: str) -> None:
+    """Say on stderr when runs measure R differently (a training reward next to a held-out avg@k): the figures then
+    draw each measure on its own axes, and their numbers must not be compared with each other."""
+    measures = {p.label: p.metric if p.benchmark is None else f"{p.benchmark} {p.metric}" for p in pairs}
+    if len(set(measures.values())) > 1:
+        listed = ", ".join(f"{label}: {measure}" for label, measure in measures.items())
+        print(
+            f"entropy-rl {command}: warning: the runs' R are different measures ({listed}); the figures draw each on "
+            "its own axes (choose one with --metric / --benchmark to compare them)",
+            file=sys.stderr,
+        )
 
 
 def pair_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +178,16 @@ def _fit_lines(fit: LawFit) -> list[str]:
     )
     if fit.a <= 0:
         lines.append("    note: a <= 0, performance does not rise as entropy falls; the law's premise fails here")
+    if fit.few_points:
+        lines.append(f"    warning: {few_points_text(fit)}")
     return lines
+
+
+def few_points_text(fit: LawFit) -> str:
+    return (
+        f"only {fit.n} points (fewer than {MIN_RELIABLE_POINTS}): R2 and the 95% intervals are unreliable "
+        "(docs/fit.md, 'How many points')"
+    )
 
 
 def _run_lines(pairs: Pairs, fit: LawFit, prediction: Prediction | None) -> list[str]:
@@ -232,11 +256,15 @@ def _body(args: argparse.Namespace) -> int:
     """Fit, print the tables, write the JSON report (and the figures with --plot)."""
     result = compute(args)
     print(report_text(result))
+    for p, fit in zip(result.pairs, result.fits, strict=True):
+        if fit.few_points:  # also on stderr, where a script that keeps only the JSON report still sees it
+            print(f"entropy-rl {COMMAND}: warning: {p.label}: {few_points_text(fit)}", file=sys.stderr)
     output = args.output or common_dir(args.run_dirs) / "fit.json"
     report = report_json(result, args)
     if args.plot:
         from entropy_rl.plot import make_plots  # matplotlib costs about a second to import; only --plot needs it
 
+        warn_if_measures_differ(result.pairs, COMMAND)
         joint = None if result.joint is None else result.joint.fit
         paths = make_plots(result.runs, result.pairs, result.fits, output.parent, joint=joint)
         report["plots"] = [str(path) for path in paths]

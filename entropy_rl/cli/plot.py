@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from entropy_rl.cli.common import run_command
-from entropy_rl.cli.fit import add_pair_arguments, pair_options
+from entropy_rl.cli.fit import add_pair_arguments, pair_options, warn_if_measures_differ
 from entropy_rl.cli.options import command_parser
 from entropy_rl.fit import LawFit, LawFitError, Pairs, fit_law, load_pairs
 from entropy_rl.plot import make_plots
@@ -47,6 +47,7 @@ def _fit_or_none(pairs: Pairs) -> LawFit | None:
 def _body(args: argparse.Namespace) -> int:
     runs = load_runs(args.run_dirs)
     pairs = [load_pairs(run, **pair_options(args)) for run in runs]
+    warn_if_measures_differ(pairs, COMMAND)
     paths = make_plots(runs, pairs, [_fit_or_none(p) for p in pairs], args.out or common_dir(args.run_dirs))
     print("\n".join(str(path) for path in paths))
     return 0
