@@ -479,9 +479,8 @@ def test_missing_local_model_folder_is_named_as_such(capsys, monkeypatch, model)
 def test_missing_run_directory_is_named_before_any_work(tmp_path, capsys, monkeypatch):
     _no_expensive_work(monkeypatch)
     assert main(["--run", str(tmp_path / "nope"), "--benchmarks", "arithmetic"]) == 2
-    assert (
-        capsys.readouterr().err == f"entropy-rl eval: error: invalid --run {tmp_path / 'nope'}: no such run directory\n"
-    )
+    expected = f"entropy-rl eval: error: invalid --run {tmp_path / 'nope'}: run directory not found\n"
+    assert capsys.readouterr().err == expected
 
 
 def test_hub_model_id_offline_says_so_in_one_line(tmp_path):

@@ -108,7 +108,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _check_target(args: argparse.Namespace) -> None:
     """--model must be a local folder or a Hub id, --run a directory: say which, instead of the Hub client's error."""
     if args.run is not None and not Path(args.run).is_dir():
-        raise ConfigError(f"invalid --run {args.run}: no such run directory")
+        raise ConfigError(f"invalid --run {args.run}: run directory not found")
     if args.model is None or Path(args.model).expanduser().is_dir():
         return
     if Path(args.model).exists():
