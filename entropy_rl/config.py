@@ -78,6 +78,15 @@ class EntropyGRPOConfig(GRPOConfig):
             "extra forward pass over the batch on those steps."
         },
     )
+    dynamics_param: bool = field(
+        default=True,
+        metadata={
+            "help": "On the steps that measure the entropy change: also log the parameter-space first-order prediction "
+            "dynamics/predicted_dH_param (grad of the batch's mean token entropy . the parameter change the optimizer "
+            "applied) and its split by token group dynamics/dH_param/<group> (docs/metrics.md). Costs one forward and "
+            "up to 7 backward passes over the step's batch, and two copies of the trainable parameters, on those steps."
+        },
+    )
     metrics_file: str = field(
         default="metrics.jsonl",
         metadata={"help": "File name, inside output_dir, of the per-step metrics (one JSON row per optimizer step)."},

@@ -28,8 +28,9 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from . import onepass, rundir, stats
-from .config import EntropyGRPOConfig
+from . import dynamics, onepass, rundir, stats
+from .config import CLIP_LOSS_TYPES, EntropyGRPOConfig
+from .errors import ConfigError
 from .jsonl import append_row
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
@@ -42,6 +43,8 @@ GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
 # VALID_KEY keeps the loss mask from before a filter removed tokens: the diagnostics measure the policy on every
 # sampled token, whatever a regularizer does with them.
 WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", "entropy_rl_valid"
+# Kept in the micro-batch copy on measuring steps for the parameter-space attribution (entropy_rl/dynamics.py).
+RAW_ADV_KEY, S_MINUS_N_KEY = "entropy_rl_raw_advantages", "entropy_rl_s_minus_n"
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
@@ -78,6 +81,9 @@ class _StepEndCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._open_metrics_file()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._before_update()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._finish_step()
@@ -127,6 +133,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
         self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
+        self._dynamics_param: list[float] = []  # parameter-space predictions of the same steps
+        self._param_prediction: dynamics.ParamPrediction | None = None  # the measured step's, until it ends
+        self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
+        self._check_param_dynamics()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self._step_started = time.perf_counter()
@@ -291,12 +301,13 @@ class EntropyGRPOTrainer(GRPOTrainer):
         old = inputs.get("old_per_token_logps")
         ratio = torch.ones_like(logps) if old is None else torch.exp(logps - old)
         unclipped = stats.unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
+        s = stats.discriminator(token_stats.logp, token_stats.entropy)
         sums = stats.token_sums(
             logp=logps,
             entropy=token_stats.entropy,
             advantages=advantages,
             mask=mask,
-            S=stats.discriminator(token_stats.logp, token_stats.entropy),
+            S=s,
             N=token_stats.nec,
             ratio=ratio,
             unclipped=unclipped,
@@ -306,6 +317,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
         if self._measures_dynamics(self.state.global_step + 1):
+            inputs[RAW_ADV_KEY] = advantages
+            inputs[S_MINUS_N_KEY] = s - token_stats.nec
             self._step_batches.append(inputs)
 
     def _measures_dynamics(self, step: int) -> bool:
@@ -340,6 +353,9 @@ class EntropyGRPOTrainer(GRPOTrainer):
         measure = self._measures_dynamics(step)
         if measure:
             parts.append(self._entropy_sums(self._step_batches))
+        prediction, self._param_prediction = self._param_prediction, None
+        if measure and prediction is not None:
+            parts.append(prediction.values().to(device))
         reg_names = sorted(self._reg_sums)
         parts.extend(self._reg_sums[name].to(device) for name in reg_names)
         self._step_sums, self._step_batches, self._reg_sums = None, [], {}
@@ -353,20 +369,111 @@ class EntropyGRPOTrainer(GRPOTrainer):
             offset = len(stats.SUM_FIELDS)
         if measure:
             after = totals[offset] / max(totals[offset + 1], 1.0)
+            tokens = totals[offset + 1]
             offset += 2
+            if prediction is not None:
+                row.update(dynamics.step_values(totals[offset : offset + dynamics.VALUES], tokens, self._world()))
+                offset += dynamics.VALUES
             if row.get("tokens"):
-                row["dynamics/measured_dH"] = after - row["entropy/token_mean"]
-                self._dynamics[0].append(row["dynamics/predicted_dH"])
-                self._dynamics[1].append(row["dynamics/measured_dH"])
-                r = stats.pearson(*self._dynamics)
-                if r is not None:
-                    row["dynamics/pearson_r"] = r
+                self._record_measured(row, after - row["entropy/token_mean"])
         for i, name in enumerate(reg_names):
             total, count = totals[offset + 2 * i : offset + 2 * i + 2]
             row[f"reg/{name}"] = total / count if count else 0.0
         for key, value in row.items():
             self._metrics["train"][key].append(value)
         self._write_row(step, row)
+
+    def _record_measured(self, row: dict[str, float], measured: float) -> None:
+        """Add the measured entropy change and the running agreement of both predictions with it."""
+        row["dynamics/measured_dH"] = measured
+        self._dynamics[0].append(row["dynamics/predicted_dH"])
+        self._dynamics[1].append(measured)
+        r = stats.pearson(*self._dynamics)
+        if r is not None:
+            row["dynamics/pearson_r"] = r
+        if "dynamics/predicted_dH_param" in row:
+            self._dynamics_param.append(row["dynamics/predicted_dH_param"])
+            if len(self._dynamics_param) == len(self._dynamics[1]):
+                r = stats.pearson(self._dynamics_param, self._dynamics[1])
+                if r is not None:
+                    row["dynamics/pearson_r_param"] = r
+
+    # ---------------------------------------------------------------- parameter-space dynamics (entropy_rl/dynamics.py)
+    def _world(self) -> int:
+        return self.accelerator.num_processes
+
+    def _check_param_dynamics(self) -> None:
+        if not (self.args.dynamics_param and self.args.dynamics_every):
+            return
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+            raise ConfigError(
+                "invalid config: dynamics_param=True with FSDP / ZeRO-3; allowed: dynamics_param=False there (the "
+                "extra entropy backward would run through the sharding hooks; supported: one process, DDP, ZeRO-1/2)"
+            )
+
+    def _clip_grad_norm(self, model):
+        # The clip factor scales each group's share of the update (dynamics.clip_factor).
+        self._grad_norm = super()._clip_grad_norm(model)
+        return self._grad_norm
+
+    def _param_forward(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p, entropy) of the micro-batch's completion tokens under the current parameters, with the graph."""
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=True
+        )
+        return logps, entropies
+
+    def _before_update(self) -> None:
+        """On measuring steps, just before optimizer.step(): grad of the entropy sum, and each group's share."""
+        if not (self.args.dynamics_param and self._measures_dynamics(self.state.global_step + 1)):
+            return
+        model = self.accelerator.unwrap_model(self.model)  # no DDP hooks: .grad is left alone
+        prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+        batches = self._step_batches
+        kept = []  # one micro-batch: its graph serves both passes
+        for inputs in batches:
+            logps, entropies = self._param_forward(model, inputs)
+            prediction.add_entropy((entropies * self._valid_mask(inputs)).sum(), retain_graph=len(batches) == 1)
+            kept.append(logps if len(batches) == 1 else None)
+        scale = dynamics.clip_factor(self._grad_norm, self.args.max_grad_norm) / self._world()  # DDP averages ranks
+        reduce = (lambda x: self.accelerator.reduce(x, reduction="sum")) if self._world() > 1 else None
+        attributable = self.loss_type in CLIP_LOSS_TYPES and self.importance_sampling_level == "token"
+        optimizer = self.optimizer if attributable else None
+        if prediction.set_direction(optimizer, scale=scale, all_reduce=reduce):
+            for inputs, logps in zip(batches, kept, strict=True):
+                logps = self._param_forward(model, inputs)[0] if logps is None else logps
+                prediction.add_groups(self._group_losses(logps, inputs))
+        self._param_prediction = prediction
+
+    def _group_losses(self, logps: torch.Tensor, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The part of TRL's PPO-clip loss that each token group of dynamics.GROUPS contributes (same normaliser)."""
+        old = inputs.get("old_per_token_logps")
+        ratio = torch.ones_like(logps) if old is None else torch.exp(logps.detach() - old)
+        used = stats.per_token(inputs["advantages"], logps).to(logps.dtype)
+        raw = stats.per_token(inputs[RAW_ADV_KEY], logps).to(logps.dtype)
+        unclipped = stats.unclipped_mask(ratio, used, self.epsilon_low, self.epsilon_high)
+        valid = self._valid_mask(inputs)
+        masks = dynamics.token_groups(
+            raw_advantages=raw,
+            s_minus_n=inputs[S_MINUS_N_KEY],
+            loss_mask=self._loss_mask(inputs),
+            valid_mask=valid,
+            used_advantages=used,
+            unclipped=unclipped,
+        )
+        coefficient = {name: dynamics.surrogate_coefficient(used, ratio, unclipped) for name in dynamics.QUADRANTS}
+        coefficient["removed"] = -(raw * ratio)  # had it stayed, unclipped
+        coefficient["clipped"] = -(used * ratio)  # had the clip passed its gradient
+        # Removed tokens left TRL's loss mask: count them over every sampled token, with the same normaliser.
+        counted = {"removed": dict(inputs, completion_mask=valid, tool_mask=torch.ones_like(valid))}
+        return {
+            name: self._normalize_like_trl(coefficient[name] * logps * mask, counted.get(name, inputs))
+            for name, mask in masks.items()
+            if mask.any()
+        }
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):
@@ -393,6 +500,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         kept = rundir.continue_metrics(self._metrics_path, start)
         measured = [r for r in kept if "dynamics/measured_dH" in r]
         self._dynamics = ([r["dynamics/predicted_dH"] for r in measured], [r["dynamics/measured_dH"] for r in measured])
+        param = [r.get("dynamics/predicted_dH_param") for r in measured]
+        self._dynamics_param = [x for x in param if x is not None]
         self._step_started = time.perf_counter()
 
     def _write_row(self, step: int, row: dict[str, float]) -> None:

@@ -1,0 +1,190 @@
+"""Parameter-space entropy dynamics (entropy_rl/dynamics.py): first-order exactness, the logit-space limit, and the
+attribution by token group under SGD and Adam; then the same quantities from a real training run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_GRPO, length_parity_reward
+
+from entropy_rl import dynamics, stats
+
+T, V = 12, 7  # tokens, vocabulary
+
+
+def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+class TinyNet(torch.nn.Module):
+    """Two layers sharing parameters across positions: the coupling the logit-space formula leaves out."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.inputs = torch.randn(T, 5, generator=gen, dtype=torch.float64)
+        self.hidden = torch.nn.Parameter(torch.randn(5, 6, generator=gen, dtype=torch.float64))
+        self.head = torch.nn.Parameter(torch.randn(6, V, generator=gen, dtype=torch.float64))
+
+    def forward(self) -> torch.Tensor:
+        return torch.tanh(self.inputs @ self.hidden) @ self.head
+
+
+def policy_loss(logits: torch.Tensor, targets: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    logp = logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    return -(advantages * logp).mean()
+
+
+def data():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randint(0, V, (T,), generator=gen), torch.randn(T, generator=gen, dtype=torch.float64)
+
+
+def sgd_prediction(lr: float) -> tuple[float, float]:
+    """(predicted, measured) change of the mean token entropy for one SGD step of size lr on TinyNet."""
+    model = TinyNet()
+    targets, advantages = data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+    before = mean_entropy(model())
+    prediction.add_entropy(before * T)  # the trainer passes entropy sums
+    policy_loss(model(), targets, advantages).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = mean_entropy(model())
+    return float(prediction.values()[0]) / T, float(after - before)
+
+
+def test_prediction_matches_finite_difference_to_first_order():
+    errors = []
+    for lr in (4e-2, 2e-2, 1e-2, 5e-3):
+        predicted, measured = sgd_prediction(lr)
+        assert predicted != 0
+        errors.append(abs(predicted - measured) / abs(measured))
+    assert errors[-1] < 1e-2
+    # First order: the relative error is O(step), so halving the step halves it.
+    for big, small in zip(errors, errors[1:], strict=False):
+        assert 1.7 < big / small < 2.3, errors
+
+
+def logit_table_case(lr: float):
+    """A free logit table z[T, V] trained by SGD on the token-mean policy loss: the logit-space formula's setting."""
+    gen = torch.Generator().manual_seed(2)
+    table = torch.nn.Parameter(torch.randn(T, V, generator=gen, dtype=torch.float64))
+    targets, advantages = data()
+    optimizer = torch.optim.SGD([table], lr=lr)
+    prediction = dynamics.ParamPrediction([table])
+    prediction.add_entropy(mean_entropy(table) * T)
+    logp = table.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    (-(advantages * logp).mean()).backward()
+    assert prediction.set_direction(optimizer, scale=1.0)
+    # Each quadrant's share of the same loss, as the trainer builds it (same normaliser, the group's tokens only).
+    with torch.no_grad():
+        lp, h, n = stats.vocab_stats(torch.eye(T, dtype=torch.float64), table.T.contiguous(), targets)
+        s_minus_n = stats.discriminator(lp, h) - n
+    masks = dynamics.token_groups(
+        raw_advantages=advantages,
+        s_minus_n=s_minus_n,
+        loss_mask=torch.ones(T),
+        valid_mask=torch.ones(T),
+        used_advantages=advantages,
+        unclipped=torch.ones(T, dtype=torch.bool),
+    )
+    logp = table.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    prediction.add_groups({name: (-(advantages * logp) * masks[name]).mean() for name in dynamics.QUADRANTS})
+    optimizer.step()
+    return prediction, advantages, s_minus_n, masks
+
+
+def test_free_logit_table_under_sgd_equals_logit_space_formula():
+    lr = 0.1
+    prediction, advantages, s_minus_n, masks = logit_table_case(lr)
+    values = prediction.values().tolist()
+    row = dynamics.step_values(values, tokens=T, ranks=1)
+    # entropy_rl.stats' prediction -A (S - N) per token, for a unit logit step; the token-mean loss scales the
+    # step of each token's logits by lr / T.
+    logit_space = -(advantages * s_minus_n).mean() * lr / T
+    assert row["dynamics/predicted_dH_param"] == pytest.approx(float(logit_space), rel=1e-6)
+    for name in dynamics.QUADRANTS:
+        part = -(advantages * s_minus_n * masks[name]).mean() * lr / T
+        assert row[f"dynamics/dH_param/{name}"] == pytest.approx(float(part), rel=1e-6, abs=1e-15)
+
+
+def test_group_parts_add_up_for_sgd():
+    row = dynamics.step_values(logit_table_case(0.1)[0].values().tolist(), tokens=T, ranks=1)
+    parts = [row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS]
+    assert sum(abs(p) for p in parts) > 0 and sum(p != 0 for p in parts) >= 2  # several groups, not one
+    assert sum(parts) == pytest.approx(row["dynamics/predicted_dH_param"], rel=1e-9)
+    assert abs(row["dynamics/dH_param/other"]) < 1e-9 * abs(row["dynamics/predicted_dH_param"])
+
+
+def adam_run(betas: tuple[float, float], steps: int) -> list[dict[str, float]]:
+    """Rows of `steps` Adam steps on TinyNet, each split into its two advantage signs."""
+    model = TinyNet()
+    targets, advantages = data()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=betas)
+    rows = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+        prediction.add_entropy(mean_entropy(model()) * T)
+        policy_loss(model(), targets, advantages).backward()
+        assert prediction.set_direction(optimizer, scale=1.0)
+        pos, neg = (advantages > 0).double(), (advantages <= 0).double()
+        prediction.add_groups(
+            {
+                "pos_adv_S_gt_N": policy_loss(model(), targets, advantages * pos),
+                "neg_adv_S_gt_N": policy_loss(model(), targets, advantages * neg),
+            }
+        )
+        optimizer.step()
+        rows.append(dynamics.step_values(prediction.values().tolist(), tokens=T, ranks=1))
+    return rows
+
+
+def test_adam_parts_add_up_without_momentum_carry():
+    """The Adam split holds D at its post-step value: exact when the update is -D * G (no momentum carried in)."""
+    for row in adam_run((0.0, 0.999), 3) + adam_run((0.9, 0.999), 1):  # beta1 = 0, or the first step (m = 0)
+        assert abs(row["dynamics/dH_param/other"]) < 1e-9 * abs(row["dynamics/predicted_dH_param"])
+
+
+def test_adam_momentum_carry_goes_to_other():
+    rows = adam_run((0.9, 0.999), 3)
+    carried = abs(rows[-1]["dynamics/dH_param/other"]) / abs(rows[-1]["dynamics/predicted_dH_param"])
+    assert carried > 0.1  # the third step's update is mostly momentum from the first two
+
+
+def test_windowed_agreement():
+    predicted = [0.1, -0.2, 0.3, 0.0, 0.1, -0.1, 0.2, 0.05]
+    assert dynamics.cumulative_windows(predicted, 3) == pytest.approx([0.2, 0.0])
+    out = dynamics.agreement(predicted, [2 * x for x in predicted], window=2)
+    assert out["r"] == pytest.approx(1.0) and out["r_window"] == pytest.approx(1.0) and out["pairs"] == 8
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
+def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_model, tokenizer, train_dataset, tmp_path):
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.jsonl import read_rows
+    from entropy_rl.trainer import EntropyGRPOTrainer
+
+    settings = {**TINY_GRPO, "max_steps": 4, "dynamics_every": 1, "optim": optim, "max_grad_norm": 0.05}
+    settings["learning_rate"] = 1e-2 if optim == "sgd" else 1e-4
+    args = EntropyGRPOConfig(output_dir=str(tmp_path), num_iterations=2, **settings)
+    trainer = EntropyGRPOTrainer(
+        model=make_model(),
+        reward_funcs=[length_parity_reward],
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    for row in rows:
+        predicted, measured = row["dynamics/predicted_dH_param"], row["dynamics/measured_dH"]
+        assert predicted == pytest.approx(measured, rel=0.05, abs=1e-6)
+        quadrants = sum(row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS)
+        assert quadrants != 0
+        if optim == "sgd":  # exact split, clipping included (max_grad_norm is far below the gradient norms here)
+            assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
+    assert "dynamics/pearson_r_param" in rows[-1]
