@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from .stats import pearson
+
 # The four quadrants sign(A) x sign(S - N) of the tokens the update uses; their parts add up (with `other`) to dH_param.
 QUADRANTS = ("pos_adv_S_gt_N", "pos_adv_S_lt_N", "neg_adv_S_gt_N", "neg_adv_S_lt_N")
 # Counterfactual groups, not part of the sum: what the tokens a regularizer removed (or weighted to zero) and the
@@ -241,8 +243,6 @@ def cumulative_windows(values: Iterable[float], size: int) -> list[float]:
 def agreement(predicted: Sequence[float], measured: Sequence[float], window: int) -> dict[str, float | None]:
     """Pearson r of predicted vs measured entropy changes per measured step, and of their sums over windows of
     `window` consecutive measured steps (the cumulative change: noise that cancels within a window drops out)."""
-    from .stats import pearson
-
     return {
         "pairs": float(len(predicted)),
         "r": pearson(list(predicted), list(measured)),

@@ -1,8 +1,10 @@
 """Figures of runs: entropy and performance over training steps, and the entropy-performance law R = b - a exp(H).
 
 `make_plots` writes entropy_vs_step.png, performance_vs_step.png and law_fit.png (runs overlaid, labelled by
-regularizer and seed); `plot_run(run_dir)` draws one run's entropy and reward into RUN_DIR/entropy_reward.png (the
-trainer's command calls it at the end). The command `entropy-rl plot` is entropy_rl.cli.plot.
+regularizer and seed); `plot_run(run_dir)` draws one run's entropy and reward into RUN_DIR/entropy_reward.png and
+`plot_dynamics(run)` its token dynamics (covariance, predicted vs measured entropy change, attribution by token group)
+into RUN_DIR/dynamics.png (the trainer's command calls both at the end). The command `entropy-rl plot` is
+entropy_rl.cli.plot.
 
 Figures are drawn on matplotlib's object API (Figure + Agg canvas), never pyplot: importing this module changes no
 global backend and leaks no open figures into the caller's process.
@@ -18,6 +20,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .dynamics import QUADRANTS
 from .fit import LAW, LawFit, Pairs, band, moving_average, predict
 from .rundir import Run, RunDirError, load_run
 
@@ -204,3 +207,81 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return save_figure(fig, run.path / "entropy_reward.png")
+
+
+# Predictions drawn against the measured entropy change: key -> legend text.
+PREDICTIONS = {
+    "dynamics/predicted_dH": "logit space, -A (S - N) per token",
+    "dynamics/predicted_dH_param": "parameter space, grad H . (applied update)",
+}
+QUADRANT_TEXT = {
+    "pos_adv_S_gt_N": "A > 0, S > N",
+    "pos_adv_S_lt_N": "A > 0, S < N",
+    "neg_adv_S_gt_N": "A < 0, S > N",
+    "neg_adv_S_lt_N": "A < 0, S < N",
+    "other": "other (momentum, weight decay, other loss terms)",
+}
+
+
+def has_dynamics(run: Run) -> bool:
+    return run.has("dynamics/measured_dH")
+
+
+def _draw_predictions(ax: Axes, run: Run, measured: np.ndarray, rows: np.ndarray) -> None:
+    from .stats import pearson
+
+    for i, (key, text) in enumerate(PREDICTIONS.items()):
+        if not run.has(key):
+            continue
+        predicted = run.column(key)[rows]
+        ok = np.isfinite(predicted)
+        r = pearson(list(predicted[ok]), list(measured[ok]))
+        label = f"{text}: r = {r:.2f}" if r is not None else text
+        ax.scatter(measured[ok], predicted[ok], s=14, alpha=0.7, color=series_color(i + 2), label=label)
+    span = np.nanmax(np.abs(measured)) if measured.size else 1.0
+    ax.plot([-span, span], [-span, span], color="black", lw=0.8, ls=":", label="predicted = measured")
+    ax.set(
+        title="Predicted vs measured entropy change per measured step",
+        xlabel="measured change of the batch's mean token entropy (nats)",
+        ylabel="predicted change (nats)",
+    )
+
+
+def _draw_attribution(ax: Axes, run: Run, steps: np.ndarray, rows: np.ndarray) -> None:
+    """Cumulative entropy change by token group over the measured steps, next to the measured total."""
+    ax.plot(steps, np.nancumsum(run.column("dynamics/measured_dH")[rows]), color="black", lw=2, label="measured")
+    for i, name in enumerate((*QUADRANTS, "other")):
+        key = f"dynamics/dH_param/{name}"
+        if run.has(key):
+            values = np.nan_to_num(run.column(key)[rows])
+            ax.plot(steps, np.cumsum(values), color=series_color(i + 4), lw=1.4, label=QUADRANT_TEXT[name])
+    ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set(
+        title="Where the entropy change comes from (parameter-space attribution, summed over measured steps)",
+        xlabel=STEP_UNIT,
+        ylabel="cumulative entropy change (nats)",
+    )
+
+
+def plot_dynamics(run: Run, path: Path | None = None) -> Path:
+    """Three panels: Cov(log p, A) vs step, predicted vs measured entropy change (both predictions, with Pearson r),
+    and the cumulative attribution by quadrant sign(A) x sign(S - N). Default path: RUN_DIR/dynamics.png."""
+    if not has_dynamics(run):
+        raise RunDirError(f"{run.metrics_path}: no dynamics/measured_dH logged (dynamics_every=0, or no step measured)")
+    measured_all = run.column("dynamics/measured_dH")
+    rows = np.isfinite(measured_all)
+    fig = Figure(figsize=(8, 12), layout="constrained")
+    ax_cov, ax_pred, ax_attr = fig.subplots(3, 1)
+    _draw_trend(ax_cov, run.steps, run.column("cov/logp_adv"), series_color(0), "Cov(log p, A)")
+    ax_cov.axhline(0.0, color="grey", lw=0.6)
+    ax_cov.set(
+        title=f"{run.label}: Cov(log p, A) over the step's tokens (> 0 drives entropy down)",
+        xlabel=STEP_UNIT,
+        ylabel="covariance",
+    )
+    _draw_predictions(ax_pred, run, measured_all[rows], rows)
+    _draw_attribution(ax_attr, run, run.steps[rows], rows)
+    for ax in (ax_cov, ax_pred, ax_attr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return save_figure(fig, path or run.path / "dynamics.png")

@@ -52,7 +52,8 @@ class TrainScriptArguments:
     dataset_name: str = field(
         default="arithmetic",
         metadata={
-            "help": "Prompts to train on: 'arithmetic' (built-in task) or a benchmark name / spec path from eval/ "
+            "help": "Prompts to train on: 'arithmetic' (built-in task), 'arithmetic_hard' (its problems the "
+            "warm-started policy answers wrong greedily, docs/toy.md) or a benchmark name / spec path from eval/ "
             "(its prompt template and gold answers; --dataset_file swaps in another file of the same format)."
         },
     )
@@ -61,7 +62,7 @@ class TrainScriptArguments:
         metadata={"help": "Local JSONL file replacing the benchmark spec's data source (e.g. a GSM8K train split)."},
     )
     num_train_problems: int = field(
-        default=4096, metadata={"help": "Number of problems drawn for the built-in arithmetic task."}
+        default=4096, metadata={"help": "Number of problems drawn for the built-in arithmetic tasks."}
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["arithmetic"],
@@ -111,6 +112,10 @@ def build_dataset(script_args: TrainScriptArguments, seed: int):
         from .toy import make_problems
 
         return Dataset.from_list(make_problems(script_args.num_train_problems, split="train", seed=seed))
+    if script_args.dataset_name == "arithmetic_hard":
+        from .toy import make_hard_problems
+
+        return Dataset.from_list(make_hard_problems(script_args.num_train_problems, split="train", seed=seed))
     from .evaluation.benchmarks import BenchmarkError, load_benchmark
 
     try:

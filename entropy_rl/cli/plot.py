@@ -3,7 +3,9 @@
     entropy-rl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--metric M] [--benchmark B] [--smooth N]
 
 writes entropy_vs_step.png, performance_vs_step.png and law_fit.png (runs overlaid, labelled by regularizer and seed)
-into --out (default: the run directory, or the deepest directory holding all of them) and prints their paths.
+into --out (default: the run directory, or the deepest directory holding all of them) and prints their paths. For
+each run that measured its entropy change it also writes dynamics.png (one run) or dynamics_<i>.png: covariance,
+predicted vs measured entropy change and the attribution by token group.
 The figures are entropy_rl.plot's.
 """
 
@@ -17,7 +19,7 @@ from entropy_rl.cli.common import run_command
 from entropy_rl.cli.fit import add_pair_arguments, pair_options, warn_if_measures_differ
 from entropy_rl.cli.options import command_parser
 from entropy_rl.fit import LawFit, LawFitError, Pairs, fit_law, load_pairs
-from entropy_rl.plot import make_plots
+from entropy_rl.plot import has_dynamics, make_plots, plot_dynamics
 from entropy_rl.rundir import common_dir, load_runs
 
 COMMAND = "plot"
@@ -48,7 +50,11 @@ def _body(args: argparse.Namespace) -> int:
     runs = load_runs(args.run_dirs)
     pairs = [load_pairs(run, **pair_options(args)) for run in runs]
     warn_if_measures_differ(pairs, COMMAND)
-    paths = make_plots(runs, pairs, [_fit_or_none(p) for p in pairs], args.out or common_dir(args.run_dirs))
+    out = args.out or common_dir(args.run_dirs)
+    paths = make_plots(runs, pairs, [_fit_or_none(p) for p in pairs], out)
+    measured = [run for run in runs if has_dynamics(run)]
+    for i, run in enumerate(measured):
+        paths.append(plot_dynamics(run, Path(out) / ("dynamics.png" if len(runs) == 1 else f"dynamics_{i}.png")))
     print("\n".join(str(path) for path in paths))
     return 0
 

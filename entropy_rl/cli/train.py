@@ -52,15 +52,45 @@ def report(run_dir: Path) -> None:
     print(f"\nmetrics: {path} ({len(rows)} steps)")
     if not rows:
         return
-    from entropy_rl.plot import plot_run
+    from entropy_rl.plot import has_dynamics, plot_dynamics, plot_run
+    from entropy_rl.rundir import load_run
 
     try:
         print(f"plot:    {plot_run(run_dir)}")
+        run = load_run(run_dir)
+        if has_dynamics(run):
+            print(f"         {plot_dynamics(run)}")
     except EntropyRLError as err:  # e.g. diagnostics=False: no entropy to draw; the run itself succeeded
         print(f"plot:    none ({err})")
     window = max(1, len(rows) // 10)
     for label, part in (("first", rows[:window]), ("last", rows[-window:])):
         print(f"{label} {window} steps: " + summary_line(part))
+    for line in agreement_lines(rows):
+        print(line)
+
+
+# Measured steps per window of the windowed agreement (cumulative change over this many measured steps).
+AGREEMENT_WINDOW = 5
+
+
+def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Pearson r of each entropy-change prediction with the measured change, per measured step and per window."""
+    from entropy_rl.dynamics import agreement
+
+    lines = []
+    for key, name in (("dynamics/predicted_dH", "logit-space"), ("dynamics/predicted_dH_param", "parameter-space")):
+        pairs = [
+            (r[key], r["dynamics/measured_dH"]) for r in rows if r.get(key) is not None and "dynamics/measured_dH" in r
+        ]
+        if not pairs:
+            continue
+        out = agreement([p for p, _ in pairs], [m for _, m in pairs], AGREEMENT_WINDOW)
+        per_step, per_window = (f"{out[k]:.2f}" if out[k] is not None else "n/a" for k in ("r", "r_window"))
+        lines.append(
+            f"{name} prediction vs measured entropy change: r = {per_step} over {len(pairs)} measured steps, "
+            f"r = {per_window} over windows of {AGREEMENT_WINDOW} (cumulative change)"
+        )
+    return lines
 
 
 def summary_line(rows: list[dict[str, Any]]) -> str:

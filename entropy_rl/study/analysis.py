@@ -10,14 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from entropy_rl.dynamics import QUADRANTS, cumulative_windows
 from entropy_rl.errors import EntropyRLError
 from entropy_rl.fit import JointFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
 from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run
+from entropy_rl.stats import pearson
 
 from .spec import Study
 
 BASELINE = "none"
 PREDICTED, MEASURED = "dynamics/predicted_dH", "dynamics/measured_dH"
+PREDICTED_PARAM = "dynamics/predicted_dH_param"  # the parameter-space prediction (entropy_rl/dynamics.py)
+ATTRIBUTION = (*QUADRANTS, "other")  # dynamics/dH_param/<group>, summed over a run's measured steps
 STRONG_R, WEAK_R = 0.7, 0.4  # |Pearson r| at or above: strong; below WEAK_R: weak
 WEAK_R2 = 0.5  # a law fit explaining less than half the variance of R is called weak
 
@@ -88,6 +92,8 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
     curve = eval_curve(run, study.eval.benchmark)
     last = curve[-1] if curve else {}
     return {
+        # accuracy at the middle checkpoint: final - half is what the second half of training still gained
+        "half_acc": curve[(len(curve) - 1) // 2]["avg@k"] if curve else nan,
         "start_h": _edge_mean(entropy, study.fit.window, last=False),
         "end_h": _edge_mean(entropy, study.fit.window, last=True),
         "first_acc": curve[0]["avg@k"] if curve else nan,
@@ -97,9 +103,20 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
     }
 
 
+def _attribution_numbers(run: Run) -> dict[str, float]:
+    """Entropy change summed over the measured steps: measured, and the parameter-space split by token group."""
+    rows = [row for row in run.metrics if row.get(MEASURED) is not None]
+    numbers = {"dH_measured": float(sum(row[MEASURED] for row in rows))}
+    for name in ATTRIBUTION:
+        values = [row.get(f"dynamics/dH_param/{name}") for row in rows]
+        if rows and all(v is not None for v in values):
+            numbers[f"dH_{name}"] = float(sum(values))
+    return numbers
+
+
 def analyse_run(result: RunResult, study: Study) -> RunAnalysis:
     run = result.run
-    numbers = _edge_numbers(run, study)
+    numbers = _edge_numbers(run, study) | _attribution_numbers(run)
     notes, pairs = [], None
     try:
         # H: the training entropy averaged over the steps since the previous checkpoint, not one batch's
@@ -127,15 +144,25 @@ def column(analyses: Sequence[RunAnalysis], key: str) -> list[float]:
     return [a.numbers.get(key, float("nan")) for a in analyses]
 
 
-def dynamics(analyses: Sequence[RunAnalysis]) -> tuple[list[float], list[float]]:
-    """Predicted and measured entropy changes of every measured step of the runs."""
+def dynamics(analyses: Sequence[RunAnalysis], key: str = PREDICTED) -> tuple[list[float], list[float]]:
+    """Predicted (`key`) and measured entropy changes of every measured step of the runs."""
     pairs = [
-        (row[PREDICTED], row[MEASURED])
+        (row[key], row[MEASURED])
         for a in analyses
         for row in a.result.run.metrics
-        if row.get(MEASURED) is not None and row.get(PREDICTED) is not None
+        if row.get(MEASURED) is not None and row.get(key) is not None
     ]
     return [p for p, _ in pairs], [m for _, m in pairs]
+
+
+def windowed_r(analyses: Sequence[RunAnalysis], key: str, window: int) -> float | None:
+    """Pearson r of predicted vs measured change summed over windows of `window` measured steps, within each run."""
+    predicted, measured = [], []
+    for a in analyses:
+        p, m = dynamics([a], key)
+        predicted += cumulative_windows(p, window)
+        measured += cumulative_windows(m, window)
+    return pearson(predicted, measured)
 
 
 def joint(analyses: Sequence[RunAnalysis]) -> tuple[JointFit | None, str | None]:

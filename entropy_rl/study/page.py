@@ -19,9 +19,11 @@ from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, DEFAULT_ENTROPY_KEY
 from entropy_rl.stats import pearson
 
 from .analysis import (
+    ATTRIBUTION,
     BASELINE,
     MEASURED,
     PREDICTED,
+    PREDICTED_PARAM,
     STRONG_R,
     WEAK_R,
     WEAK_R2,
@@ -36,6 +38,7 @@ from .analysis import (
     joint,
     mean_std,
     strength,
+    windowed_r,
 )
 from .execute import TIME_FILE
 from .figures import plot_accuracy, plot_dynamics, plot_entropy_bands, plot_pooled_law
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from .plan import Planned
 
 Figures = dict[str, Path | None]  # "entropy", "accuracy", "dynamics", "law" -> the file, None: nothing to draw
+WINDOW = 5  # measured steps per window of the windowed agreement (cumulative change), as in `entropy-rl train`
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -129,22 +133,64 @@ def _method_findings(groups: Groups, study: Study) -> list[str]:
     return [summary, *lines]
 
 
+def _r_text(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}"
+
+
 def _dynamics_finding(groups: Groups, analyses: Sequence[RunAnalysis]) -> list[str]:
     predicted, measured = dynamics(analyses)
     r = pearson(predicted, measured)
     per_method = [pearson(*dynamics(group)) for group in groups.values()]
     defined = [x for x in per_method if x is not None]
     span = f" (per method from {min(defined):.2f} to {max(defined):.2f})" if defined else ""
-    text = "n/a" if r is None else f"{r:.2f}"
     line = (
-        f"- Predicted vs measured entropy change per step: Pearson r = {text} over all {len(predicted)} measured "
-        f"steps{span}: **{strength(r)}**."
+        f"- Predicted vs measured entropy change per step, logit-space prediction `{PREDICTED}`: Pearson r = "
+        f"{_r_text(r)} over all {len(predicted)} measured steps{span}: **{strength(r)}**."
     )
     if r is not None and r < 0:
         line += " The correlation is negative: the first-order prediction points the wrong way here."
     elif r is None or r < WEAK_R:
         line += " The first-order prediction does not track the measured change well here."
-    return [line]
+    lines = [line]
+    param, measured_p = dynamics(analyses, PREDICTED_PARAM)
+    if param:
+        r_param = pearson(param, measured_p)
+        per_method = [pearson(*dynamics(group, PREDICTED_PARAM)) for group in groups.values()]
+        defined = [x for x in per_method if x is not None]
+        span = f" (per method from {min(defined):.2f} to {max(defined):.2f})" if defined else ""
+        lines.append(
+            f"- Parameter-space prediction `{PREDICTED_PARAM}` (grad H . the applied update): r = {_r_text(r_param)} "
+            f"over {len(param)} measured steps{span}: **{strength(r_param)}**; over windows of {WINDOW} measured "
+            f"steps (cumulative change) r = {_r_text(windowed_r(analyses, PREDICTED_PARAM, WINDOW))}, against "
+            f"{_r_text(windowed_r(analyses, PREDICTED, WINDOW))} for the logit-space prediction."
+        )
+    return lines
+
+
+def _plateau_findings(groups: Groups, study: Study) -> list[str]:
+    """Did GRPO stop improving, and does any method end above GRPO's plateau and above its law's ceiling?"""
+    base = groups.get(BASELINE)
+    if base is None:
+        return []
+    k = study.eval.k
+    half, final = mean_std(column(base, "half_acc"))[0], mean_std(column(base, "final_acc"))[0]
+    ceiling = mean_std(column(base, "ceiling"))[0]
+    lines = [
+        f"- GRPO's held-out avg@{k} went from {half:.3f} at the middle checkpoint to {final:.3f} at the end "
+        f"({final - half:+.3f} in the second half of training). The law fitted on GRPO's runs puts its ceiling "
+        f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds)."
+    ]
+    above = []
+    for method, analyses in groups.items():
+        if method == BASELINE:
+            continue
+        acc = mean_std(column(analyses, "final_acc"))[0]
+        verdict = compare(column(analyses, "final_acc"), column(base, "final_acc"))
+        side = "above" if acc > ceiling else "not above"
+        above.append(f"`{method}` {acc:.3f} ({side} the ceiling; vs GRPO's final: {verdict})")
+    if above:
+        lines.append(f"- Final avg@{k} per method against that ceiling: " + "; ".join(above) + ".")
+    return lines
 
 
 def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, study: Study) -> list[str]:
@@ -209,9 +255,31 @@ def _dynamics_table(groups: Groups) -> list[str]:
     rows = []
     for method, analyses in groups.items():
         predicted, measured = dynamics(analyses)
-        r = pearson(predicted, measured)
-        rows.append([f"`{method}`", str(len(predicted)), "n/a" if r is None else f"{r:.3f}", strength(r)])
-    return _table(["method", "measured steps (all seeds)", "Pearson r", "strength"], rows)
+        r, r_param = pearson(predicted, measured), pearson(*dynamics(analyses, PREDICTED_PARAM))
+        rows.append(
+            [
+                f"`{method}`",
+                str(len(predicted)),
+                _r_text(r),
+                _r_text(windowed_r(analyses, PREDICTED, WINDOW)),
+                _r_text(r_param),
+                _r_text(windowed_r(analyses, PREDICTED_PARAM, WINDOW)),
+                strength(r_param),
+            ]
+        )
+    header = [
+        "method", "measured steps (all seeds)", "logit-space r", f"logit-space r, windows of {WINDOW}",
+        "parameter-space r", f"parameter-space r, windows of {WINDOW}", "strength (parameter space)",
+    ]  # fmt: skip
+    return _table(header, rows)
+
+
+def _attribution_table(groups: Groups) -> list[str]:
+    rows = [
+        [f"`{method}`", *(_pm(column(analyses, f"dH_{name}"), 4) for name in ("measured", *ATTRIBUTION))]
+        for method, analyses in groups.items()
+    ]
+    return _table(["method", "measured", *(f"`{name}`" for name in ATTRIBUTION)], rows)
 
 
 def _runs_table(analyses: Sequence[RunAnalysis], study: Study) -> list[str]:
@@ -257,6 +325,7 @@ def _findings_section(
         "",
         *_collapse_finding(groups, study),
         *_method_findings(groups, study),
+        *_plateau_findings(groups, study),
         *_dynamics_finding(groups, analyses),
         *_law_findings(analyses, joint_fit, study),
         "",
@@ -292,12 +361,21 @@ def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[st
         "## Predicted vs measured entropy change",
         "",
         f"Every {study.dynamics_every} step(s) the trainer re-evaluates the step's batch after the update "
-        f"(`{MEASURED}`) next to the first-order prediction `{PREDICTED}` (docs/metrics.md). The prediction has no "
-        "step size in it; all runs share the learning rate, so pooling them keeps the correlation meaningful. "
-        f"|r| ≥ {STRONG_R}: strong, ≥ {WEAK_R}: moderate, below: weak.",
+        f"(`{MEASURED}`) next to two first-order predictions (docs/metrics.md): the logit-space `{PREDICTED}`, "
+        "which has no step size in it (all runs share the learning rate, so pooling them keeps the correlation "
+        f"meaningful), and the parameter-space `{PREDICTED_PARAM}`, the entropy gradient dotted with the update the "
+        f"optimizer applied. Windows: each run's measured steps in consecutive groups of {WINDOW}, predicted and "
+        f"measured change summed per group. |r| ≥ {STRONG_R}: strong, ≥ {WEAK_R}: moderate, below: weak.",
         "",
         *_image(figures["dynamics"], "predicted vs measured entropy change"),
         *_dynamics_table(groups),
+        "",
+        "Where the entropy change comes from: the parameter-space prediction split by token group, the quadrants "
+        "sign(A) × sign(S − N) (A > 0, S > N and A < 0, S < N lower entropy by Wang et al.'s analysis) under the "
+        "optimizer's preconditioner, and `other` (Adam's momentum from earlier steps, and loss terms outside the "
+        "PPO-clip surrogate). Summed over each run's measured steps (nats), mean ± std over seeds:",
+        "",
+        *_attribution_table(groups),
         "",
     ]
 
