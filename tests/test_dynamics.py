@@ -188,3 +188,56 @@ def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_model, t
         if optim == "sgd":  # exact split, clipping included (max_grad_norm is far below the gradient norms here)
             assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
     assert "dynamics/pearson_r_param" in rows[-1]
+
+
+def synthetic_run_dir(path, steps: int = 40):
+    """A run directory whose measured steps carry both predictions and the attribution."""
+    from entropy_rl.jsonl import rewrite_rows
+
+    rows = []
+    for step in range(1, steps + 1):
+        row = {"step": step, "entropy/token_mean": 1.0 - step / 200, "reward": step / steps, "cov/logp_adv": 0.1}
+        row["entropy/seq_mean"] = row["entropy/token_mean"]
+        if step % 5 == 0:
+            measured = -0.01 * (1 + (step % 3))
+            row |= {"dynamics/measured_dH": measured, "dynamics/predicted_dH": 0.5 + step % 2}
+            row |= {"dynamics/predicted_dH_param": measured * 1.01, "dynamics/dH_param/other": 0.0}
+            row |= {f"dynamics/dH_param/{name}": measured / 4 for name in dynamics.QUADRANTS}
+        rows.append(row)
+    path.mkdir(parents=True)
+    rewrite_rows(path / "metrics.jsonl", rows)
+    return rows
+
+
+def test_dynamics_figure_and_summary_lines(tmp_path):
+    from entropy_rl.cli.plot import main as plot_main
+    from entropy_rl.cli.train import agreement_lines
+    from entropy_rl.plot import plot_dynamics
+    from entropy_rl.rundir import load_run
+
+    rows = synthetic_run_dir(tmp_path / "run", steps=100)
+    path = plot_dynamics(load_run(tmp_path / "run"))
+    assert path == tmp_path / "run" / "dynamics.png" and path.read_bytes().startswith(b"\x89PNG")
+    lines = agreement_lines(rows)
+    assert lines[0].startswith("logit-space prediction vs measured entropy change: r = ")
+    assert lines[1].startswith("parameter-space prediction vs measured entropy change: r = 1.00 over 20 measured steps")
+    assert "r = 1.00 over windows of 5" in lines[1]
+    assert plot_main([str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "dynamics.png").is_file()
+
+
+def test_param_dynamics_refused_under_fsdp_names_the_field(make_model, tokenizer, train_dataset, tmp_path):
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.errors import ConfigError
+    from entropy_rl.trainer import EntropyGRPOTrainer
+
+    args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 1})
+    trainer = EntropyGRPOTrainer(
+        model=make_model(), reward_funcs=[length_parity_reward], args=args, train_dataset=train_dataset,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.is_fsdp_enabled = True  # what Trainer.__init__ sets under an FSDP launch
+    with pytest.raises(ConfigError, match="dynamics_param=True with FSDP"):
+        trainer._check_param_dynamics()
+    trainer.args.dynamics_param = False
+    trainer._check_param_dynamics()  # the way out the message names

@@ -156,7 +156,12 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunRes
         row = {"step": step, "entropy/seq_mean": h}
         if step % 5 == 0:
             predicted = float(rng.normal(-0.02, 0.01))
-            row |= {"dynamics/predicted_dH": predicted, "dynamics/measured_dH": 0.5 * predicted + rng.normal(0, 1e-3)}
+            measured = 0.5 * predicted + rng.normal(0, 1e-3)
+            param = measured + float(rng.normal(0, 1e-5))  # the parameter-space prediction: first-order exact
+            parts = {"pos_adv_S_gt_N": 0.6, "pos_adv_S_lt_N": 0.05, "neg_adv_S_gt_N": 0.05, "neg_adv_S_lt_N": 0.3}
+            row |= {"dynamics/predicted_dH": predicted, "dynamics/measured_dH": measured}
+            row |= {"dynamics/predicted_dH_param": param, "dynamics/dH_param/other": 0.0}
+            row |= {f"dynamics/dH_param/{name}": share * param for name, share in parts.items()}
         rows.append(row)
     curve = []
     for step, h in zip(steps[1::2].tolist(), entropy[1::2].tolist(), strict=True):
@@ -194,6 +199,10 @@ def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_pat
     assert "final avg@4 **lower**" in page
     assert "1 of 1 methods ended with clearly higher entropy than GRPO and 0 of 1" in page
     assert "**strong**" in page  # measured = half the prediction
+    assert "Parameter-space prediction `dynamics/predicted_dH_param`" in page
+    assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window
+    assert "The law fitted on GRPO's runs puts its ceiling" in page and "above the ceiling" in page
+    assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
     assert "Fitted on the first 15% of each run's points (3 of 20)" in page
     assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
     assert "consistent with coefficients shared" in page
