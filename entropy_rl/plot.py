@@ -228,8 +228,12 @@ def has_dynamics(run: Run) -> bool:
 
 
 def _draw_predictions(ax: Axes, run: Run, measured: np.ndarray, rows: np.ndarray) -> None:
+    """Each prediction against the measured change. The logit-space one has no step size in it (it is per unit
+    logit step), so it gets its own y-axis on the right; the parameter-space one shares the measured change's units."""
     from .stats import pearson
 
+    axes = {"dynamics/predicted_dH": ax.twinx(), "dynamics/predicted_dH_param": ax}
+    handles = []
     for i, (key, text) in enumerate(PREDICTIONS.items()):
         if not run.has(key):
             continue
@@ -237,14 +241,18 @@ def _draw_predictions(ax: Axes, run: Run, measured: np.ndarray, rows: np.ndarray
         ok = np.isfinite(predicted)
         r = pearson(list(predicted[ok]), list(measured[ok]))
         label = f"{text}: r = {r:.2f}" if r is not None else text
-        ax.scatter(measured[ok], predicted[ok], s=14, alpha=0.7, color=series_color(i + 2), label=label)
+        handles.append(
+            axes[key].scatter(measured[ok], predicted[ok], s=14, alpha=0.7, color=series_color(i + 2), label=label)
+        )
     span = np.nanmax(np.abs(measured)) if measured.size else 1.0
-    ax.plot([-span, span], [-span, span], color="black", lw=0.8, ls=":", label="predicted = measured")
+    (line,) = ax.plot([-span, span], [-span, span], color="black", lw=0.8, ls=":", label="parameter space = measured")
+    axes["dynamics/predicted_dH"].set_ylabel("logit-space prediction (per unit step, right axis)")
     ax.set(
         title="Predicted vs measured entropy change per measured step",
         xlabel="measured change of the batch's mean token entropy (nats)",
-        ylabel="predicted change (nats)",
+        ylabel="parameter-space prediction (nats)",
     )
+    ax.legend(handles=[*handles, line], fontsize="small", loc="upper left")
 
 
 def _draw_attribution(ax: Axes, run: Run, steps: np.ndarray, rows: np.ndarray) -> None:
@@ -257,9 +265,9 @@ def _draw_attribution(ax: Axes, run: Run, steps: np.ndarray, rows: np.ndarray) -
             ax.plot(steps, np.cumsum(values), color=series_color(i + 4), lw=1.4, label=QUADRANT_TEXT[name])
     ax.axhline(0.0, color="grey", lw=0.6)
     ax.set(
-        title="Where the entropy change comes from (parameter-space attribution, summed over measured steps)",
+        title="Where the entropy change comes from (parameter-space split by token group)",
         xlabel=STEP_UNIT,
-        ylabel="cumulative entropy change (nats)",
+        ylabel="entropy change summed over measured steps (nats)",
     )
 
 
@@ -283,5 +291,6 @@ def plot_dynamics(run: Run, path: Path | None = None) -> Path:
     _draw_attribution(ax_attr, run, run.steps[rows], rows)
     for ax in (ax_cov, ax_pred, ax_attr):
         ax.grid(alpha=0.3)
+    for ax in (ax_cov, ax_attr):
         ax.legend(fontsize="small")
     return save_figure(fig, path or run.path / "dynamics.png")
