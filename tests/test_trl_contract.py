@@ -151,3 +151,17 @@ def test_metrics_store_and_step_callback_contract():
     source = inspect.getsource(GRPOTrainer.log)
     assert "self._metrics[mode].items()" in source and "self._metrics[mode].clear()" in source
     assert hasattr(trl, "GRPOConfig") and "entropy_coef" in trl.GRPOConfig.__dataclass_fields__
+
+
+def test_clip_then_pre_optimizer_callback_then_step():
+    """The parameter-space prediction (entropy_rl/dynamics.py) reads the clipped gradient and the optimizer state in
+    on_pre_optimizer_step, and the clip factor from `_clip_grad_norm`'s return value (the pre-clip norm)."""
+    from transformers import Trainer
+
+    assert parameters(Trainer._clip_grad_norm) == ["self", "model"]
+    source = inspect.getsource(Trainer._run_epoch)
+    clip = source.index("self._clip_grad_norm(model)")
+    callback = source.index("on_pre_optimizer_step")
+    step = source.index("self.optimizer.step()")
+    assert clip < callback < step
+    assert "Returns the pre-clip gradient norm" in inspect.getsource(Trainer._clip_grad_norm)
