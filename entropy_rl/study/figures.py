@@ -14,7 +14,7 @@ from entropy_rl.plot import ENTROPY_UNIT, STEP_UNIT, plot_law, save_figure, seri
 from entropy_rl.rundir import DEFAULT_ENTROPY_KEY
 from entropy_rl.stats import pearson
 
-from .analysis import MEASURED, PREDICTED, Groups, RunAnalysis, dynamics, eval_curve
+from .analysis import MEASURED, PREDICTED, PREDICTED_PARAM, Groups, RunAnalysis, dynamics, eval_curve
 from .spec import Study
 
 
@@ -75,24 +75,29 @@ def plot_accuracy(groups: Groups, study: Study, path: Path) -> Path:
 
 
 def plot_dynamics(groups: Groups, path: Path) -> Path:
-    """Measured vs predicted entropy change of every measured step, one colour and Pearson r per method."""
-    fig = Figure(figsize=(8, 6), layout="constrained")
-    ax = fig.subplots()
-    for i, (method, analyses) in enumerate(groups.items()):
-        predicted, measured = dynamics(analyses)
-        r = pearson(predicted, measured)
-        text = "n/a" if r is None else f"{r:.2f}"
-        ax.scatter(predicted, measured, s=9, alpha=0.5, color=series_color(i), label=f"{method}: r = {text}")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.axvline(0, color="grey", lw=0.8)
-    return _finish(
-        fig,
-        ax,
-        path,
-        title="Entropy change of an optimizer step: first-order prediction vs measurement",
-        xlabel=f"predicted ({PREDICTED}, per unit step size)",
-        ylabel=f"measured ({MEASURED}, nats)",
-    )
+    """Measured vs predicted entropy change of every measured step, one colour and Pearson r per method: the
+    logit-space prediction (left, per unit step size) and, when logged, the parameter-space one (right, in nats)."""
+    keys = [PREDICTED] + [PREDICTED_PARAM] * any(dynamics(a, PREDICTED_PARAM)[0] for a in groups.values())
+    fig = Figure(figsize=(8 * len(keys), 6), layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (method, analyses) in enumerate(groups.items()):
+            predicted, measured = dynamics(analyses, key)
+            r = pearson(predicted, measured)
+            text = "n/a" if r is None else f"{r:.2f}"
+            ax.scatter(predicted, measured, s=9, alpha=0.5, color=series_color(i), label=f"{method}: r = {text}")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axvline(0, color="grey", lw=0.8)
+        unit = "per unit step size" if key == PREDICTED else "nats"
+        _finish(
+            fig,
+            ax,
+            path,
+            title=f"{'Logit' if key == PREDICTED else 'Parameter'}-space first-order prediction vs measurement",
+            xlabel=f"predicted ({key}, {unit})",
+            ylabel=f"measured ({MEASURED}, nats)",
+        )
+    return path
 
 
 def _pool(method: str, analyses: list[RunAnalysis]) -> Pairs | None:
