@@ -208,3 +208,36 @@ def test_default_warm_start_leaves_room_to_improve(tmp_path: Path) -> None:
     model, tokenizer = load_toy(path)
     sampled = accuracy(model, tokenizer, make_problems(300, "test", seed=1), greedy=False, seed=1)
     assert 0.10 <= sampled <= 0.70
+
+
+def test_hard_problems_are_those_the_policy_gets_wrong_greedily(tmp_path: Path, monkeypatch) -> None:
+    """`arithmetic_hard` keeps the pairs whose greedy answer is wrong, computes them once and then reads the cache."""
+    from entropy_rl.toy import hard
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, hidden_size=32, num_layers=1, seed=0)
+    path = tmp_path / "toy-test"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    pool = split_pairs("test")[:60]
+    monkeypatch.setattr(hard, "warm_start", lambda cache_dir=None, **kwargs: path)
+    monkeypatch.setattr(hard, "split_pairs", lambda split: pool)
+    # The selection must agree with decoding each prompt on its own (the hard set decodes them left-padded, batched).
+    answers = {}
+    loaded, tok = load_toy(path)
+    for a, b in pool[:5]:
+        ids = tok([f"{a}+{b}="], return_tensors="pt")
+        out = loaded.generate(**ids, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
+        answers[(a, b)] = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    pairs = hard.hard_pairs("test")
+    assert set(pairs) <= set(pool) and len(pairs) > 50
+    for pair, text in answers.items():
+        assert (pair in pairs) == (text != str(sum(pair)))
+    assert (path / "hard_test.json").is_file()
+    monkeypatch.setattr(hard, "_greedy_wrong", lambda *args: pytest.fail("recomputed despite the cache"))
+    problems = hard.make_hard_problems(70, "test", seed=1)
+    assert len(problems) == 70 and {(p["prompt"], p["answer"]) for p in problems} == {
+        (f"{a}+{b}=", str(a + b)) for a, b in pairs
+    }
+    with pytest.raises(ValueError, match="split must be one of"):
+        hard.hard_pairs("validation")
