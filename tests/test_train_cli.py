@@ -42,8 +42,12 @@ def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
     assert mean(last, "reward") > mean(first, "reward") + 0.02
     assert mean(rows, "cov/logp_adv") > 0  # the sign that drives entropy down (Cui et al.)
     assert "dynamics/pearson_r" in rows[-1]
+    # The parameter-space prediction is first-order exact: it tracks the measured change (0.95 on the full default).
+    assert rows[-1]["dynamics/pearson_r_param"] > 0.8
     out = capsys.readouterr().out
     assert "metrics.jsonl" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
+    assert "parameter-space prediction vs measured entropy change: r = " in out
+    assert (tmp_path / "dynamics.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
