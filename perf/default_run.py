@@ -3,7 +3,8 @@
     python perf/default_run.py [--output-dir runs/toy-default] [--doc docs/results/default-run.md]
 
 Measures the wall time of the whole command (warm-up included unless cached), and reports entropy, reward and
-Cov(log p, A) at the start and the end, the predicted-vs-measured entropy-change correlation and the plot.
+Cov(log p, A) at the start and the end, the predicted-vs-measured entropy-change correlation, the held-out curve
+written during training (curve.jsonl) with the time its evaluations took, and the plot.
 """
 
 from __future__ import annotations
@@ -17,11 +18,36 @@ import time
 from pathlib import Path
 
 from entropy_rl.jsonl import read_rows
-from entropy_rl.rundir import metrics_path, read_config
+from entropy_rl.rundir import metrics_path, read_config, read_curve
 
 
 def mean(rows: list[dict], key: str) -> float:
     return statistics.mean(r[key] for r in rows if r.get(key) is not None)
+
+
+def curve_section(curve: list[dict], wall: float) -> str:
+    """The in-training evaluations: their points, and their cost (each row carries the seconds its evaluation took)."""
+    seconds = {row["step"]: row["eval_seconds"] for row in curve}  # one evaluation per step, all benchmarks
+    points = ", ".join(f"{row['step']}: {row['avg@k']:.3f}" for row in curve)
+    first, last = curve[0], curve[-1]
+    return f"""## The entropy-reward curve during training
+
+The default run evaluates the current policy on the held-out `{curve[0]["benchmark"]}` set
+({curve[0]["num_problems"]} problems, k = {curve[0]["k"]}) every {curve_interval(curve)} steps and at the
+end, in the training process, and appends the rows to `curve.jsonl`.
+
+- held-out avg@k by step: {points}
+- held-out response entropy: {first["eval_entropy"]:.3f} at step {first["step"]}, {last["eval_entropy"]:.3f} at step
+  {last["step"]}
+- cost: {len(seconds)} evaluations, {statistics.mean(seconds.values()):.2f} s each on average
+  (min {min(seconds.values()):.2f} s, max {max(seconds.values()):.2f} s), {sum(seconds.values()):.1f} s in all:
+  {100 * sum(seconds.values()) / wall:.0f} % of the command's wall time ({wall:.0f} s)
+"""
+
+
+def curve_interval(curve: list[dict]) -> int:
+    steps = sorted({row["step"] for row in curve})
+    return steps[1] - steps[0] if len(steps) > 1 else steps[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     window = max(1, len(rows) // 10)
     first, last = rows[:window], rows[-window:]
     measured = [r for r in rows if "dynamics/measured_dH" in r]
+    curve = read_curve(args.output_dir)
     plot = args.doc.with_suffix(".png")
     shutil.copy(args.output_dir / "entropy_reward.png", plot)
     table = "\n".join(
@@ -75,7 +102,8 @@ Entropy falls while reward rises, and Cov(log p, A) stays positive, the sign tha
 Predicted vs measured entropy change (every {config["dynamics_every"]} steps, {len(measured)} pairs): Pearson
 r = {measured[-1]["dynamics/pearson_r"]:.2f}.
 
-![entropy and reward of the default run]({plot.name})
+{curve_section(curve, wall)}
+![entropy and reward of the default run, with the held-out curve]({plot.name})
 """
     )
     print(f"wrote {args.doc} and {plot}")
