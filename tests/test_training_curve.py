@@ -144,3 +144,25 @@ def test_curve_survives_sigkill_and_resume_and_equals_offline_eval(tmp_path, tin
     # And an offline evaluation of the live run itself has nothing left to do: no duplicate rows.
     assert "nothing to evaluate" in evaluate(run).stdout
     assert read_rows(run / rundir.CURVE_FILE) == live
+
+
+@pytest.mark.slow
+def test_curve_on_two_training_processes_equals_offline_eval_on_one(tmp_path, tiny_model_dir):
+    # Each training process evaluates its share of the problems; the rows must not depend on the process count.
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command = train_command(tiny_model_dir, run, "--max_steps", "2", "--per_device_train_batch_size", "8")
+    done = subprocess.run([*launch, "-m", *command[2:]], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    live = read_rows(run / rundir.CURVE_FILE)
+    assert [row["step"] for row in live] == [2]
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    for item in [run / "checkpoint-2", run / "metrics.jsonl", run / rundir.CONFIG_FILE]:
+        (shutil.copytree if item.is_dir() else shutil.copy)(item, offline / item.name)
+    command = [sys.executable, "-m", "entropy_rl.cli", "eval", "--run", str(offline), "--benchmarks", "arithmetic"]
+    done = subprocess.run([*command, *OFFLINE_FLAGS, "--no_progress"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert read_rows(offline / rundir.CURVE_FILE) == without_timing(live)
