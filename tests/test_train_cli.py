@@ -42,6 +42,12 @@ def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
     assert mean(last, "reward") > mean(first, "reward") + 0.02
     assert mean(rows, "cov/logp_adv") > 0  # the sign that drives entropy down (Cui et al.)
     assert "dynamics/pearson_r" in rows[-1]
+    # The default evaluates the policy on the held-out set during training, every 50 steps.
+    curve = read_rows(tmp_path / "curve.jsonl")
+    assert [(r["step"], r["benchmark"], r["num_problems"]) for r in curve] == [
+        (s, "arithmetic", 256) for s in (50, 100, 150)
+    ]
+    assert all(r["train_entropy"] == rows[r["step"] - 1]["entropy/seq_mean"] for r in curve)
     out = capsys.readouterr().out
     assert "metrics.jsonl" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
 
