@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 
 from . import dynamic_sampling, onepass, rundir, stats
 from .config import EntropyGRPOConfig
+from .errors import ConfigError
 from .jsonl import append_row
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
@@ -135,6 +136,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
         self._step_started = time.perf_counter()
         self.add_callback(_StepEndCallback(self))
+        if self.args.dynamic_sampling and not hasattr(self.train_dataset, "__getitem__"):
+            # The refill draws prompts by index; a streamed dataset has none.
+            raise ConfigError(
+                f"invalid config: dynamic_sampling=True with a {type(self.train_dataset).__name__} train_dataset; "
+                "allowed: a map-style dataset (datasets.Dataset or any dataset with __len__ and __getitem__)"
+            )
         if self.args.curve_benchmarks:
             from .training_curve import CurveCallback
 
