@@ -83,11 +83,13 @@ def test_unknown_or_abbreviated_flag_is_refused(flag, tmp_path, capsys):
     assert flag in capsys.readouterr().err
 
 
-def test_math_reward_grades_boxed_and_plain_answers():
-    from entropy_rl.rewards import math_reward
+def test_math_reward_grades_only_the_box_and_math_loose_plain_answers_too():
+    from entropy_rl.rewards import math_loose_reward, math_reward
 
     completions = ["so \\boxed{\\frac{1}{2}}", "The answer is 0.5", "\\boxed{3}", "__import__('os').system('x')"]
-    assert math_reward(None, completions, ["1/2", "\\frac12", "4", "0"]) == [1.0, 1.0, 0.0, 0.0]
+    golds = ["1/2", "\\frac12", "4", "0"]
+    assert math_reward(None, completions, golds) == [1.0, 0.0, 0.0, 0.0]
+    assert math_loose_reward(None, completions, golds) == [1.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.slow
