@@ -58,6 +58,24 @@ def test_curve_needs_whole_eval_steps():
         EntropyGRPOConfig(output_dir="unused", curve_benchmarks=["arithmetic"], eval_steps=0.5, report_to="none")
 
 
+@pytest.mark.parametrize(
+    "vllm, message",
+    [
+        ({"vllm_mode": "server"}, "vllm_mode='server'"),
+        ({"vllm_mode": "colocate", "vllm_tensor_parallel_size": 2}, "vllm_tensor_parallel_size=2"),
+        ({"vllm_mode": "colocate", "vllm_enable_sleep_mode": True}, "vllm_enable_sleep_mode=True"),
+    ],
+)
+def test_curve_with_vllm_needs_the_colocated_engine(vllm, message):
+    from entropy_rl.config import EntropyGRPOConfig
+
+    with pytest.raises(ConfigError, match=message):
+        EntropyGRPOConfig(
+            output_dir="unused", report_to="none", use_vllm=True, curve_benchmarks=["arithmetic"], eval_steps=2, **vllm
+        )
+    EntropyGRPOConfig(output_dir="unused", report_to="none", use_vllm=True, vllm_mode="server")  # no curve: fine
+
+
 def train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
     flags = {
         "--model_name_or_path": str(model_dir),
