@@ -73,6 +73,7 @@ def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
     trainer.train()
     rank = trainer.accelerator.process_index
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"batches": Recording.batches}))
+    trainer.accelerator.wait_for_everyone()  # both ranks done before the process group goes
     trainer.end()
 
 
