@@ -105,6 +105,70 @@ class EntropyGRPOConfig(GRPOConfig):
         },
     )
 
+    # ------------------------------------------------------------ DAPO's rollout shaping (docs/recipes.md)
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling (filter_groups, arXiv:2503.14476): drop the groups whose rewards are all "
+            "equal (no GRPO signal) and generate more prompts until the rollout batch is full again, over every "
+            "process. Logs dynamic_sampling/rounds and dynamic_sampling/kept_fraction."
+        },
+    )
+    dynamic_sampling_max_rounds: int = field(
+        default=10,
+        metadata={
+            "help": "Most generation rounds for one rollout batch under dynamic_sampling, the first included (DAPO's "
+            "max_num_gen_batches). When they are spent, the step trains on the groups kept so far (the batch cut to "
+            "a size every process and micro-batch divides), or on the last round as it is when none was kept."
+        },
+    )
+    overlong_buffer_len: int = field(
+        default=0,
+        metadata={
+            "help": "DAPO's soft overlong punishment (Eq. 13): responses longer than max_completion_length - this "
+            "lose up to 1 reward linearly, reaching -1 at max_completion_length (TRL's "
+            "trl.rewards.get_soft_overlong_punishment, added to reward_funcs and logged as "
+            "rewards/soft_overlong_punishment_reward/mean). 0 disables it."
+        },
+    )
+
+    # ------------------------------------------------------------ the entropy-reward curve during training
+    curve_benchmarks: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Benchmarks (names in eval/benchmarks/ or spec paths) on which the current policy is evaluated "
+            "every "
+            "eval_steps (else save_steps) and at the end of training, with the evaluator's grading, avg@k, pass@k "
+            "and response entropy, data-parallel over the training processes; one row per benchmark is appended to "
+            "OUTPUT_DIR/curve.jsonl next to the training entropy of that step. Empty: no evaluation during training."
+        },
+    )
+    curve_limit: int | None = field(
+        default=None, metadata={"help": "Evaluate only the first N problems of each curve benchmark (default: all)."}
+    )
+    curve_k: int | None = field(
+        default=None, metadata={"help": "Samples per problem for the curve (default: each benchmark's own k)."}
+    )
+    curve_temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature for the curve, 0 = greedy (default: the benchmark's)."}
+    )
+    curve_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Response length limit for the curve (default: the benchmark's)."}
+    )
+    curve_pass_ks: list[int] = field(
+        default_factory=list, metadata={"help": "Extra k values for the curve's pass@k (pass@1 and pass@k always)."}
+    )
+    curve_batch_size: int = field(
+        default=32, metadata={"help": "Sequences per generate() call of the curve evaluation (per process)."}
+    )
+    curve_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the curve's samples (each sample has its own seeded generator): with the same seed, "
+            "`entropy-rl eval --run` on the checkpoints gives the same rows. The training RNG is not touched."
+        },
+    )
+
     def build_regularizer(self) -> Regularizer:
         names = parse_names(self.regularizer)
         params = {name: getattr(self, name) for method in names for name in parameter_names(method)}
@@ -152,6 +216,7 @@ class EntropyGRPOConfig(GRPOConfig):
                 f"'token' with regularizer={self.regularizer!r}",
             )
         self._check_off_policy(names)
+        self._check_rollout_shaping()
         check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
         check(
             bool(self.metrics_file) and "/" not in self.metrics_file,
@@ -165,6 +230,45 @@ class EntropyGRPOConfig(GRPOConfig):
             self.dynamics_every,
             "0 when diagnostics=False (the measured change is compared with the diagnostics' prediction)",
         )
+
+    def _check_rollout_shaping(self) -> None:
+        """Dynamic sampling, overlong shaping and the curve's settings."""
+        check(
+            self.dynamic_sampling_max_rounds >= 1,
+            "dynamic_sampling_max_rounds",
+            self.dynamic_sampling_max_rounds,
+            "an integer >= 1 (the first generation round counts)",
+        )
+        check(
+            0 <= self.overlong_buffer_len < self.max_completion_length,
+            "overlong_buffer_len",
+            self.overlong_buffer_len,
+            f"an integer in [0, max_completion_length={self.max_completion_length}) (0 disables it)",
+        )
+        for name in ("curve_limit", "curve_k", "curve_max_new_tokens"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, value, "an integer >= 1, or unset for the benchmark's own")
+        check(self.curve_batch_size >= 1, "curve_batch_size", self.curve_batch_size, "an integer >= 1")
+        if self.curve_benchmarks and self.use_vllm:
+            # The curve generates with TRL's colocated engine, one per process, as training does.
+            check(self.vllm_mode == "colocate", "vllm_mode", self.vllm_mode, "'colocate' with curve_benchmarks")
+            tp = self.vllm_tensor_parallel_size
+            check(tp == 1, "vllm_tensor_parallel_size", tp, "1 with curve_benchmarks")
+            sleep = self.vllm_enable_sleep_mode
+            check(not sleep, "vllm_enable_sleep_mode", sleep, "False with curve_benchmarks")
+        if self.curve_benchmarks:
+            every = self.curve_every
+            check(
+                every is not None and every >= 1 and float(every).is_integer(),
+                "eval_steps",
+                self.eval_steps,
+                "a whole number of steps >= 1 (or save_steps one) when curve_benchmarks is set",
+            )
+
+    @property
+    def curve_every(self) -> float | None:
+        """Optimizer steps between two evaluations of the curve: eval_steps, else save_steps."""
+        return self.eval_steps if self.eval_steps is not None else self.save_steps
 
     def _check_off_policy(self, names: list[str]) -> None:
         """Refuse a method that does nothing on-policy (KL-Cov) when every update is on-policy."""

@@ -38,6 +38,7 @@ DEFAULT_TAIL_CHARS = 6000
 MAX_ANSWER_CHARS = 1000
 
 Status = Literal["ok", "no_answer", "timeout", "error"]
+Extraction = Literal["final_answer", "boxed"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####([^\n]*)")
@@ -80,6 +81,39 @@ def last_boxed(text: str) -> str | None:
             if depth == 0:
                 return text[starts[-1] : i].strip()
     return None
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every closed outermost ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, in order.
+
+    One linear pass with a stack of open boxes: untrusted text with thousands of unclosed boxes costs no more."""
+    opens = {match.end() for match in _BOXED.finditer(text)}  # index just after each box's "{"
+    found: list[str] = []
+    stack: list[tuple[int, int]] = []  # (content start, brace depth inside the box)
+    depth = 0
+    for i, char in enumerate(text):
+        if char == "{":
+            depth += 1
+            if i + 1 in opens:
+                stack.append((i + 1, depth))
+        elif char == "}":
+            if stack and stack[-1][1] == depth:
+                start, _ = stack.pop()
+                if not stack:
+                    found.append(text[start:i].strip())
+            depth = max(0, depth - 1)
+    return found
+
+
+def extract_boxed(response: str, tail_chars: int = DEFAULT_TAIL_CHARS) -> str | None:
+    """The final ``\\boxed{}`` answer of ``response``'s last ``tail_chars`` characters, and nothing else: None when
+    there is no box, or when the boxes disagree ("\\boxed{12} or maybe \\boxed{42}" is a list of candidates, and
+    grading only the last one would reward hedging). Used by the training reward, as the papers' graders do."""
+    boxes = {normalize_number(box) for box in boxed_contents(response[-tail_chars:]) if box}
+    if len(boxes) != 1:
+        return None
+    answer = boxes.pop()
+    return answer if len(answer) <= MAX_ANSWER_CHARS else None
 
 
 def after_hashes(text: str) -> str | None:
@@ -243,8 +277,10 @@ class _Worker:
 class Grader:
     """Grades (response, gold) pairs; each math-verify call is limited to ``timeout_s`` seconds of wall-clock time.
 
-    Holds ``workers`` worker processes (spawned, so safe next to CUDA and torch threads), started lazily and reused;
-    use as a context manager or call ``close()``.
+    ``extraction`` picks how the final answer is found: ``"final_answer"`` (extract_answer, the evaluator's rules)
+    or ``"boxed"`` (extract_boxed: only an unambiguous final ``\\boxed{}``). Holds ``workers`` worker processes
+    (spawned, so safe next to CUDA and torch threads), started lazily and reused; use as a context manager or call
+    ``close()``.
     """
 
     def __init__(
@@ -253,9 +289,14 @@ class Grader:
         workers: int = 2,
         tail_chars: int = DEFAULT_TAIL_CHARS,
         startup_timeout_s: float = 120.0,
+        extraction: Extraction = "final_answer",
     ) -> None:
         check(0 < timeout_s < math.inf, "timeout_s", timeout_s, "seconds > 0")
         check(workers >= 1, "workers", workers, "an integer >= 1")
+        allowed = ("final_answer", "boxed")
+        check(extraction in allowed, "extraction", extraction, f"one of {allowed}")
+        # final_answer: extract_answer's rules (the evaluator's); boxed: extract_boxed (the training reward's).
+        self._extract = extract_boxed if extraction == "boxed" else extract_answer
         self.timeout_s = timeout_s
         self.num_workers = workers
         self.tail_chars = tail_chars
@@ -281,7 +322,7 @@ class Grader:
         grades: list[Grade | None] = [None] * len(pairs)
         jobs: list[tuple[int, str, str]] = []
         for i, (response, gold) in enumerate(pairs):
-            answer = extract_answer(response, self.tail_chars)
+            answer = self._extract(response, self.tail_chars)
             if answer is None:
                 grades[i] = Grade(None, False, "no_answer")
             elif (verdict := match_without_math_verify(answer, gold)) is not None:

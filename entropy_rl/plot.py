@@ -188,8 +188,22 @@ def _draw_trend(ax: Axes, steps: np.ndarray, values: np.ndarray, color: str, lab
         ax.plot(steps[finite], trend, color=color, lw=2, label=f"{label}, trailing mean of {window} steps")
 
 
+def _draw_curve(ax_h: Axes, ax_r: Axes, curve: Sequence[dict]) -> None:
+    """The held-out evaluations of curve.jsonl: accuracy (avg@k) beside the training reward, the responses' entropy
+    beside the training entropy; one series per benchmark."""
+    for i, name in enumerate(sorted({str(row.get("benchmark")) for row in curve})):
+        rows = sorted((r for r in curve if str(r.get("benchmark")) == name), key=lambda r: r["step"])
+        steps = [r["step"] for r in rows]
+        color = series_color(2 + i)
+        ax_r.plot(steps, [r["avg@k"] for r in rows], "o-", color=color, lw=1.5, label=f"held-out avg@k ({name})")
+        entropies = [r.get("eval_entropy") for r in rows]
+        if all(isinstance(h, int | float) for h in entropies):
+            ax_h.plot(steps, entropies, "o--", color=color, lw=1, label=f"held-out response entropy ({name})")
+
+
 def plot_run(run_dir: str | os.PathLike[str]) -> Path:
-    """RUN_DIR/entropy_reward.png: entropy (top) and training reward (bottom) vs step of one run.
+    """RUN_DIR/entropy_reward.png: entropy (top) and training reward (bottom) vs step of one run, with the held-out
+    accuracy and response entropy of curve.jsonl (written during training or by `entropy-rl eval --run`) beside them.
 
     Raises RunDirError when the metrics file is missing or logs no entropy or no reward.
     """
@@ -202,7 +216,9 @@ def plot_run(run_dir: str | os.PathLike[str]) -> Path:
     _draw_trend(ax_h, run.steps, run.column(entropy_keys[0]), series_color(0), ENTROPY_LINES[entropy_keys[0]][0])
     ax_h.set(title=f"{run.label}: entropy and reward during training", ylabel=ENTROPY_UNIT)
     _draw_trend(ax_r, run.steps, run.column("reward"), series_color(1), "reward")
-    ax_r.set(xlabel=STEP_UNIT, ylabel="training reward (batch mean)")
+    if run.curve:
+        _draw_curve(ax_h, ax_r, run.curve)
+    ax_r.set(xlabel=STEP_UNIT, ylabel="reward / held-out accuracy" if run.curve else "training reward (batch mean)")
     for ax in (ax_h, ax_r):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

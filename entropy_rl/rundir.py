@@ -4,7 +4,8 @@
       entropy_rl_config.json   the saved config (its `metrics_file` names the metrics file)
       metrics.jsonl            one row per optimizer step, written by the trainer (name: config.metrics_file)
       checkpoint-<step>/       checkpoints; `entropy-rl eval --run` scores each of them
-      curve.jsonl              one row per evaluated (checkpoint, benchmark), written by the evaluator
+      curve.jsonl              one row per evaluated (checkpoint, benchmark): written during training
+                               (curve_benchmarks) or by `entropy-rl eval --run`
       eval/                    the evaluator's per-problem outputs
       final/                   the trained model
 
@@ -35,7 +36,8 @@ CONFIG_FILE = "entropy_rl_config.json"
 FINAL_DIR = "final"
 EVAL_DIR = "eval"
 DEFAULT_ENTROPY_KEY = "entropy/seq_mean"  # the paper's seq-mean-token-mean entropy, H of the law
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR, then the step
+_CHECKPOINT = re.compile(CHECKPOINT_PREFIX + r"(\d+)")
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +216,12 @@ def read_curve(run_dir_or_path: PathLike) -> list[dict[str, Any]]:
         if torn:
             rewrite_rows(path, rows)
     return rows
+
+
+def continue_curve(run_dir: PathLike, step: int) -> list[dict[str, Any]]:
+    """Cut curve.jsonl back to the rows of steps <= `step` (where a resumed run continues; later rows were made by
+    the weights the resume discards and are redone) and drop a torn last line; return the rows kept."""
+    return keep_rows(Path(run_dir) / CURVE_FILE, lambda row: row.get("step", math.inf) <= step)
 
 
 def append_curve_row(run_dir: PathLike, row: dict[str, Any]) -> None:

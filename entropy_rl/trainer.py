@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 
-from . import dynamics, onepass, rundir, stats
+from . import dynamic_sampling, dynamics, onepass, rundir, stats
 from .config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from .errors import ConfigError
 from .jsonl import append_row
@@ -37,6 +37,8 @@ from .regularizers.base import penalty_loss
 
 # TRL generation metrics copied into each metrics.jsonl row (those of the rollout batch the step trains on).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
+# Per-function rewards (e.g. the overlong punishment) and dynamic sampling's counts are copied by prefix.
+ROW_KEY_PREFIXES = ("rewards/", "dynamic_sampling/")
 # Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
 # Loss types whose token normaliser is TRL's `num_items_in_batch` (global count of loss tokens).
 GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
@@ -139,8 +141,20 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._check_param_dynamics()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
+        self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
+        self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
         self._step_started = time.perf_counter()
         self.add_callback(_StepEndCallback(self))
+        if self.args.dynamic_sampling and not hasattr(self.train_dataset, "__getitem__"):
+            # The refill draws prompts by index; a streamed dataset has none.
+            raise ConfigError(
+                f"invalid config: dynamic_sampling=True with a {type(self.train_dataset).__name__} train_dataset; "
+                "allowed: a map-style dataset (datasets.Dataset or any dataset with __len__ and __getitem__)"
+            )
+        if self.args.curve_benchmarks:
+            from .training_curve import CurveCallback
+
+            self.add_callback(CurveCallback(self))  # after the step-end callback: it reads that step's entropy
 
     # ---------------------------------------------------------------- hooks into TRL (guarded by the contract test)
     def _compute_loss(self, model, inputs):
@@ -187,14 +201,99 @@ class EntropyGRPOTrainer(GRPOTrainer):
         return output, onepass.per_position(calls, input_ids, attention_mask, logits_to_keep, batch_size)
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
+        if self.model.training and self.args.dynamic_sampling:
+            output = self._dynamically_sampled(inputs)
+        else:
+            output = super()._generate_and_score_completions(inputs)
         if self.model.training:
             # Every step trained on this rollout batch reports its reward, also when TRL generates less than once a step
             trl_metrics = self._metrics["train"]
-            self._rollout_metrics = {key: trl_metrics[key][-1] for key in TRL_ROW_KEYS if trl_metrics.get(key)}
+            keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
+            self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # Kept for dynamic sampling: TRL's rewards of every process (rows x functions), before any normalisation.
+        self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._round_rewards
+
+    # ---------------------------------------------------------------- dynamic sampling (DAPO's filter_groups)
+    def _dynamically_sampled(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's rollout batch with only groups whose rewards differ, refilled by more generation rounds (at most
+        dynamic_sampling_max_rounds); every process takes the same decisions from the global rewards."""
+        group, processes, local_rows = self.num_generations, self.accelerator.num_processes, len(inputs)
+        target = processes * local_rows
+        outputs: list[dict[str, Any]] = []
+        spreads: list[torch.Tensor] = []
+        batch = inputs
+        for round_index in range(self.args.dynamic_sampling_max_rounds):
+            if round_index:
+                batch = self._refill_inputs(local_rows, round_index)
+            output = super()._generate_and_score_completions(batch)
+            dynamic_sampling.check_keys(output)
+            per_function = self.multi_objective_aggregation == "normalize_then_sum"
+            spreads.append(
+                dynamic_sampling.groups_with_spread(self._round_rewards, self.reward_weights, group, per_function).cpu()
+            )
+            outputs.append(output)
+            if int(sum(spread.sum() for spread in spreads)) * group >= target:
+                break
+        capped = int(sum(spread.sum() for spread in spreads)) * group < target
+        divisor = processes * self.args.steps_per_generation
+        selection = dynamic_sampling.select_rows(spreads, group, target, divisor, capped)
+        output = self._gather_rows(outputs, selection.rows, local_rows)
+        # DAPO-style losses divide by the global count of loss tokens: count those of the batch actually kept.
+        output["num_items_in_batch"] = self.accelerator.gather(self._loss_mask(output).sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/rounds"].append(float(selection.rounds))
+        metrics["dynamic_sampling/kept_fraction"].append(selection.kept_groups / selection.generated_groups)
+        metrics["dynamic_sampling/filled"].append(min(selection.kept_groups * group, target) / target)
+        metrics["dynamic_sampling/capped"].append(float(selection.capped))
+        return output
+
+    def _refill_inputs(self, local_rows: int, round_index: int) -> list[dict[str, Any]]:
+        """This process's share of a fresh global batch: random training prompts, each repeated num_generations times
+        in a row as TRL's sampler lays them out. The draw depends on (seed, step, round) only, so every process and
+        every process count sees the same global batch, and a resumed run draws the same prompts."""
+        group, processes = self.num_generations, self.accelerator.num_processes
+        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 1_009 + round_index
+        generator = torch.Generator().manual_seed(seed)
+        groups = processes * local_rows // group
+        size = len(self.train_dataset)
+        draws = torch.cat([torch.randperm(size, generator=generator) for _ in range(-(-groups // size))])[:groups]
+        rows = [int(index) for index in draws for _ in range(group)]
+        rank = self.accelerator.process_index
+        return [self.train_dataset[index] for index in rows[rank * local_rows : (rank + 1) * local_rows]]
+
+    def _gather_rows(
+        self, outputs: list[dict[str, Any]], rows: list[tuple[int, int]], local_rows: int
+    ) -> dict[str, torch.Tensor]:
+        """This process's equal share of the selected (round, global row) list, fetched from whichever process
+        generated each row (one gather over processes when there are several)."""
+        rank, processes = self.accelerator.process_index, self.accelerator.num_processes
+        selected = sorted(set(rows))
+        parts = []  # (round, global rows, their tensors) this process owns
+        for round_index, output in enumerate(outputs):
+            owned = [g for (r, g) in selected if r == round_index and g // local_rows == rank]
+            index = torch.tensor([g - rank * local_rows for g in owned], dtype=torch.long)
+            parts.append((round_index, owned, dynamic_sampling.take_rows(output, index)))
+        if processes > 1:
+            from accelerate.utils import gather_object
+
+            cpu_parts = [(r, g, {key: value.cpu() for key, value in part.items()}) for r, g, part in parts]
+            parts = gather_object(cpu_parts)
+        pad = self._tokenizer.pad_token_id if self._tokenizer.pad_token_id is not None else 0
+        table = dynamic_sampling.join_rows([part for _, _, part in parts], pad)
+        position, offset = {}, 0
+        for round_index, owned, _ in parts:
+            position.update({(round_index, g): offset + i for i, g in enumerate(owned)})
+            offset += len(owned)
+        share = len(rows) // processes
+        mine = torch.tensor([position[row] for row in rows[rank * share : (rank + 1) * share]], dtype=torch.long)
+        device = self.accelerator.device
+        return {key: value[mine].to(device) for key, value in table.items()}
 
     # ---------------------------------------------------------------- regularizers
     def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
@@ -381,6 +480,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             row[f"reg/{name}"] = total / count if count else 0.0
         for key, value in row.items():
             self._metrics["train"][key].append(value)
+        self.last_metrics_row = row
         self._write_row(step, row)
 
     def _record_measured(self, row: dict[str, float], measured: float) -> None:
@@ -474,6 +574,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
             for name, mask in masks.items()
             if mask.any()
         }
+
+    def log_curve_seconds(self, seconds: float) -> None:
+        """Wall time of an in-training evaluation (training_curve), logged with the next step's metrics."""
+        self._metrics["train"]["curve/seconds"].append(seconds)
 
     # ---------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, model, trial):

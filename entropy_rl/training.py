@@ -20,7 +20,11 @@ from .config import EntropyGRPOConfig
 from .errors import ConfigError
 
 # Reward names usable in `reward_funcs`; anything else is a dotted import path `package.module.function`.
-REWARDS = {"arithmetic": "entropy_rl.toy.arithmetic_reward", "math": "entropy_rl.rewards.math_reward"}
+REWARDS = {
+    "arithmetic": "entropy_rl.toy.arithmetic_reward",
+    "math": "entropy_rl.rewards.math_reward",  # final \boxed{} only, math-verify (the papers' reward)
+    "math_loose": "entropy_rl.rewards.math_loose_reward",  # the evaluator's fallbacks too (GSM8K-style data)
+}
 
 # The built-in default, used when no --config is given: sized for 2 CPU cores (docs/results/default-run.md).
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -40,6 +44,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "report_to": "none",
     "seed": 0,
     "ddp_find_unused_parameters": False,
+    # The entropy-reward curve during training: held-out accuracy every 50 steps (docs/evaluation.md).
+    "curve_benchmarks": ["arithmetic"],
+    "eval_steps": 50,
 }
 
 
@@ -81,6 +88,17 @@ def resolve_reward(name: str) -> Callable[..., list[float]]:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"invalid config: reward_funcs entry {name!r} cannot be imported ({err})") from err
+
+
+def build_rewards(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> list[Callable[..., Any]]:
+    """The reward functions of `reward_funcs`, plus TRL's soft overlong punishment when overlong_buffer_len > 0."""
+    rewards: list[Callable[..., Any]] = [resolve_reward(name) for name in script_args.reward_funcs]
+    if config.overlong_buffer_len > 0:
+        from trl.rewards import get_soft_overlong_punishment
+
+        # DAPO Eq. 13, TRL's implementation: L_max = max_completion_length, L_cache = overlong_buffer_len.
+        rewards.append(get_soft_overlong_punishment(config.max_completion_length, config.overlong_buffer_len))
+    return rewards
 
 
 def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig]:
@@ -165,7 +183,7 @@ def train_run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> P
     # Cheap checks first: a typo should not wait for a model to load.
     if config.resume_from_checkpoint:
         check_checkpoint(config.resume_from_checkpoint)
-    rewards = [resolve_reward(name) for name in script_args.reward_funcs]
+    rewards = build_rewards(script_args, config)
     dataset = build_dataset(script_args, config.seed)
     model, tokenizer = load_policy(script_args)
     trainer = EntropyGRPOTrainer(

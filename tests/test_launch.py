@@ -53,3 +53,6 @@ def test_toy_recipe_runs_on_two_cpu_processes(tmp_path, make_model, tokenizer):
     # Tokens are counted over both ranks: 2 processes x 16 completions of at most 8 tokens.
     assert all(16 < r["tokens"] <= 2 * 16 * 8 for r in rows)
     assert "reg/clip_b/removed_frac" in rows[0]
+    # The recipe's in-training curve: evaluated at the end on both processes, one row written by rank 0.
+    curve = read_rows(out / "curve.jsonl")
+    assert [(r["step"], r["benchmark"], r["num_problems"]) for r in curve] == [(3, "arithmetic", 256)]

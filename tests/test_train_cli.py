@@ -44,6 +44,12 @@ def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
     assert "dynamics/pearson_r" in rows[-1]
     # The parameter-space prediction is first-order exact: it tracks the measured change (0.95 on the full default).
     assert rows[-1]["dynamics/pearson_r_param"] > 0.8
+    # The default evaluates the policy on the held-out set during training, every 50 steps.
+    curve = read_rows(tmp_path / "curve.jsonl")
+    assert [(r["step"], r["benchmark"], r["num_problems"]) for r in curve] == [
+        (s, "arithmetic", 256) for s in (50, 100, 150)
+    ]
+    assert all(r["train_entropy"] == rows[r["step"] - 1]["entropy/seq_mean"] for r in curve)
     out = capsys.readouterr().out
     assert "metrics.jsonl" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
     assert "parameter-space prediction vs measured entropy change: r = " in out
@@ -81,11 +87,13 @@ def test_unknown_or_abbreviated_flag_is_refused(flag, tmp_path, capsys):
     assert flag in capsys.readouterr().err
 
 
-def test_math_reward_grades_boxed_and_plain_answers():
-    from entropy_rl.rewards import math_reward
+def test_math_reward_grades_only_the_box_and_math_loose_plain_answers_too():
+    from entropy_rl.rewards import math_loose_reward, math_reward
 
     completions = ["so \\boxed{\\frac{1}{2}}", "The answer is 0.5", "\\boxed{3}", "__import__('os').system('x')"]
-    assert math_reward(None, completions, ["1/2", "\\frac12", "4", "0"]) == [1.0, 1.0, 0.0, 0.0]
+    golds = ["1/2", "\\frac12", "4", "0"]
+    assert math_reward(None, completions, golds) == [1.0, 0.0, 0.0, 0.0]
+    assert math_loose_reward(None, completions, golds) == [1.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.slow

@@ -60,6 +60,30 @@ def test_generation_output_keys_the_step_level_edits_extend():
         assert key in source, key
 
 
+def test_dynamic_sampling_hooks():
+    # The rewards of every process come back from _calculate_rewards, before any normalisation.
+    assert parameters(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "rewards_per_func = self._calculate_rewards(inputs, prompts, completions, completion_ids_list)" in source
+    assert "rewards.view(-1, num_generations)" in source  # groups are consecutive global rows
+    assert "self.accelerator.process_index * len(prompts)" in source  # each process holds consecutive rows
+    # Every key of TRL's text rollout dict is one dynamic sampling knows how to cut and join.
+    from entropy_rl import dynamic_sampling
+
+    known = {*dynamic_sampling.PROMPT_KEYS, *dynamic_sampling.ROW_KEYS, *dynamic_sampling.RECOUNTED_KEYS}
+    text_keys = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch"}
+    optional = {"old_per_token_logps", "importance_sampling_ratio", "sampling_per_token_logps", "ref_per_token_logps"}
+    for key in text_keys | optional | {"tool_mask"}:
+        assert f'output["{key}"]' in source or f'"{key}": {key}' in source, key
+    assert text_keys | optional | {"tool_mask"} <= known
+
+
 def test_logps_method_returns_logps_entropies_then_the_rest():
     source = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
     assert "return logps, entropies, aux_loss" in source

@@ -167,8 +167,9 @@ def evaluate_checkpoint(
 CURVE_METRICS = ("eval_entropy", "avg@k", "k", "pass@k", "mean_length", "num_problems")
 
 
-def _curve_row(step: int, checkpoint: Path, metrics: dict[str, Any], train_entropy: float | None) -> dict[str, Any]:
-    row = {"step": step, "checkpoint": checkpoint.name, "benchmark": metrics["benchmark"]}
+def curve_row(step: int, checkpoint: str, metrics: dict[str, Any], train_entropy: float | None) -> dict[str, Any]:
+    """One curve.jsonl row: a benchmark's metrics at a step (checkpoint: the step's checkpoint directory name)."""
+    row = {"step": step, "checkpoint": checkpoint, "benchmark": metrics["benchmark"]}
     return row | {"train_entropy": train_entropy} | {key: metrics[key] for key in CURVE_METRICS}
 
 
@@ -224,7 +225,7 @@ def evaluate_run(
             model, tokenizer, todo, settings=settings, grader=grader, output_dir=out_root / checkpoint.name
         )
         for metrics in results.values():
-            row = _curve_row(step, checkpoint, metrics, train_entropy.get(step))
+            row = curve_row(step, checkpoint.name, metrics, train_entropy.get(step))
             if state.is_main_process:
                 rundir.append_curve_row(run_dir, row)  # flushed: a kill loses at most this row
             added.append(row)

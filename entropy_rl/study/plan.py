@@ -51,6 +51,15 @@ def train_argv(study: Study, method: Method, seed: int) -> list[str]:
         "save_steps": study.save_steps,
         "dynamics_every": study.dynamics_every,
         "output_dir": study.output / method.name / f"seed{seed}",
+        # The study's evaluation runs during training, at every checkpoint: the offline pass that follows
+        # (execute.py) then finds every (checkpoint, benchmark) row already written, with the same settings.
+        "curve_benchmarks": study.eval.benchmark,
+        "eval_steps": study.save_steps,
+        "curve_limit": study.eval.problems,
+        "curve_k": study.eval.k,
+        "curve_temperature": study.eval.temperature,
+        "curve_batch_size": study.eval.batch_size,
+        "curve_seed": study.eval.seed,
     }
     for key, value in flags.items():
         argv += _flag(key, value)
