@@ -17,6 +17,7 @@ tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked sign
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from . import onepass, rundir, stats
 from .config import EntropyGRPOConfig
@@ -47,6 +48,28 @@ WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", 
 MAX_LOG_RATIO = 20.0
 # Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
 STATE_FILE = "entropy_rl_state_rank{rank}.pt"
+
+logger = logging.getLogger(__name__)
+
+
+def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
+    """The trainer's config: an EntropyGRPOConfig as given, or a plain GRPOConfig (or None, as TRL) upgraded to one."""
+    if isinstance(args, EntropyGRPOConfig):
+        return args
+    if args is None:  # TRL's own default output directory
+        name = model if isinstance(model, str) else model.config._name_or_path
+        return EntropyGRPOConfig(output_dir=f"{str(name).split('/')[-1]}-GRPO")
+    if not isinstance(args, GRPOConfig):
+        raise TypeError(f"args must be a GRPOConfig or an EntropyGRPOConfig, got {type(args).__name__}")
+    upgraded = EntropyGRPOConfig.from_grpo_config(args)
+    logger.warning(
+        "EntropyGRPOTrainer: plain GRPOConfig upgraded to EntropyGRPOConfig (diagnostics=True, regularizer=%r, "
+        "dynamics_every=%d, metrics in %s); pass an EntropyGRPOConfig to choose them",
+        upgraded.regularizer,
+        upgraded.dynamics_every,
+        Path(upgraded.output_dir) / upgraded.metrics_file,
+    )
+    return upgraded
 
 
 class AcceleratorReducer:
@@ -86,15 +109,15 @@ class _StepEndCallback(TrainerCallback):
 class EntropyGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with entropy diagnostics and regularizers (`--regularizer`).
 
-    With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe.
+    With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe. It takes the same
+    arguments as GRPOTrainer; a plain GRPOConfig is upgraded to an EntropyGRPOConfig with our defaults (logged), so a
+    TRL script changes one import.
     """
 
     args: EntropyGRPOConfig
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, EntropyGRPOConfig):
-            raise TypeError(f"args must be an EntropyGRPOConfig, got {type(self.args).__name__}")
+    def __init__(self, model: Any, reward_funcs: Any, args: GRPOConfig | None = None, *rest: Any, **kwargs: Any):
+        super().__init__(model, reward_funcs, as_entropy_config(args, model), *rest, **kwargs)
         self.regularizer = self.args.build_regularizer()
         # Split the methods by when their statistics are taken: once per rollout batch over every rank (filters, and
         # everything under stat_scope=global), or per loss micro-batch (the authors' verl code).
