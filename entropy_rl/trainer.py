@@ -162,7 +162,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         try:
             loss = super()._compute_loss(model, self._loss_inputs)
             if self._penalty is not None:
-                loss = loss + self._normalize_like_trl(self._penalty, self._loss_inputs)
+                penalty = self._penalty * self._sampler_correction(self._loss_inputs)
+                loss = loss + self._normalize_like_trl(penalty, self._loss_inputs)
             return loss
         finally:
             self._loss_inputs, self._penalty = None, None
@@ -208,6 +209,14 @@ class EntropyGRPOTrainer(GRPOTrainer):
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
+
+    def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
+        """TRL's vLLM importance-sampling weight of each token (1 without vLLM): the factor TRL's `_compute_loss`
+        multiplies every per-token policy loss by, so that the KL-Cov penalty and the diagnostics' predicted entropy
+        change weigh the tokens as the update does. TRL applies it only under these conditions (not for vespo)."""
+        ratio = inputs.get("importance_sampling_ratio")
+        corrected = self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo"
+        return ratio if corrected and ratio is not None else 1.0
 
     # ---------------------------------------------------------------- regularizers
     def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
@@ -325,7 +334,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
             unclipped=unclipped,
             # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
             # removed it): predict with that.
-            update_advantages=stats.per_token(inputs["advantages"], logps) * self._loss_mask(inputs),
+            # Under vLLM TRL also weighs each token's loss by its importance-sampling correction.
+            update_advantages=stats.per_token(inputs["advantages"], logps)
+            * self._loss_mask(inputs)
+            * self._sampler_correction(inputs),
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
         if self._measures_dynamics(self.state.global_step + 1):
