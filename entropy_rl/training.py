@@ -333,6 +333,8 @@ def train_run(
     rundir.write_config(run_dir, saved_settings(script_args, config, model_args))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(str(run_dir / rundir.FINAL_DIR))
+    if config.push_to_hub:  # as trl/scripts/grpo.py
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.end()  # trackers closed and, under a launcher, the process group left by every rank together
     return run_dir
 
