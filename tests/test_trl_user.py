@@ -200,3 +200,5 @@ def test_version_and_recipe_list(capsys):
     assert main(["train", "--list_recipes"]) == 0
     listed = capsys.readouterr().out.split()
     assert {"toy/grpo", "toy/clip_cov", "qwen2.5-math-7b/steer", "accelerate/cpu_2proc"} <= set(listed)
+    assert main(["eval", "--list_benchmarks"]) == 0
+    assert {"arithmetic", "gsm8k", "math500", "aime24", "amc23"} <= set(capsys.readouterr().out.split())
