@@ -3,7 +3,7 @@
 The slow test builds the wheel, installs it (after the pinned CPU torch, as README.md says) into a new venv, and from
 an empty folder runs the default training (a few steps), `entropy-rl eval --benchmarks arithmetic`, a recipe by name,
 and the lists of benchmarks and recipes. Then it replaces the wheel by an editable install of the checkout (README's
-`pip install -e .`) and checks that the specs and recipes are read from the checkout's folders. About 3-4 minutes,
+`pip install -e .`) and checks that the specs and recipes are read from the checkout's folders. About 4 minutes,
 most of it pip; the dependencies come from pip's usual sources (this machine: its local index and caches).
 """
 
