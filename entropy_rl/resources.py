@@ -1,7 +1,7 @@
 """The files that ship with the package: benchmark specs and recipes, found the same way in a wheel and a checkout.
 
 The repository keeps them at its top level (`eval/benchmarks/`, `recipes/`), their documented location. A wheel
-carries copies inside the package, `entropy_rl/_data/benchmarks/` and `entropy_rl/_data/recipes/` (pyproject.toml
+carries copies inside the package, in its `_data` folder as `_data/benchmarks/` and `_data/recipes/` (pyproject.toml
 maps the two folders there with setuptools' `package-dir`), read through importlib.resources. A source checkout or an
 editable install has no such copies, so the folders are read where they are, next to the package's source.
 
