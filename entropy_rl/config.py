@@ -7,6 +7,7 @@ hyperparameters are not declared here: `with_regularizer_fields` copies each reg
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -196,9 +197,34 @@ class EntropyGRPOConfig(GRPOConfig):
                 self.bf16 = False
             # Without it, accelerate on a CPU-only machine sets up a 2-process launch as two lone processes.
             self.use_cpu = True
-        names = parse_names(self.regularizer)
-        self._apply_native_regularizers(names)
+        self._apply_native_regularizers(parse_names(self.regularizer))
         super().__post_init__()
+        self._validate()
+
+    @classmethod
+    def from_grpo_config(cls, args: GRPOConfig) -> EntropyGRPOConfig:
+        """A plain GRPOConfig upgraded: every TRL field kept as it is, ours at their defaults (diagnostics on).
+
+        TRL's `__post_init__` is not run again (it has resolved fields such as steps_per_generation, which it would
+        then refuse to see set twice); only our checks run. TRL's own entropy options (entropy_coef,
+        top_entropy_quantile) name the run's regularizer, as `--regularizer` would have switched them on.
+        """
+        upgraded = copy.copy(args)
+        upgraded.__class__ = cls
+        trl_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+        for spec in dataclasses.fields(cls):
+            if spec.name not in trl_fields:
+                default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+                setattr(upgraded, spec.name, default)
+        native = [m for m in REGISTRY.values() if issubclass(m, NativeRegularizer) and m.exclusive]
+        names = [m.name for m in native if m.option_is_set(upgraded)]
+        upgraded.regularizer = "+".join(names) if names else "none"
+        upgraded._validate()
+        return upgraded
+
+    def _validate(self) -> None:
+        """Our fields' checks, on top of TRL's (run after GRPOConfig.__post_init__)."""
+        names = parse_names(self.regularizer)
         self.build_regularizer()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
         if any(REGISTRY[name].kind in ("loss", "filter") for name in names):

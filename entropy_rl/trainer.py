@@ -17,6 +17,7 @@ tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked sign
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from . import dynamic_sampling, dynamics, onepass, rundir, stats
 from .config import CLIP_LOSS_TYPES, EntropyGRPOConfig
@@ -52,6 +53,28 @@ RAW_ADV_KEY, S_MINUS_N_KEY = "entropy_rl_raw_advantages", "entropy_rl_s_minus_n"
 MAX_LOG_RATIO = 20.0
 # Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
 STATE_FILE = "entropy_rl_state_rank{rank}.pt"
+
+logger = logging.getLogger(__name__)
+
+
+def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
+    """The trainer's config: an EntropyGRPOConfig as given, or a plain GRPOConfig (or None, as TRL) upgraded to one."""
+    if isinstance(args, EntropyGRPOConfig):
+        return args
+    if args is None:  # TRL's own default output directory
+        name = model if isinstance(model, str) else model.config._name_or_path
+        return EntropyGRPOConfig(output_dir=f"{str(name).split('/')[-1]}-GRPO")
+    if not isinstance(args, GRPOConfig):
+        raise TypeError(f"args must be a GRPOConfig or an EntropyGRPOConfig, got {type(args).__name__}")
+    upgraded = EntropyGRPOConfig.from_grpo_config(args)
+    logger.warning(
+        "EntropyGRPOTrainer: plain GRPOConfig upgraded to EntropyGRPOConfig (diagnostics=True, regularizer=%r, "
+        "dynamics_every=%d, metrics in %s); pass an EntropyGRPOConfig to choose them",
+        upgraded.regularizer,
+        upgraded.dynamics_every,
+        Path(upgraded.output_dir) / upgraded.metrics_file,
+    )
+    return upgraded
 
 
 class AcceleratorReducer:
@@ -94,15 +117,15 @@ class _StepEndCallback(TrainerCallback):
 class EntropyGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with entropy diagnostics and regularizers (`--regularizer`).
 
-    With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe.
+    With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe. It takes the same
+    arguments as GRPOTrainer; a plain GRPOConfig is upgraded to an EntropyGRPOConfig with our defaults (logged), so a
+    TRL script changes one import.
     """
 
     args: EntropyGRPOConfig
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, EntropyGRPOConfig):
-            raise TypeError(f"args must be an EntropyGRPOConfig, got {type(self.args).__name__}")
+    def __init__(self, model: Any, reward_funcs: Any, args: GRPOConfig | None = None, *rest: Any, **kwargs: Any):
+        super().__init__(model, reward_funcs, as_entropy_config(args, model), *rest, **kwargs)
         self.regularizer = self.args.build_regularizer()
         # Split the methods by when their statistics are taken: once per rollout batch over every rank (filters, and
         # everything under stat_scope=global), or per loss micro-batch (the authors' verl code).
@@ -163,7 +186,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
         try:
             loss = super()._compute_loss(model, self._loss_inputs)
             if self._penalty is not None:
-                loss = loss + self._normalize_like_trl(self._penalty, self._loss_inputs)
+                penalty = self._penalty * self._sampler_correction(self._loss_inputs)
+                loss = loss + self._normalize_like_trl(penalty, self._loss_inputs)
             return loss
         finally:
             self._loss_inputs, self._penalty = None, None
@@ -295,6 +319,14 @@ class EntropyGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         return {key: value[mine].to(device) for key, value in table.items()}
 
+    def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
+        """TRL's vLLM importance-sampling weight of each token (1 without vLLM): the factor TRL's `_compute_loss`
+        multiplies every per-token policy loss by, so that the KL-Cov penalty and the diagnostics' predicted entropy
+        change weigh the tokens as the update does. TRL applies it only under these conditions (not for vespo)."""
+        ratio = inputs.get("importance_sampling_ratio")
+        corrected = self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo"
+        return ratio if corrected and ratio is not None else 1.0
+
     # ---------------------------------------------------------------- regularizers
     def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
         return TokenBatch(
@@ -412,7 +444,10 @@ class EntropyGRPOTrainer(GRPOTrainer):
             unclipped=unclipped,
             # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
             # removed it): predict with that.
-            update_advantages=stats.per_token(inputs["advantages"], logps) * self._loss_mask(inputs),
+            # Under vLLM TRL also weighs each token's loss by its importance-sampling correction.
+            update_advantages=stats.per_token(inputs["advantages"], logps)
+            * self._loss_mask(inputs)
+            * self._sampler_correction(inputs),
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
         if self._measures_dynamics(self.state.global_step + 1):

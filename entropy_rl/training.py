@@ -1,30 +1,50 @@
-"""Training as a library: the script arguments, the built-in default, and one run from parsed arguments to a model.
+"""Training as a library: TRL's script arguments, the built-in default, and one run from parsed arguments to a model.
 
-    script_args, config = parse_train_args(["--config", "recipes/toy/grpo.yaml", "--learning_rate", "5e-5"])
-    run_dir = train_run(script_args, config)
+    script_args, config, model_args = parse_train_args(["--config", "recipes/toy/grpo.yaml", "--learning_rate", "5e-5"])
+    run_dir = train_run(script_args, config, model_args)
 
-A YAML recipe sets any field of TrainScriptArguments or EntropyGRPOConfig; command-line flags override it. The
-command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate hand-over, the exit codes and the report.
+The arguments are TRL's own, parsed as trl/scripts/grpo.py parses them: `(TrainScriptArguments, EntropyGRPOConfig,
+ModelConfig)` with TrlParser, so `--dataset_name` is a Hub id or a local file, `--model_name_or_path` comes with
+ModelConfig's dtype / attention / LoRA / 4- and 8-bit flags, and `--reward_funcs` names reward functions. A YAML recipe
+sets any field of the three; command-line flags override it. Two things differ from TRL's script, both additions:
+no arguments at all trains the built-in toy (a tiny model on addition, BUILTIN_DEFAULTS), and `--config` also takes a
+packaged recipe's name. The command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate hand-over, the
+exit codes and the report.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl import ModelConfig, ScriptArguments
+
 from . import rundir
 from .config import EntropyGRPOConfig
 from .errors import ConfigError
+from .resources import YAML_SUFFIXES, find_recipe
 
-# Reward names usable in `reward_funcs`; anything else is a dotted import path `package.module.function`.
+# Reward functions usable by name in `reward_funcs`: ours, then TRL's (trl.rewards, as trl/scripts/grpo.py names
+# them). Anything else is an import path, `package.module:function` or TRL's dotted `package.module.function`.
 REWARDS = {
-    "arithmetic": "entropy_rl.toy.arithmetic_reward",
-    "math": "entropy_rl.rewards.math_reward",  # final \boxed{} only, math-verify (the papers' reward)
-    "math_loose": "entropy_rl.rewards.math_loose_reward",  # the evaluator's fallbacks too (GSM8K-style data)
+    "arithmetic": "entropy_rl.toy:arithmetic_reward",
+    "math": "entropy_rl.rewards:math_reward",  # final \boxed{} only, math-verify (the papers' reward)
+    "math_loose": "entropy_rl.rewards:math_loose_reward",  # the evaluator's fallbacks too (GSM8K-style data)
+    "accuracy_reward": "trl.rewards:accuracy_reward",
+    "reasoning_accuracy_reward": "trl.rewards:reasoning_accuracy_reward",
+    "think_format_reward": "trl.rewards:think_format_reward",
+    "get_soft_overlong_punishment": "trl.rewards:get_soft_overlong_punishment",
 }
+# TRL's script builds this one from a factory with these values; so does this one, for the same command line.
+REWARD_FACTORY_KWARGS = {"get_soft_overlong_punishment": {"max_completion_len": 1280, "soft_punish_cache": 256}}
+# Local data files `--dataset_name` accepts, by suffix -> the `datasets` builder that reads them.
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+BUILTIN_DATASET = "arithmetic"
 
 # The built-in default, used when no --config is given: sized for 2 CPU cores (docs/results/default-run.md).
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -51,43 +71,67 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
 
 
 @dataclass
-class TrainScriptArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Model to train (Hub id or local path). Default: the built-in tiny model, warm-started."},
-    )
-    dataset_name: str = field(
-        default="arithmetic",
+class TrainScriptArguments(ScriptArguments):
+    """TRL's ScriptArguments (dataset_name, dataset_config, splits, streaming) plus rewards and the built-in task."""
+
+    dataset_name: str | None = field(
+        default=BUILTIN_DATASET,
         metadata={
-            "help": "Prompts to train on: 'arithmetic' (built-in task), 'arithmetic_hard' (its problems the "
-            "warm-started policy answers wrong greedily, docs/toy.md) or a benchmark name / spec path from eval/ "
-            "(its prompt template and gold answers; --dataset_file swaps in another file of the same format)."
+            "help": "Prompts to train on, as in TRL: a Hub dataset id (with --dataset_config and "
+            "--dataset_train_split) or a local file (.jsonl, .json, .parquet, .csv) or folder, with a `prompt` "
+            "column; the other columns reach the reward functions. Also: 'arithmetic' (the built-in task, default), "
+            "'arithmetic_hard' (its problems the warm-started policy answers wrong greedily, docs/toy.md) "
+            "or a dataset spec YAML in the benchmark format (recipes/data/*.yaml: prompt template and gold answers)."
         },
     )
     dataset_file: str | None = field(
         default=None,
-        metadata={"help": "Local JSONL file replacing the benchmark spec's data source (e.g. a GSM8K train split)."},
+        metadata={"help": "Local JSONL file replacing the data source of a dataset spec YAML (--dataset_name *.yaml)."},
     )
     num_train_problems: int = field(
         default=4096, metadata={"help": "Number of problems drawn for the built-in arithmetic tasks."}
     )
+    reward_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Reward model (Hub id or local path), scored by TRL next to the reward functions."},
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["arithmetic"],
-        metadata={"help": f"Reward functions: names among {sorted(REWARDS)} or dotted import paths."},
+        metadata={
+            "help": f"Reward functions: names among {sorted(REWARDS)}, or an import path 'package.module:function' "
+            "(or TRL's 'package.module.function'); modules in the current directory are found."
+        },
     )
 
 
-def resolve_reward(name: str) -> Callable[..., list[float]]:
-    path = REWARDS.get(name, name)
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
+def _import_path(name: str) -> tuple[str, str]:
+    """(module, attribute) of 'pkg.mod:func' or 'pkg.mod.func'."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+    else:
+        module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
         raise ConfigError(
-            f"invalid config: reward_funcs entry {name!r}; allowed: one of {sorted(REWARDS)} or a dotted import path"
+            f"invalid config: reward_funcs entry {name!r}; allowed: one of {sorted(REWARDS)} or an import path "
+            "'package.module:function'"
         )
+    return module_name, attr
+
+
+def resolve_reward(name: str) -> Callable[..., list[float]]:
+    """The reward function `name` stands for (see REWARDS); an import path may name a module in the cwd, as in TRL."""
+    module_name, attr = _import_path(REWARDS.get(name, name))
+    if name not in REWARDS and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # trl/scripts/grpo.py does the same for `my_rewards.func`
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        function = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise ConfigError(f"invalid config: reward_funcs entry {name!r} cannot be imported ({err})") from err
+    if name in REWARD_FACTORY_KWARGS:
+        function = function(**REWARD_FACTORY_KWARGS[name])
+    if not callable(function):
+        raise ConfigError(f"invalid config: reward_funcs entry {name!r} is {type(function).__name__}, not a function")
+    return function
 
 
 def build_rewards(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> list[Callable[..., Any]]:
@@ -101,39 +145,70 @@ def build_rewards(script_args: TrainScriptArguments, config: EntropyGRPOConfig) 
     return rewards
 
 
-def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig]:
-    """(script_args, config) from `entropy-rl train` arguments; without --config, BUILTIN_DEFAULTS underlie them.
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+    """argv with `--config NAME` replaced by the recipe file it names (a path, or a packaged recipe's name)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = str(find_recipe(out[i + 1]))
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + str(find_recipe(arg.partition("=")[2]))
+    return out
 
-    Raises ConfigError for an unknown or abbreviated flag or YAML key and for an invalid value. `--help` and values
-    argparse cannot convert end the process through argparse (SystemExit), as in any TRL script.
+
+def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig, ModelConfig]:
+    """(script_args, config, model_args) from `entropy-rl train` arguments, in trl/scripts/grpo.py's order.
+
+    Without --config, BUILTIN_DEFAULTS underlie them. Raises ConfigError for an unknown or abbreviated flag or YAML key
+    and for an invalid value. `--help` and values argparse cannot convert end the process through argparse
+    (SystemExit), as in any TRL script.
     """
     from trl import TrlParser
 
     # No prefix matching: `--learning_rat` must be an error, not silently `--learning_rate`.
-    parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig), allow_abbrev=False)
-    if "--config" not in argv:
+    parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig, ModelConfig), allow_abbrev=False)
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv):
         parser.set_defaults_with_config(**BUILTIN_DEFAULTS)
     try:
-        script_args, config = parser.parse_args_and_config(args=argv)
+        script_args, config, model_args = parser.parse_args_and_config(args=_resolve_config_flag(argv))
     except ConfigError:
         raise
     except ValueError as err:  # TRL/transformers report unknown flags and their own invalid values as ValueError
         raise ConfigError(str(err)) from err
-    return script_args, config
+    return script_args, config, model_args
 
 
 def build_dataset(script_args: TrainScriptArguments, seed: int):
-    """Rows with `prompt` and the `answer` column the rewards read."""
-    from datasets import Dataset
+    """The training rows: a `prompt` column, and the columns the rewards read (`answer` for ours)."""
+    name = script_args.dataset_name
+    if name is None:
+        raise ConfigError("invalid config: dataset_name=None; allowed: a Hub id, a local file, 'arithmetic' or a spec")
+    if script_args.dataset_file and not name.endswith(YAML_SUFFIXES):
+        raise ConfigError(
+            f"invalid config: dataset_file={script_args.dataset_file!r} with dataset_name={name!r}; allowed: only "
+            "with a dataset spec YAML (otherwise pass the file itself as --dataset_name)"
+        )
+    if name == BUILTIN_DATASET:
+        from datasets import Dataset
 
-    if script_args.dataset_name == "arithmetic":
         from .toy import make_problems
 
         return Dataset.from_list(make_problems(script_args.num_train_problems, split="train", seed=seed))
-    if script_args.dataset_name == "arithmetic_hard":
+    if name == "arithmetic_hard":
+        from datasets import Dataset
+
         from .toy import make_hard_problems
 
         return Dataset.from_list(make_hard_problems(script_args.num_train_problems, split="train", seed=seed))
+    if name.endswith(YAML_SUFFIXES):
+        return _spec_dataset(script_args)
+    return _trl_dataset(script_args)
+
+
+def _spec_dataset(script_args: TrainScriptArguments):
+    """A dataset spec in the benchmark format: its prompt template applied, its gold answers as `answer`."""
+    from datasets import Dataset
+
     from .evaluation.benchmarks import BenchmarkError, load_benchmark
 
     try:
@@ -142,22 +217,103 @@ def build_dataset(script_args: TrainScriptArguments, seed: int):
         raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r}: {err}") from err
     rows = []
     for problem in benchmark.problems:
-        # A chat-template benchmark becomes a conversational prompt: TRL then applies the tokenizer's template.
+        # A chat-template spec becomes a conversational prompt: TRL then applies the tokenizer's template.
         prompt = [{"role": "user", "content": problem["prompt"]}] if benchmark.chat_template else problem["prompt"]
         rows.append({"prompt": prompt, "answer": problem["gold"]})
     return Dataset.from_list(rows)
 
 
-def load_policy(script_args: TrainScriptArguments):
-    """(model, tokenizer) to train: the given checkpoint, or the built-in tiny model warm-started on addition."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _trl_dataset(script_args: TrainScriptArguments):
+    """As trl/scripts/grpo.py: `load_dataset(dataset_name, dataset_config)[dataset_train_split]`; a file by suffix."""
+    from datasets import load_dataset
 
-    if script_args.model_name_or_path is None:
-        from .toy import load_toy, warm_start
+    name, split = script_args.dataset_name, script_args.dataset_train_split
+    path = Path(name).expanduser()
+    try:
+        if path.is_file():
+            builder = LOCAL_FORMATS.get(path.suffix.lower())
+            if builder is None:
+                suffix, allowed = path.suffix, sorted(LOCAL_FORMATS)
+                raise ConfigError(f"invalid config: dataset_name={name!r} has suffix {suffix!r}; allowed: {allowed}")
+            # One file is one split: it is the training split whatever dataset_train_split says.
+            streaming = script_args.dataset_streaming
+            dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
+        else:
+            dataset = load_dataset(
+                name, name=script_args.dataset_config, split=split, streaming=script_args.dataset_streaming
+            )
+    except ConfigError:
+        raise
+    except Exception as err:  # unknown id, offline, missing split, unreadable file: one line, naming the field
+        raise ConfigError(
+            f"invalid config: dataset_name={name!r} (config {script_args.dataset_config!r}, split {split!r}) could "
+            f"not be loaded: {type(err).__name__}: {err}"
+        ) from err
+    if "prompt" not in (dataset.column_names or []):
+        raise ConfigError(
+            f"invalid config: dataset_name={name!r} has no 'prompt' column (columns: {dataset.column_names}); "
+            "allowed: a dataset in TRL's prompt-only format"
+        )
+    return dataset
 
-        return load_toy(warm_start())
-    path = script_args.model_name_or_path
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), AutoTokenizer.from_pretrained(path)
+
+def _model_init_kwargs(model_args: ModelConfig, config: EntropyGRPOConfig) -> dict[str, Any]:
+    """What trl/scripts/grpo.py passes to from_pretrained, the user's --model_init_kwargs winning; safetensors only."""
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": config.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        "use_safetensors": True,  # never unpickle weights from a model folder
+    }
+    kwargs.update(config.model_init_kwargs or {})
+    return kwargs
+
+
+def _check_toy_model_args(model_args: ModelConfig, config: EntropyGRPOConfig) -> None:
+    """Loading flags that only apply to a checkpoint on disk or the Hub are refused for the built-in model."""
+    refused = {
+        "model_init_kwargs": config.model_init_kwargs,
+        "attn_implementation": model_args.attn_implementation,
+        "load_in_4bit": model_args.load_in_4bit or None,
+        "load_in_8bit": model_args.load_in_8bit or None,
+    }
+    for name, value in refused.items():
+        if value is not None:
+            raise ConfigError(
+                f"invalid config: {name}={value!r} without model_name_or_path; allowed: only with a checkpoint "
+                "(the built-in toy model is built in code; it takes --dtype and --use_peft)"
+            )
+
+
+def load_policy(model_args: ModelConfig, config: EntropyGRPOConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) for the trainer: a model id for TRL to load with model_init_kwargs, or the built-in model.
+
+    For a model id the tokenizer is None: TRL loads the processing class from the same id, as in its own script.
+    """
+    if model_args.model_name_or_path is not None:
+        config.model_init_kwargs = _model_init_kwargs(model_args, config)
+        return model_args.model_name_or_path, None
+    _check_toy_model_args(model_args, config)
+    from .toy import load_toy, warm_start
+
+    model, tokenizer = load_toy(warm_start())
+    if model_args.dtype not in (None, "auto", "float32"):
+        import torch
+
+        model = model.to(getattr(torch, model_args.dtype))
+    return model, tokenizer
+
+
+def peft_and_quantization(model_args: ModelConfig) -> dict[str, Any]:
+    """TRL's `peft_config` and `quantization_config` trainer arguments from ModelConfig (None when not asked for)."""
+    from trl import get_peft_config, get_quantization_config
+
+    try:
+        peft_config = get_peft_config(model_args)
+    except ValueError as err:  # peft not installed
+        raise ConfigError(f"invalid config: use_peft=True needs peft: pip install 'entropy-rl[peft]' ({err})") from err
+    return {"peft_config": peft_config, "quantization_config": get_quantization_config(model_args)}
 
 
 def check_checkpoint(path: str) -> None:
@@ -176,22 +332,35 @@ def check_checkpoint(path: str) -> None:
         )
 
 
-def train_run(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> Path:
+def train_run(
+    script_args: TrainScriptArguments, config: EntropyGRPOConfig, model_args: ModelConfig | None = None
+) -> Path:
     """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model)."""
     from .trainer import EntropyGRPOTrainer
 
+    model_args = model_args or ModelConfig()
     # Cheap checks first: a typo should not wait for a model to load.
     if config.resume_from_checkpoint:
         check_checkpoint(config.resume_from_checkpoint)
-    rewards = build_rewards(script_args, config)
+    rewards: list[Any] = build_rewards(script_args, config)
+    if script_args.reward_model_name_or_path:
+        rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
+    extra = peft_and_quantization(model_args)
     dataset = build_dataset(script_args, config.seed)
-    model, tokenizer = load_policy(script_args)
+    model, tokenizer = load_policy(model_args, config)
     trainer = EntropyGRPOTrainer(
-        model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer
+        model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer, **extra
     )
     run_dir = Path(config.output_dir)
-    rundir.write_config(run_dir, {"script": asdict(script_args), **config.to_dict()})
+    rundir.write_config(run_dir, saved_settings(script_args, config, model_args))
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(str(run_dir / rundir.FINAL_DIR))
+    if config.push_to_hub:  # as trl/scripts/grpo.py
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
     trainer.end()  # trackers closed and, under a launcher, the process group left by every rank together
     return run_dir
+
+
+def saved_settings(script_args: TrainScriptArguments, config: EntropyGRPOConfig, model_args: ModelConfig) -> dict:
+    """The run's saved config: the training fields at the top, the script and model arguments under their names."""
+    return {"script": asdict(script_args), "model": asdict(model_args), **config.to_dict()}

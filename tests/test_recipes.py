@@ -1,7 +1,7 @@
 """Recipes (recipes/toy, recipes/qwen2.5-math-7b), accelerate configs (recipes/accelerate) and `--accelerate_config`.
 
-Recipes are parsed exactly as `entropy-rl train --config RECIPE.yaml` parses them (TrlParser over
-TrainScriptArguments + EntropyGRPOConfig, unknown keys fatal), so every key must be a real field and every value must
+Recipes are parsed exactly as `entropy-rl train --config RECIPE.yaml` parses them (TrlParser over TrainScriptArguments
++ EntropyGRPOConfig + TRL's ModelConfig, unknown keys fatal), so every key must be a real field and every value must
 pass EntropyGRPOConfig's validation. One thing cannot be checked as is on a machine without a GPU: transformers'
 TrainingArguments refuses `bf16: true` there ("Your setup doesn't support bf16/gpu"), a check of the machine, not of
 the recipe. Only then the test appends `--bf16 false` on the command line, as a user would: the YAML's keys are still
@@ -12,11 +12,8 @@ matched against the fields first (the override cannot hide a typo) and the YAML 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -32,8 +29,8 @@ TOY_METHODS = PAPER_METHODS | {"entropy_bonus", "high_entropy_tokens", "clip_b+s
 ACCELERATE_NAMES = {"single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "multi_node", "cpu_2proc"}
 QWEN_CONTEXT = 4096  # Qwen2.5-Math-7B max_position_embeddings
 
-# YAML files under recipes/ that are not `entropy-rl train` recipes: the `entropy-rl study` config.
-NOT_TRAIN_RECIPES = {"study.yaml"}
+# YAML files under recipes/ that are not `entropy-rl train` recipes: the `entropy-rl study` configs.
+NOT_TRAIN_RECIPES = {"study.yaml", "hard_study.yaml"}
 
 TOY = sorted(p for p in (RECIPES / "toy").glob("*.yaml") if p.name not in NOT_TRAIN_RECIPES)
 QWEN = sorted(p for p in (RECIPES / "qwen2.5-math-7b").glob("*.yaml") if p.name not in NOT_TRAIN_RECIPES)
@@ -56,25 +53,31 @@ def bf16_unavailable() -> bool:
     return not (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-def parse(path: Path, *overrides: str):
-    """(script_args, config) as `entropy-rl train --config path *overrides` builds them."""
-    from trl import TrlParser
-
-    from entropy_rl.config import EntropyGRPOConfig
-    from entropy_rl.training import TrainScriptArguments
+def parse_all(path: Path, *overrides: str):
+    """(script_args, config, model_args) as `entropy-rl train --config path *overrides` builds them."""
+    from entropy_rl.training import parse_train_args
 
     args = ["--config", str(path), *overrides]
     if load(path).get("bf16") is True and bf16_unavailable():
         args += ["--bf16", "false"]
-    parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig))
-    return parser.parse_args_and_config(args=args, fail_with_unknown_args=True)
+    return parse_train_args(args)
+
+
+def parse(path: Path, *overrides: str):
+    """(script_args, config) of `parse_all`, with the model id moved onto script_args for the checks below."""
+    script_args, config, model_args = parse_all(path, *overrides)
+    script_args.model_name_or_path = model_args.model_name_or_path
+    return script_args, config
 
 
 def field_names() -> set[str]:
+    from trl import ModelConfig
+
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.training import TrainScriptArguments
 
-    return {f.name for cls in (TrainScriptArguments, EntropyGRPOConfig) for f in dataclasses.fields(cls)}
+    classes = (TrainScriptArguments, EntropyGRPOConfig, ModelConfig)
+    return {f.name for cls in classes for f in dataclasses.fields(cls)}
 
 
 def expected_regularizer(path: Path) -> str:
@@ -179,7 +182,7 @@ def write_variant(tmp_path: Path, base: Path, **changes) -> Path:
 
 def test_recipe_with_a_typo_key_fails_naming_it(tmp_path):
     path = write_variant(tmp_path, RECIPES / "toy" / "grpo.yaml", learning_rat=1e-4)
-    with pytest.raises(ValueError, match="learning_rat"):
+    with pytest.raises(ConfigError, match="learning_rat"):
         parse(path)
 
 
@@ -206,8 +209,30 @@ def test_cli_flags_override_a_recipe():
 def test_parse_train_args_reads_a_recipe():
     from entropy_rl.training import parse_train_args
 
-    script_args, config = parse_train_args(["--config", str(RECIPES / "toy" / "steer.yaml")])
+    script_args, config, model_args = parse_train_args(["--config", str(RECIPES / "toy" / "steer.yaml")])
     assert config.regularizer == "steer" and config.max_steps == 300 and script_args.dataset_name == "arithmetic"
+    assert model_args.model_name_or_path is None and model_args.use_peft is False
+
+
+@pytest.mark.parametrize("name", ["toy/steer", "toy/steer.yaml", "recipes/toy/steer.yaml"])
+def test_a_recipe_by_name_from_any_directory(name, tmp_path, monkeypatch):
+    from entropy_rl.resources import list_recipes
+    from entropy_rl.training import parse_train_args
+
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the package's own are found
+    _, config, _ = parse_train_args(["--config", name])
+    assert config.regularizer == "steer"
+    assert {"toy/steer", "toy/grpo", "qwen2.5-math-7b/clip_cov", "accelerate/zero2", "data/dapo_math_17k"} <= set(
+        list_recipes()
+    )
+
+
+def test_an_unknown_recipe_name_lists_the_known_ones(tmp_path, monkeypatch):
+    from entropy_rl.training import parse_train_args
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="'toy/nope' is neither a file nor a recipe name.*toy/grpo"):
+        parse_train_args(["--config", "toy/nope"])
 
 
 # ------------------------------------------------------------------------------------------------ accelerate configs
@@ -268,31 +293,43 @@ PROBE = textwrap.dedent(
 @pytest.mark.slow
 def test_cpu_2proc_really_starts_two_gloo_ranks(tmp_path, monkeypatch):
     """What the trainer sees under `--accelerate_config cpu_2proc`: ranks 0 and 1 of 2 on MULTI_CPU (gloo)."""
+    from entropy_rl.cli.launch import accelerate_launch
+
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    command, env = build_launch(["--accelerate_config", str(ACCELERATE_DIR / "cpu_2proc.yaml")])
     out = tmp_path / "out"
     out.mkdir()
-    # The same launcher, config and environment as `--accelerate_config cpu_2proc`, with the probe as the script.
-    launch = command[: command.index("-m", 4)] + [str(probe), str(out)]
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The same launcher, config and environment as `--accelerate_config cpu_2proc`, with the probe as the program.
+    launch = build_launch(["--accelerate_config", str(ACCELERATE_DIR / "cpu_2proc.yaml")], [str(probe), str(out)])
+    assert accelerate_launch(launch) == 0
     seen = sorted(path.read_text() for path in out.iterdir())
-    assert seen == ["rank=0 of=2 type=MULTI_CPU", "rank=1 of=2 type=MULTI_CPU"], result.stderr[-3000:]
+    assert seen == ["rank=0 of=2 type=MULTI_CPU", "rank=1 of=2 type=MULTI_CPU"]
+
+
+def test_a_failing_program_gives_its_exit_code(tmp_path, monkeypatch):
+    """accelerate's API raises when the launched program fails; the launch returns its exit code instead."""
+    from entropy_rl.cli.launch import accelerate_launch
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    script = tmp_path / "fail.py"
+    script.write_text("import sys; sys.exit(3)\n")
+    launch = build_launch(["--accelerate_config", str(ACCELERATE_DIR / "single_gpu.yaml")], [str(script)])
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # single_gpu.yaml on a machine without one
+    assert accelerate_launch(launch) == 3
 
 
 # ------------------------------------------------------------------------------------------------ --accelerate_config
 class FakeRun:
-    """Stands in for subprocess.run: records the command and environment, returns a chosen exit code."""
+    """Stands in for accelerate's launch: records what it was asked to run, returns a chosen exit code."""
 
     def __init__(self, returncode: int = 0):
         self.returncode = returncode
         self.calls: list[tuple[list[str], dict[str, str]]] = []
 
-    def __call__(self, command, env=None):
-        self.calls.append((list(command), dict(env or {})))
-        return SimpleNamespace(returncode=self.returncode)
+    def __call__(self, launch):
+        self.calls.append((list(launch.args), dict(launch.env)))
+        return self.returncode
 
 
 @pytest.fixture()
@@ -316,12 +353,13 @@ def test_no_accelerate_config_trains_in_process(in_repo):
     assert run.calls == []
 
 
-def test_relaunch_builds_the_accelerate_command(in_repo):
+def test_relaunch_builds_the_accelerate_command(in_repo, capsys):
+    from accelerate.commands.launch import launch_command_parser
+
     argv = ["--config", "recipes/qwen2.5-math-7b/clip_cov.yaml", "--accelerate_config", "zero2", "--seed", "3"]
-    code, command, env = launched(argv + ["--num_processes", "4"], returncode=0)
+    code, args, env = launched(argv + ["--num_processes", "4"], returncode=0)
     assert code == 0
-    assert command[:4] == [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch"]
-    assert command[4:] == [
+    assert args == [
         "--config_file",
         str(REPO / "recipes" / "accelerate" / "zero2.yaml"),
         "--num_processes",
@@ -334,19 +372,18 @@ def test_relaunch_builds_the_accelerate_command(in_repo):
         "--seed",
         "3",
     ]
-    assert "ACCELERATE_USE_CPU" not in env
+    assert env == {}
+    # accelerate's own parser reads them as `accelerate launch` would
+    parsed = launch_command_parser().parse_args(args)
+    assert parsed.module and parsed.training_script == "entropy_rl.cli" and parsed.num_processes == 4
+    assert parsed.training_script_args == ["train", "--config", "recipes/qwen2.5-math-7b/clip_cov.yaml", "--seed", "3"]
+    assert capsys.readouterr().err.strip() == "entropy-rl train: accelerate launch " + " ".join(args)
 
 
 def test_relaunch_returns_the_launchers_exit_code(in_repo):
-    code, command, _ = launched(["--accelerate_config=multi_gpu", "--max_steps", "2"], returncode=3)
+    code, args, _ = launched(["--accelerate_config=multi_gpu", "--max_steps", "2"], returncode=3)
     assert code == 3
-    assert command[-3:] == ["train", "--max_steps", "2"] and "--num_processes" not in command
-
-
-def test_launcher_module_exists():
-    import importlib.util
-
-    assert importlib.util.find_spec("accelerate.commands.accelerate_cli") is not None
+    assert args[-3:] == ["train", "--max_steps", "2"] and "--num_processes" not in args
 
 
 def test_config_names_resolve_to_our_recipes_then_trls(in_repo):
@@ -360,15 +397,15 @@ def test_config_names_resolve_to_our_recipes_then_trls(in_repo):
 
 
 def test_config_names_resolve_from_another_directory(tmp_path, monkeypatch):
-    """An editable install finds the checkout's recipes from any cwd (the source tree next to the package)."""
+    """The package's recipes are found from any cwd (the checkout's folder here; a wheel's copy when installed)."""
     monkeypatch.chdir(tmp_path)
     assert resolve_accelerate_config("cpu_2proc") == REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
 
 
 def test_cpu_config_launches_with_cpu_mode(in_repo):
-    _, command, env = launched(["--accelerate_config", "cpu_2proc", "--config", "recipes/toy/grpo.yaml"])
-    assert env["ACCELERATE_USE_CPU"] == "true" and env["OMP_NUM_THREADS"] == "1"
-    assert command[command.index("--config_file") + 1].endswith("cpu_2proc.yaml")
+    _, args, env = launched(["--accelerate_config", "cpu_2proc", "--config", "recipes/toy/grpo.yaml"])
+    assert env == {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    assert args[args.index("--config_file") + 1].endswith("cpu_2proc.yaml")
 
 
 def test_cpu_config_keeps_a_users_thread_count(in_repo, monkeypatch):

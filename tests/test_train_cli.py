@@ -114,7 +114,7 @@ def test_train_on_a_benchmark_file_with_the_math_reward(tmp_path, make_model, to
         "--model_name_or_path",
         str(model_dir),
         "--dataset_name",
-        "gsm8k",
+        "eval/benchmarks/gsm8k.yaml",  # a spec in the benchmark format; a bare name would be a Hub id, as in TRL
         "--dataset_file",
         str(data),
         "--reward_funcs",

@@ -144,3 +144,41 @@ def test_filters_do_not_change_what_the_diagnostics_measure(make_model, tokenize
     assert rows["clip_b"]["reg/clip_b/removed_frac"] > 0
     for key in ("tokens", "entropy/token_mean", "entropy/seq_mean", "cov/logp_adv", "discriminator/N_mean"):
         assert rows["clip_b"][key] == pytest.approx(rows["none"][key], rel=1e-9), key
+
+
+@pytest.mark.parametrize("name", ["none", "clip_cov", "kl_cov", "steer"])
+def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_model, tokenizer, train_dataset, tmp_path, name):
+    """TRL's vLLM path, without vLLM: the batch carries the sampler's log-probs and TRL's importance-sampling ratio.
+
+    TRL multiplies every per-token policy loss by the ratio; the KL-Cov penalty and the predicted entropy change must
+    follow (a constant ratio c scales the whole loss and the prediction by c), while the PPO ratio, the clip and the
+    methods' statistics keep using `old_per_token_logps`, the training model's log-probs of the rollout policy: the
+    sampler's own log-probs (here deliberately far off) are read by TRL's correction only.
+    """
+    from entropy_rl import stats
+
+    trainer = make_trainer(make_model, tokenizer, train_dataset, tmp_path, name)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.state.global_step = 1
+    inputs = fixed_batch(trainer)
+
+    def loss_and_metrics(extra):
+        trainer._generator.manual_seed(0)
+        trainer._step_sums = None
+        loss = trainer._compute_loss(trainer.model, {**inputs, **extra})
+        return loss.detach(), stats.step_metrics(trainer._step_sums.tolist())
+
+    plain, plain_metrics = loss_and_metrics({})
+    trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # what TRL's loss reads of its vLLM path
+    c = 0.7
+    sampler = {
+        "importance_sampling_ratio": torch.full_like(inputs["old_per_token_logps"], c),
+        "sampling_per_token_logps": inputs["old_per_token_logps"] - 3.0,
+    }
+    corrected, metrics = loss_and_metrics(sampler)
+    torch.testing.assert_close(corrected, c * plain, rtol=1e-5, atol=1e-7)
+    assert plain.abs() > 0
+    for key, value in plain_metrics.items():
+        expected = c * value if key == "dynamics/predicted_dH" else value
+        assert metrics[key] == pytest.approx(expected, rel=1e-6, abs=1e-12), key  # c is a float32 0.7

@@ -5,6 +5,7 @@ entropy-rl eval  ...                                          math benchmarks, e
 entropy-rl fit   RUN_DIR [RUN_DIR ...]                        entropy-performance law R = -a exp(H) + b
 entropy-rl plot  RUN_DIR [RUN_DIR ...]                        entropy / reward curves of runs
 entropy-rl study [--config STUDY.yaml]                        every method x seeds, evaluated, fitted, written up
+entropy-rl --version
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
+        return 0
+    if argv[0] == "--version":
+        from entropy_rl import __version__
+
+        print(f"entropy-rl {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

@@ -2,6 +2,7 @@
 
     entropy-rl eval --model DIR --benchmarks gsm8k,math500 [--output_dir OUT]
     entropy-rl eval --run RUN_DIR --benchmarks arithmetic,gsm8k          # appends RUN_DIR/curve.jsonl
+    entropy-rl eval --list_benchmarks                                    # the names --benchmarks accepts
     accelerate launch --num_processes N -m entropy_rl.cli eval ...       # data parallel (docs/evaluation.md)
 
 The work is done by entropy_rl.evaluation; this module reads the flags and prints the table.
@@ -26,6 +27,7 @@ from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint, eval
 from entropy_rl.grading import DEFAULT_TIMEOUT_S, Grader
 
 COMMAND = "eval"
+LIST_FLAG = "--list_benchmarks"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -34,6 +36,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(COMMAND, __doc__.split("\n\n")[0])
+    add_option(parser, LIST_FLAG, action="store_true", help="print the benchmark names and where their specs are")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--model", help="model directory (safetensors) to evaluate")
     target.add_argument("--run", help="run directory: evaluate each checkpoint-<step>/ and append to curve.jsonl")
@@ -189,6 +192,16 @@ def _body(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_benchmarks() -> int:
+    from entropy_rl.evaluation.benchmarks import BENCHMARK_DIR, available_benchmarks
+
+    print(f"benchmarks in {BENCHMARK_DIR} (pass names to --benchmarks, or a spec YAML path):")
+    print("\n".join(f"  {name}" for name in available_benchmarks()))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if LIST_FLAG in argv:  # needs none of the otherwise required flags
+        return list_benchmarks()
     args = build_parser().parse_args(argv)
     return run_command(COMMAND, lambda: _body(args))

@@ -8,16 +8,15 @@ is the same as
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train \
         --config recipes/qwen2.5-math-7b/clip_cov.yaml
 
-and both work. `maybe_relaunch` strips the two launcher flags, starts `accelerate launch` (the one of this Python
-environment) on `-m entropy_rl.cli train` with every other argument unchanged, and returns its exit code.
+and both work. `maybe_relaunch` strips the two launcher flags, prints the equivalent `accelerate launch` line and runs
+it through accelerate's own launch API (`launch_command_parser` + `launch_command`, what the `accelerate` program
+calls), on `-m entropy_rl.cli train` with every other argument unchanged; it returns the launch's exit code.
 
 NAME|PATH resolves, first match wins (`accelerate_config_names()` lists what a name can be):
 1. an existing file, as given;
-2. `recipes/accelerate/NAME.yaml` under the current directory (run from a checkout of this repository);
-3. `recipes/accelerate/NAME.yaml` in the source tree this package was imported from (editable installs, any cwd);
+2. `recipes/accelerate/NAME.yaml` under the current directory (your own copy next to your recipes);
+3. the package's recipes/accelerate/NAME.yaml (entropy_rl/resources.py: the checkout's folder, or a wheel's copy);
 4. TRL's packaged configs, `trl/accelerate_configs/NAME.yaml` (single_gpu, multi_gpu, zero1-3, fsdp1, fsdp2).
-A pip-installed entropy-rl has no recipes directory, so there NAME means TRL's config of that name; copy
-recipes/accelerate/ from the repository and pass a path (or run from the directory holding it) to use ours.
 
 A config with `use_cpu: true` (recipes/accelerate/cpu_2proc.yaml) also gets ACCELERATE_USE_CPU=true and, unless
 set, OMP_NUM_THREADS=1 in the launched environment: accelerate's multi-process launcher does not pass CPU mode on,
@@ -29,23 +28,21 @@ from __future__ import annotations
 import importlib.resources
 import os
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from entropy_rl.errors import ConfigError
+from entropy_rl.resources import recipes_dir
 
 CONFIG_FLAG = "--accelerate_config"
 PROCESSES_FLAG = "--num_processes"
 RECIPES_SUBDIR = Path("recipes") / "accelerate"
-# The checkout holding this package's source (entropy_rl/cli/launch.py -> the repository root).
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # Set by torchrun (and so by multi-process `accelerate launch`) in every process it starts.
 LAUNCHED_ENV = ("LOCAL_RANK",)
 
-__all__ = ["accelerate_config_names", "build_launch", "maybe_relaunch", "resolve_accelerate_config"]
+__all__ = ["Launch", "accelerate_config_names", "build_launch", "maybe_relaunch", "resolve_accelerate_config"]
 
 
 def _trl_configs_dir() -> Path | None:
@@ -62,7 +59,7 @@ def _trl_configs_dir() -> Path | None:
 
 def _search_dirs() -> list[Path]:
     """Directories whose NAME.yaml files are accelerate config names, in priority order (TRL's last)."""
-    dirs = [Path.cwd() / RECIPES_SUBDIR, SOURCE_ROOT / RECIPES_SUBDIR]
+    dirs = [Path.cwd() / RECIPES_SUBDIR, recipes_dir() / "accelerate"]
     trl_dir = _trl_configs_dir()
     if trl_dir is not None:
         dirs.append(trl_dir)
@@ -126,8 +123,22 @@ def _config_uses_cpu(path: Path) -> bool:
     return isinstance(config, dict) and bool(config.get("use_cpu", False))
 
 
-def build_launch(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
-    """The `accelerate launch` command and its environment for argv, or None when argv has no --accelerate_config."""
+@dataclass
+class Launch:
+    """One `accelerate launch`: its arguments (after `launch`) and the environment the processes get."""
+
+    args: list[str]
+    env: dict[str, str]
+
+    def shown(self) -> str:
+        return shlex.join(["accelerate", "launch", *self.args])
+
+
+def build_launch(argv: list[str], program: list[str] | None = None) -> Launch | None:
+    """The `accelerate launch` of argv (None when argv has no --accelerate_config).
+
+    `program` is what runs under the launcher, by default `-m entropy_rl.cli train` and the rest of argv.
+    """
     rest, config_value = _pop_flag(list(argv), CONFIG_FLAG)
     rest, processes = _pop_flag(rest, PROCESSES_FLAG)
     if config_value is None:
@@ -143,20 +154,48 @@ def build_launch(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
             f"allowed: either `entropy-rl train {CONFIG_FLAG} ...` or `accelerate launch ... -m entropy_rl.cli train`"
         )
     config_path = resolve_accelerate_config(config_value)
-    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file", str(config_path)]
+    args = ["--config_file", str(config_path)]
     if processes is not None:
         if not processes.isdigit() or int(processes) < 1:
             raise ConfigError(f"invalid config: {PROCESSES_FLAG}={processes!r}; allowed: an integer >= 1")
-        command += [PROCESSES_FLAG, processes]
-    command += ["-m", "entropy_rl.cli", "train", *rest]
-    env = dict(os.environ)
+        args += [PROCESSES_FLAG, processes]
+    args += program if program is not None else ["-m", "entropy_rl.cli", "train", *rest]
+    env: dict[str, str] = {}
     if _config_uses_cpu(config_path):
         env["ACCELERATE_USE_CPU"] = "true"
-        env.setdefault("OMP_NUM_THREADS", "1")
-    return command, env
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+    return Launch(args, env)
 
 
-def maybe_relaunch(argv: list[str], runner: Callable[..., Any] = subprocess.run) -> int | None:
+def accelerate_launch(launch: Launch) -> int:
+    """Run `accelerate launch ARGS` in this process through accelerate's API; the exit code of the launched program.
+
+    accelerate starts the processes itself (torch.distributed.run for several, a subprocess for one) with a copy of
+    this environment, to which `launch.env` is added for the duration of the launch.
+    """
+    import subprocess
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from accelerate.utils import patch_environment
+
+    args = launch_command_parser().parse_args(launch.args)
+    try:
+        with patch_environment(**launch.env):
+            launch_command(args)
+    except subprocess.CalledProcessError as err:  # one process: its exit code
+        return err.returncode or 1
+    except SystemExit as err:  # accelerate exits with 1 after a quiet failure
+        return int(err.code or 0) if isinstance(err.code, int) else 1
+    except Exception as err:  # torch.distributed.run raises ChildFailedError naming the failed ranks
+        failures = getattr(err, "failures", None)
+        if not failures:
+            raise
+        print(f"entropy-rl train: {err}", file=sys.stderr, flush=True)
+        return max(int(getattr(failure, "exitcode", 1) or 1) for failure in failures.values())
+    return 0
+
+
+def maybe_relaunch(argv: list[str], runner: Callable[[Launch], int] = accelerate_launch) -> int | None:
     """Run `entropy-rl train` under `accelerate launch` if argv has --accelerate_config; return its exit code.
 
     Returns None when argv has no --accelerate_config: the caller trains in this process. Raises ConfigError for an
@@ -165,7 +204,5 @@ def maybe_relaunch(argv: list[str], runner: Callable[..., Any] = subprocess.run)
     launch = build_launch(argv)
     if launch is None:
         return None
-    command, env = launch
-    shown = ["accelerate", "launch", *command[4:]]
-    print(f"entropy-rl train: {shlex.join(shown)}", file=sys.stderr, flush=True)
-    return int(runner(command, env=env).returncode)
+    print(f"entropy-rl train: {launch.shown()}", file=sys.stderr, flush=True)
+    return int(runner(launch))

@@ -23,6 +23,7 @@ from typing import Any
 
 from entropy_rl.cli.common import run_command
 from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.resources import find_recipe
 from entropy_rl.study.spec import (
     DEFAULT_CONFIG,
     QUICK,
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_study(args: argparse.Namespace) -> tuple[Study, dict[str, Any]]:
     """The study and the resolved mapping it was built from (the YAML with --quick and the flags applied)."""
-    path = Path(args.config)
+    path = find_recipe(args.config)  # a path, or a packaged recipe's name (the default works from any directory)
     data = read_study_file(path)
     if args.quick:
         for dest, value in QUICK.items():

@@ -1,14 +1,19 @@
-"""`entropy-rl train`: GRPO with entropy diagnostics and regularizers, configured like a TRL script.
+"""`entropy-rl train`: GRPO with entropy diagnostics and regularizers, with the arguments of TRL's GRPO script.
 
 With no arguments it runs the built-in default on CPU: a tiny model warm-started on two-operand addition, then GRPO.
 
     entropy-rl train                                       # built-in task, ~1.5 min on 2 CPU cores
     entropy-rl train --config recipes/toy/grpo.yaml --learning_rate 5e-5
+    entropy-rl train --config toy/clip_cov                 # a packaged recipe by name, from any directory
+    entropy-rl train --list_recipes
+    entropy-rl train --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name trl-lib/DeepMath-103K \
+        --reward_funcs accuracy_reward --use_peft --regularizer clip_cov       # TRL's flags, plus ours
     entropy-rl train --config RECIPE.yaml --accelerate_config zero2 --num_processes 8   # hands over to accelerate
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train --config RECIPE.yaml
 
-A YAML recipe sets any field of TrainScriptArguments or EntropyGRPOConfig (entropy_rl/training.py); command-line
-flags override it. Bad input ends with `entropy-rl train: error: ...` and exit code 2, before any model loads.
+A YAML recipe sets any field of TrainScriptArguments, EntropyGRPOConfig or TRL's ModelConfig
+(entropy_rl/training.py); command-line flags override it. Bad input ends with `entropy-rl train: error: ...` and exit
+code 2, before any model loads.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from entropy_rl.cli.common import run_command
 from entropy_rl.cli.launch import maybe_relaunch
 
 COMMAND = "train"
+LIST_RECIPES_FLAG = "--list_recipes"
 
 
 def main(argv: list[str]) -> int:
@@ -27,13 +33,19 @@ def main(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
+    if LIST_RECIPES_FLAG in argv:
+        from entropy_rl.resources import list_recipes, recipes_dir
+
+        print(f"recipes in {recipes_dir()} (pass one as --config NAME):")
+        print("\n".join(f"  {name}" for name in list_recipes()))
+        return 0
     code = maybe_relaunch(argv)  # --accelerate_config NAME|PATH [--num_processes N] hands over to accelerate
     if code is not None:
         return code
     from entropy_rl.training import parse_train_args, train_run
 
-    script_args, config = parse_train_args(argv)
-    run_dir = train_run(script_args, config)
+    script_args, config, model_args = parse_train_args(argv)
+    run_dir = train_run(script_args, config, model_args)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from entropy_rl.errors import EntropyRLError
+from entropy_rl.errors import ConfigError, EntropyRLError
 from entropy_rl.grading import after_hashes, last_boxed, normalize_number
+from entropy_rl.resources import benchmark_dir, find_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARK_DIR = REPO_ROOT / "eval" / "benchmarks"
+# eval/benchmarks/ in a checkout, the packaged copy in a wheel install (entropy_rl/resources.py).
+BENCHMARK_DIR = benchmark_dir()
 DATA_DIR_ENV = "ENTROPY_RL_DATA_DIR"
 DATA_DIR_PLACEHOLDER = "${" + DATA_DIR_ENV + "}"
 
@@ -76,9 +77,13 @@ def available_benchmarks() -> list[str]:
 def _spec_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.is_file():
-        if not path.is_file():
-            raise BenchmarkError(f"benchmark spec {path} not found")
-        return path
+        packaged = BENCHMARK_DIR / path.name
+        if not path.is_file() and path.parent == Path("eval", "benchmarks") and packaged.is_file():
+            return packaged  # the documented eval/benchmarks/NAME.yaml, from any directory
+        try:  # as given, else a packaged recipe's data spec (recipes/data/...) from any directory
+            return find_recipe(str(name_or_path))
+        except ConfigError:
+            raise BenchmarkError(f"benchmark spec {path} not found") from None
     path = BENCHMARK_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise BenchmarkError(f"unknown benchmark {name_or_path!r}; known: {', '.join(available_benchmarks())}")

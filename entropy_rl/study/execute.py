@@ -58,7 +58,7 @@ def _train(plan: Planned, head: str, report: Callable[[str], None]) -> str:
     status = "trained" if plan.state == "new" else f"resumed from {resumed}"
     report(f"{head}: training ({status})")
     started = time.perf_counter()
-    train_run(plan.script_args, plan.config)
+    train_run(plan.script_args, plan.config, plan.model_args)
     add_time(plan.run_dir, "train_s", time.perf_counter() - started)
     return status
 

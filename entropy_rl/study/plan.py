@@ -9,15 +9,17 @@ refused rather than mixed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trl import ModelConfig
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.errors import ConfigError, check
 from entropy_rl.jsonl import read_rows
 from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, list_checkpoints, read_config
-from entropy_rl.training import TrainScriptArguments, parse_train_args
+from entropy_rl.training import TrainScriptArguments, parse_train_args, saved_settings
 
 from .spec import EvalSpec, Method, Study
 
@@ -31,6 +33,7 @@ class Planned:
     state: str  # "finished", "resume" or "new"
     script_args: TrainScriptArguments
     config: EntropyGRPOConfig
+    model_args: ModelConfig
 
 
 def _flag(key: str, value: Any) -> list[str]:
@@ -66,15 +69,17 @@ def train_argv(study: Study, method: Method, seed: int) -> list[str]:
     return argv
 
 
-def _saved_settings(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> dict[str, Any]:
+def _saved_settings(planned: Planned) -> dict[str, Any]:
     # As training writes the run's saved config, read back through JSON so that both sides compare alike.
-    return json.loads(json.dumps({"script": asdict(script_args), **config.to_dict()}, default=str))
+    settings = saved_settings(planned.script_args, planned.config, planned.model_args)
+    return json.loads(json.dumps(settings, default=str))
 
 
-def _check_same_settings(run_dir: Path, script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> None:
+def _check_same_settings(planned: Planned) -> None:
+    run_dir = planned.run_dir
     if not (run_dir / CONFIG_FILE).is_file():
         return
-    saved, now = read_config(run_dir), _saved_settings(script_args, config)
+    saved, now = read_config(run_dir), _saved_settings(planned)
     # A resumed run records the checkpoint it resumed from; everything else must match.
     changed = sorted(
         k for k in saved.keys() | now.keys() if k != "resume_from_checkpoint" and saved.get(k) != now.get(k)
@@ -110,17 +115,19 @@ def run_state(run_dir: Path, config: EntropyGRPOConfig) -> tuple[str, Path | Non
 def plan_run(study: Study, method: Method, seed: int, problems: int) -> Planned:
     """One run: its train arguments parsed and checked against what its directory already holds."""
     argv = train_argv(study, method, seed)
-    script_args, config = parse_train_args(argv)  # a bad flag or value: ConfigError
+    script_args, config, model_args = parse_train_args(argv)  # a bad flag or value: ConfigError
     # Runs are labelled by their regularizer: a recipe of another method under this name would mislabel them.
     check(config.regularizer == method.name, f"methods.{method.name}", str(method.recipe), "its own recipe")
     run_dir = Path(config.output_dir)
-    _check_same_settings(run_dir, script_args, config)
+    planned = Planned(method.name, seed, run_dir, argv, "new", script_args, config, model_args)
+    _check_same_settings(planned)
     _check_curve(run_dir, study.eval, problems)
     state, checkpoint = run_state(run_dir, config)
     if checkpoint is not None:
         argv += _flag("resume_from_checkpoint", checkpoint)
         config.resume_from_checkpoint = str(checkpoint)
-    return Planned(method.name, seed, run_dir, argv, state, script_args, config)
+    planned.state = state
+    return planned
 
 
 def plan_runs(study: Study, problems: int) -> list[Planned]:
