@@ -28,6 +28,15 @@ def make_model(tokenizer):
     return lambda seed=0: build_model(tokenizer, hidden_size=32, num_layers=2, seed=seed)
 
 
+@pytest.fixture()
+def tiny_model_dir(tmp_path, make_model, tokenizer):
+    """A tiny local checkpoint (weights and tokenizer), as `--model_name_or_path` / `model="path"` would name one."""
+    path = tmp_path / "model"
+    make_model().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def train_dataset():
     from datasets import Dataset

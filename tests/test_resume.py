@@ -55,14 +55,6 @@ def train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture()
-def tiny_model_dir(tmp_path, make_model, tokenizer):
-    path = tmp_path / "model"
-    make_model().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.slow
 def test_sigkill_and_resume_continue_metrics_exactly(tmp_path, tiny_model_dir):
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}

@@ -103,14 +103,6 @@ def train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture()
-def tiny_model_dir(tmp_path, make_model, tokenizer):
-    path = tmp_path / "model"
-    make_model().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def without_timing(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "eval_seconds"} for row in rows]
 

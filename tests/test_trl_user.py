@@ -13,12 +13,8 @@ from entropy_rl.jsonl import read_rows
 
 
 @pytest.fixture()
-def model_dir(tmp_path, make_model, tokenizer):
-    """A tiny local checkpoint, as `--model_name_or_path` / `model="path"` would name one."""
-    path = tmp_path / "model"
-    make_model().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture()
