@@ -44,7 +44,7 @@ def test_yaml_that_is_not_a_mapping(tmp_path, capsys, content, message):
 
 def test_missing_config_file(tmp_path, capsys):
     err = one_line_error(["--config", str(tmp_path / "nope.yaml")], capsys)
-    assert "nope.yaml' : no such file" in err.replace("':", "' :")
+    assert "--config" in err and "nope.yaml" in err  # named, with the packaged recipes offered instead
 
 
 def test_local_model_folder_that_does_not_exist(tmp_path, capsys):
