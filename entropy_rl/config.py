@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -21,6 +22,30 @@ from .regularizers import REGISTRY, NativeRegularizer, Regularizer, get_regulari
 # Loss types whose per-token loss is the PPO-clipped surrogate the loss-rewriting regularizers are defined on.
 CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 STAT_SCOPES = ("micro_batch", "global")
+
+# Ranges of TRL's and transformers' numeric options that they accept unchecked (a negative or NaN learning rate
+# fails deep inside torch, or trains on nonsense): field -> (test, what is allowed). Every float field must also be
+# finite (`_check_numbers`).
+NUMERIC_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
+    "learning_rate": (lambda v: v >= 0, "a finite number >= 0"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "adam_epsilon": (lambda v: v > 0, "a finite number > 0"),
+    "max_grad_norm": (lambda v: v >= 0, "a finite number >= 0 (0 disables clipping)"),
+    "num_train_epochs": (lambda v: v > 0, "a finite number > 0"),
+    "temperature": (lambda v: v > 0, "a finite number > 0"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "beta": (lambda v: v >= 0, "a finite number >= 0"),
+    "epsilon": (lambda v: v >= 0, "a finite number >= 0"),
+    "epsilon_high": (lambda v: v is None or v >= 0, "a finite number >= 0, or unset (= epsilon)"),
+    "per_device_train_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "max_completion_length": (lambda v: v >= 1, "an integer >= 1"),
+    "num_iterations": (lambda v: v >= 1, "an integer >= 1"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 (train for num_train_epochs)"),
+    "max_nan_reward_batches": (lambda v: v >= 0, "an integer >= 0 (0 never stops)"),
+}
 
 __all__ = ["ConfigError", "EntropyGRPOConfig", "regularizer_fields", "with_regularizer_fields"]
 
@@ -91,6 +116,24 @@ class EntropyGRPOConfig(GRPOConfig):
     metrics_file: str = field(
         default="metrics.jsonl",
         metadata={"help": "File name, inside output_dir, of the per-step metrics (one JSON row per optimizer step)."},
+    )
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an output_dir that holds another run (metrics rows, checkpoints or final/) without "
+            "resuming it. Without it such a run is refused. The old run's rows, checkpoints, final/ model and curve "
+            "are removed only when the new run writes its first metrics row. (transformers 5 dropped its option of "
+            "this name; this one revives it.)"
+        },
+    )
+    max_nan_reward_batches: int = field(
+        default=3,
+        metadata={
+            "help": "Stop the run with an error after this many rollout batches in a row in which every reward "
+            "function returned NaN or None for every completion (such a batch trains on zero advantages). Each row "
+            "of metrics.jsonl logs the fraction of unscorable completions as reward/nan_frac. 0 never stops."
+        },
     )
 
     regularizer: str = field(
@@ -198,6 +241,7 @@ class EntropyGRPOConfig(GRPOConfig):
             # Without it, accelerate on a CPU-only machine sets up a 2-process launch as two lone processes.
             self.use_cpu = True
         self._apply_native_regularizers(parse_names(self.regularizer))
+        self._check_numbers()  # before TRL's own __post_init__, which divides by some of them
         super().__post_init__()
         self._validate()
 
@@ -225,6 +269,7 @@ class EntropyGRPOConfig(GRPOConfig):
     def _validate(self) -> None:
         """Our fields' checks, on top of TRL's (run after GRPOConfig.__post_init__)."""
         names = parse_names(self.regularizer)
+        self._check_unselected_parameters(names)
         self.build_regularizer()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
         if any(REGISTRY[name].kind in ("loss", "filter") for name in names):
@@ -295,6 +340,33 @@ class EntropyGRPOConfig(GRPOConfig):
     def curve_every(self) -> float | None:
         """Optimizer steps between two evaluations of the curve: eval_steps, else save_steps."""
         return self.eval_steps if self.eval_steps is not None else self.save_steps
+
+    def _check_numbers(self) -> None:
+        """Every float field finite (NaN and inf are never a setting), and TRL's unchecked options in range."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                check(False, spec.name, value, "a finite number")
+        for name, (test, allowed) in NUMERIC_RANGES.items():
+            value = getattr(self, name)
+            check(test(value), name, value, allowed)
+        if self.save_strategy == "steps":
+            check(self.save_steps > 0, "save_steps", self.save_steps, "a number > 0 with save_strategy='steps'")
+
+    def _check_unselected_parameters(self, names: list[str]) -> None:
+        """A parameter of a method that --regularizer does not select would be silently ignored: refuse it."""
+        for method in REGISTRY.values():
+            if method.name in names:
+                continue
+            for spec in dataclasses.fields(method):
+                default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+                value = getattr(self, spec.name)
+                if value != default:
+                    raise ConfigError(
+                        f"invalid config: {spec.name}={value!r} is a parameter of {method.name}, which "
+                        f"regularizer={self.regularizer!r} does not select; allowed: add {method.name} to "
+                        f"--regularizer, or leave {spec.name} at its default ({default!r})"
+                    )
 
     def _check_off_policy(self, names: list[str]) -> None:
         """Refuse a method that does nothing on-policy (KL-Cov) when every update is on-policy."""

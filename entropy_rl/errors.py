@@ -20,3 +20,7 @@ class ConfigError(EntropyRLError):
 def check(condition: bool, name: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"invalid config: {name}={value!r}; allowed: {allowed}")
+
+
+class RewardError(EntropyRLError):
+    """The reward functions gave no usable reward for too long (every completion NaN/None, batch after batch)."""

@@ -17,22 +17,25 @@ tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked sign
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 
 from . import dynamic_sampling, dynamics, onepass, rundir, stats
 from .config import CLIP_LOSS_TYPES, EntropyGRPOConfig
-from .errors import ConfigError
-from .jsonl import append_row
+from .errors import ConfigError, EntropyRLError, RewardError
+from .jsonl import append_row, read_rows
 from .regularizers import LOCAL, Composite, Edits, TokenBatch
 from .regularizers.base import penalty_loss
 
@@ -51,8 +54,74 @@ RAW_ADV_KEY, S_MINUS_N_KEY = "entropy_rl_raw_advantages", "entropy_rl_s_minus_n"
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
-# Regularizer state saved in each checkpoint, one file per rank (Clip-Cov's random draws differ per rank).
-STATE_FILE = "entropy_rl_state_rank{rank}.pt"
+NAN_FRAC_KEY = "reward/nan_frac"  # fraction of the rollout batch's completions no reward function could score
+
+logger = logging.getLogger(__name__)
+# Spellings of "resume from the newest complete checkpoint in output_dir" (TRL's `True` arrives as a string from a CLI).
+LATEST = ("latest", "True", "true")
+
+
+def check_start(args: EntropyGRPOConfig, resume: str | bool | None) -> str | None:
+    """The verified checkpoint to resume from, or None for a fresh start into a directory that holds no run.
+
+    `resume`: a checkpoint folder (verified: CheckpointError names a missing or unreadable file and the previous
+    complete checkpoint), "latest" or True (the newest complete checkpoint in output_dir; the ones skipped are
+    reported), or None. A start that does not continue output_dir's own run is refused when output_dir holds a run,
+    unless args.overwrite_output_dir.
+    """
+    run_dir = Path(args.output_dir)
+    if resume is True or resume in LATEST:
+        path, skipped = rundir.latest_checkpoint(run_dir)
+        if args.process_index == 0:
+            for line in skipped:
+                logger.warning("resume_from_checkpoint=%s: skipped %s", resume, line)
+        if path is None:
+            detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+            raise rundir.CheckpointError(
+                f"invalid config: resume_from_checkpoint={resume!r}: no complete checkpoint in {run_dir}{detail}; "
+                "allowed: a directory holding a complete checkpoint-<step>/, or start without it"
+            )
+        _check_steps_left(str(path), args.max_steps)
+        return str(path)
+    checkpoint = str(rundir.verify_checkpoint(resume)) if resume else None
+    if checkpoint is not None:
+        _check_steps_left(checkpoint, args.max_steps)
+    own = checkpoint is not None and Path(checkpoint).resolve().parent == run_dir.resolve()
+    contents = [] if own or args.overwrite_output_dir else rundir.run_contents(run_dir, args.metrics_file)
+    if contents:
+        raise rundir.RunDirError(
+            f"invalid config: output_dir={str(run_dir)!r} holds a run ({', '.join(contents)}) that this run would "
+            "overwrite; allowed: resume it (--resume_from_checkpoint latest), choose another --output_dir, or pass "
+            "--overwrite_output_dir true (its files go only when the new run writes its first row)"
+        )
+    return checkpoint
+
+
+def _check_steps_left(checkpoint: str, max_steps: int) -> None:
+    """Resuming a checkpoint at max_steps would train one step past it (transformers checks the limit after a step)."""
+    step = json.loads((Path(checkpoint) / rundir.TRAINER_STATE_FILE).read_text()).get("global_step", 0)
+    if 0 < max_steps <= step:
+        raise rundir.CheckpointError(
+            f"invalid config: resume_from_checkpoint={checkpoint!r} is at step {step} and max_steps={max_steps}: "
+            "the run is finished; allowed: a larger --max_steps to train on"
+        )
+
+
+@contextmanager
+def _naming_checkpoint_file(checkpoint: str | None, what: str) -> Iterator[None]:
+    """A checkpoint file that fails to load (verification cannot read every byte) becomes one line naming it."""
+    try:
+        yield
+    except Exception as err:
+        if checkpoint is None or isinstance(err, EntropyRLError | torch.OutOfMemoryError):
+            raise
+        previous = rundir.previous_complete_checkpoint(checkpoint)
+        offer = f"resume from {previous} instead" if previous else "there is no earlier complete checkpoint"
+        detail = str(err).splitlines()[0] if str(err) else "no detail"
+        raise rundir.CheckpointError(
+            f"cannot resume from {checkpoint}: loading {what} failed ({type(err).__name__}: {detail}); {offer}"
+        ) from err
+
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +232,12 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
         self._check_param_dynamics()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
+        self._rows_started = False  # the first step of this train() call makes the run directory this run's
+        self._start_step = 0  # the step train() started from (the resumed checkpoint's)
+        self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
+        self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
+        self._nan_frac = 0.0  # of the latest rollout batch
+        self._nan_batches: list[int] = []  # steps of the current streak of wholly unscorable rollout batches
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
         self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
@@ -234,6 +309,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
             self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
+            self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
@@ -241,7 +317,35 @@ class EntropyGRPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept for dynamic sampling: TRL's rewards of every process (rows x functions), before any normalisation.
         self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.model.training:
+            self._count_unscorable(self._round_rewards)  # gathered over every rank: each rank decides alike
         return self._round_rewards
+
+    def _count_unscorable(self, rewards_per_func: torch.Tensor) -> None:
+        """Count completions that no reward function scored (TRL gives them zero advantage); stop a run of such
+        batches, which would otherwise train to the end on nothing."""
+        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+        self._nan_frac = unscorable.float().mean().item()
+        self._metrics["train"][NAN_FRAC_KEY].append(self._nan_frac)
+        if self._nan_frac < 1.0:
+            self._nan_batches = []
+            return
+        self._nan_batches.append(self.state.global_step + 1)
+        limit = self.args.max_nan_reward_batches
+        logger.warning(
+            "step %d: every reward function returned NaN/None for all %d completions (%d such batches in a row%s)",
+            self._nan_batches[-1],
+            unscorable.numel(),
+            len(self._nan_batches),
+            f"; the run stops at {limit}" if limit else "",
+        )
+        if limit and len(self._nan_batches) >= limit:
+            raise RewardError(
+                f"reward_funcs returned NaN/None for every completion in {len(self._nan_batches)} rollout batches in "
+                f"a row (steps {self._nan_batches[0]}-{self._nan_batches[-1]}); such batches train on zero "
+                "advantages. Check the reward functions and the dataset columns they read "
+                f"(max_nan_reward_batches={limit}; 0 never stops)"
+            )
 
     # ---------------------------------------------------------------- dynamic sampling (DAPO's filter_groups)
     def _dynamically_sampled(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -476,6 +580,8 @@ class EntropyGRPOTrainer(GRPOTrainer):
 
     def _finish_step(self) -> None:
         """After each optimizer step: one all-reduce of the step's sums, then log and append a metrics row."""
+        if not self._rows_started:
+            self._start_rows()
         if not (self.args.diagnostics or self._reg_sums):
             return
         step = self.state.global_step
@@ -614,34 +720,135 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """Wall time of an in-training evaluation (training_curve), logged with the next step's metrics."""
         self._metrics["train"]["curve/seconds"].append(seconds)
 
-    # ---------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------- training, checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        """TRL's train, after checking what it would resume from or write over (`check_start`)."""
+        resume_from_checkpoint = check_start(self.args, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is written, transformers and TRL write it into RUN_DIR/.staging/checkpoint-<step>/.
+        run_dir = super()._get_output_dir(trial)
+        return str(rundir.staging_dir(run_dir)) if self._staging else run_dir
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        """Write the whole checkpoint (model, optimizer, scheduler, RNG, trainer state, TRL's and our state) into
+        RUN_DIR/.staging/, list it in a manifest, then rename it into place and only then rotate old ones: a
+        checkpoint-<step>/ folder is complete by construction, and the last complete one survives a failed save."""
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = rundir.staging_dir(run_dir) / name, run_dir / name
+        if self.args.should_save:
+            rundir.clear_staging(run_dir)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+            self._save_own_state(staged)
+            self.accelerator.wait_for_everyone()  # every rank's files are there
+            if self.args.should_save:
+                self._repoint_best_checkpoint(staged, final)
+                rundir.write_manifest(staged, self.state.global_step, self.accelerator.num_processes)
+                rundir.publish_checkpoint(staged, final)
+        except Exception as err:
+            failure = self._save_failure(err, staged, final)
+            if failure is err:
+                raise
+            raise failure from err  # a full disk or a dead file system: one line naming the file
+        finally:
+            self._staging = False
+        if self.args.should_save:
+            limit, best = self.args.save_total_limit, self.state.best_model_checkpoint
+            rotate_checkpoints(
+                output_dir=str(run_dir), save_total_limit=limit, best_model_checkpoint=best, use_mtime=True
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_own_state(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {"generator": self._generator.get_state()}
-        torch.save(state, folder / STATE_FILE.format(rank=self.accelerator.process_index))
+        torch.save(state, folder / rundir.STATE_FILE.format(rank=self.accelerator.process_index))
+
+    def _repoint_best_checkpoint(self, staged: Path, final: Path) -> None:
+        """transformers recorded the best checkpoint's staging path when it is this one: record where it will be."""
+        if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
+            self.state.best_model_checkpoint = str(final)
+            self.state.save_to_json(str(staged / rundir.TRAINER_STATE_FILE))
+
+    @staticmethod
+    def _save_failure(err: Exception, staged: Path, final: Path) -> Exception:
+        """Write errors become a CheckpointError naming the file (torch reports a full disk as a RuntimeError
+        without a path: the newest file in the staging folder is the one being written); others pass unchanged."""
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        write_error = isinstance(err, OSError) or any(
+            mark in text for mark in ("inline_container", "PytorchStreamWriter", "I/O error", "No space left")
+        )
+        if not write_error:
+            return err
+        files = [p for p in staged.rglob("*") if p.is_file()] if staged.is_dir() else []
+        path = getattr(err, "filename", None) or (max(files, key=lambda p: p.stat().st_mtime) if files else staged)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else text
+        free = shutil.disk_usage(staged.parent if staged.parent.exists() else final.parent).free
+        if free < 2**20:
+            reason += "; the device is full"
+        shutil.rmtree(staged, ignore_errors=True)  # a partial checkpoint only takes space
+        return rundir.CheckpointError(
+            f"cannot write checkpoint {final.name}: {path}: {reason} ({free / 2**20:.1f} MiB free on that device); "
+            f"the complete checkpoints and metrics rows written so far are intact (resume with "
+            "--resume_from_checkpoint latest)"
+        )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with _naming_checkpoint_file(resume_from_checkpoint, "the model weights"):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_rng_state(self, checkpoint):
+        with _naming_checkpoint_file(checkpoint, "the RNG state (rng_state*.pth)"):
+            super()._load_rng_state(checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        path = Path(checkpoint or "") / STATE_FILE.format(rank=self.accelerator.process_index)
-        if checkpoint is not None and path.exists():
-            state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
-            self._generator.set_state(state["generator"])
+        with _naming_checkpoint_file(checkpoint, "optimizer.pt / scheduler.pt / the regularizer state"):
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None:
+                path = Path(checkpoint) / rundir.STATE_FILE.format(rank=self.accelerator.process_index)
+                state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
+                self._generator.set_state(state["generator"])
 
     # ---------------------------------------------------------------- metrics.jsonl
     def _open_metrics_file(self) -> None:
-        """Continue metrics.jsonl where the (possibly resumed) run stands: rows after the current step are dropped."""
+        """Read the rows the (possibly resumed) run continues from; nothing is rewritten before the first new row."""
+        self._rows_started = False
+        self._start_step = start = self.state.global_step
         if not self.accelerator.is_main_process:
             return
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        start = self.state.global_step
-        kept = rundir.continue_metrics(self._metrics_path, start)
+        kept = [row for row in read_rows(self._metrics_path) if row.get("step", math.inf) <= start] if start else []
         measured = [r for r in kept if "dynamics/measured_dH" in r]
         self._dynamics = ([r["dynamics/predicted_dH"] for r in measured], [r["dynamics/measured_dH"] for r in measured])
         param = [r.get("dynamics/predicted_dH_param") for r in measured]
         self._dynamics_param = [x for x in param if x is not None]
         self._step_started = time.perf_counter()
+
+    def _start_rows(self) -> None:
+        """After the first new step: rows and checkpoints after the resumed step (all, on a fresh start) go and the
+        config is written. A run that fails before its first step leaves the directory as it found it."""
+        self._rows_started = True
+        if not self.accelerator.is_main_process:
+            return
+        run_dir = Path(self.args.output_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.start_rows(run_dir, self.args.metrics_file, self._start_step)
+            rundir.write_config(run_dir, self.saved_config or self.args.to_dict())
+        except OSError as err:
+            raise self._write_failure(err, self._metrics_path, "the run's first row") from err
+
+    def _write_failure(self, err: OSError, path: Path, what: str) -> EntropyRLError:
+        """A full disk (or another OS error) while writing the run directory: one line naming the file."""
+        free = shutil.disk_usage(self.args.output_dir).free
+        return rundir.RunDirError(
+            f"cannot write {err.filename or path} ({what}): {err.strerror or err} ({free / 2**20:.1f} MiB free on "
+            "that device); the rows written so far are intact"
+        )
 
     def _write_row(self, step: int, row: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
@@ -651,4 +858,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         self._step_started = now
         full.update(self._rollout_metrics)
         full.update(row)
-        append_row(self._metrics_path, full)
+        try:
+            append_row(self._metrics_path, full)
+        except OSError as err:  # a full disk: stop with the file named; a torn last line is ignored by readers
+            raise self._write_failure(err, self._metrics_path, f"row of step {step}") from err

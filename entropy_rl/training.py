@@ -20,13 +20,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from trl import ModelConfig, ScriptArguments
 
 from . import rundir
 from .config import EntropyGRPOConfig
-from .errors import ConfigError
+from .errors import ConfigError, check
 from .resources import YAML_SUFFIXES, find_recipe
 
 # Reward functions usable by name in `reward_funcs`: ours, then TRL's (trl.rewards, as trl/scripts/grpo.py names
@@ -156,21 +156,55 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
     return out
 
 
+def check_config_file(argv: list[str]) -> None:
+    """A `--config` file that is missing or not YAML: one line with file and line, before TRL opens it."""
+    import yaml
+
+    if "--config" not in argv:
+        return
+    index = argv.index("--config") + 1
+    if index >= len(argv):
+        raise ConfigError("invalid config: --config needs a YAML file")
+    path = Path(argv[index])
+    if not path.is_file():
+        raise ConfigError(f"invalid config: --config {str(path)!r}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"invalid config: --config {where}: not valid YAML ({problem})") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"invalid config: --config {str(path)!r} cannot be read ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid config: --config {path}: expected a mapping of field: value, got {type(data).__name__}"
+        )
+
+
+def _argparse_error(message: str) -> NoReturn:
+    raise ConfigError(f"invalid config: {message} (see entropy-rl train --help)")
+
+
 def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig, ModelConfig]:
     """(script_args, config, model_args) from `entropy-rl train` arguments, in trl/scripts/grpo.py's order.
 
-    Without --config, BUILTIN_DEFAULTS underlie them. Raises ConfigError for an unknown or abbreviated flag or YAML key
-    and for an invalid value. `--help` and values argparse cannot convert end the process through argparse
-    (SystemExit), as in any TRL script.
+    Without --config, BUILTIN_DEFAULTS underlie them. Raises ConfigError for a missing or malformed --config file, an
+    unknown or abbreviated flag or YAML key, a value argparse cannot convert and an invalid value. `--help` ends the
+    process through argparse, as in any TRL script.
     """
     from trl import TrlParser
 
+    resolved = _resolve_config_flag(argv)
+    check_config_file(resolved)
     # No prefix matching: `--learning_rat` must be an error, not silently `--learning_rate`.
     parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig, ModelConfig), allow_abbrev=False)
+    parser.error = _argparse_error  # one line instead of argparse's 200-line usage text and exit code 2
     if not any(arg == "--config" or arg.startswith("--config=") for arg in argv):
         parser.set_defaults_with_config(**BUILTIN_DEFAULTS)
     try:
-        script_args, config, model_args = parser.parse_args_and_config(args=_resolve_config_flag(argv))
+        script_args, config, model_args = parser.parse_args_and_config(args=resolved)
     except ConfigError:
         raise
     except ValueError as err:  # TRL/transformers report unknown flags and their own invalid values as ValueError
@@ -193,7 +227,9 @@ def build_dataset(script_args: TrainScriptArguments, seed: int):
 
         from .toy import make_problems
 
-        return Dataset.from_list(make_problems(script_args.num_train_problems, split="train", seed=seed))
+        count = script_args.num_train_problems
+        check(count >= 1, "num_train_problems", count, "an integer >= 1 (the training set would be empty)")
+        return Dataset.from_list(make_problems(count, split="train", seed=seed))
     if name == "arithmetic_hard":
         from datasets import Dataset
 
@@ -316,19 +352,33 @@ def peft_and_quantization(model_args: ModelConfig) -> dict[str, Any]:
     return {"peft_config": peft_config, "quantization_config": get_quantization_config(model_args)}
 
 
-def check_checkpoint(path: str) -> None:
-    """Refuse an incomplete or pickle-only checkpoint before any model loads, naming what is missing."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ConfigError(f"invalid config: resume_from_checkpoint={path!r} is not a directory")
-    weights = [*folder.glob("model.safetensors"), *folder.glob("model.safetensors.index.json")]
-    missing = [name for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt") if not (folder / name).exists()]
-    if not weights:
-        missing.append("model.safetensors")
-    if missing:
+def check_model_path(name: str | None) -> None:
+    """Before anything loads: a missing local folder, or a Hub id that is malformed or, offline, not cached."""
+    if name is None:
+        return
+    folder = Path(name).expanduser()
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(
+                f"invalid config: model_name_or_path={name!r} is a folder without config.json; allowed: a folder "
+                "written by save_pretrained, or a Hub id"
+            )
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise ConfigError(f"invalid config: model_name_or_path={name!r}: no such local folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
         raise ConfigError(
-            f"invalid config: resume_from_checkpoint={path!r} is incomplete: missing {missing} (only safetensors "
-            "weights are loaded; a checkpoint written while the run was killed can be partial: use the previous one)"
+            f"invalid config: model_name_or_path={name!r} is neither a local folder nor a Hub id (org/name)"
+        ) from err
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ConfigError(
+            f"invalid config: model_name_or_path={name!r}: no such local folder, and as a Hub id it is not in the "
+            "local cache while HF_HUB_OFFLINE is set"
         )
 
 
@@ -336,24 +386,27 @@ def train_run(
     script_args: TrainScriptArguments, config: EntropyGRPOConfig, model_args: ModelConfig | None = None
 ) -> Path:
     """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model)."""
-    from .trainer import EntropyGRPOTrainer
+    from .trainer import EntropyGRPOTrainer, check_start
 
     model_args = model_args or ModelConfig()
-    # Cheap checks first: a typo should not wait for a model to load.
-    if config.resume_from_checkpoint:
-        check_checkpoint(config.resume_from_checkpoint)
+    # Cheap checks first: a typo, a broken checkpoint or a finished run in the way should not wait for a model.
+    rundir.check_writable(config.output_dir)
+    checkpoint = check_start(config, config.resume_from_checkpoint)
+    check_model_path(model_args.model_name_or_path)
     rewards: list[Any] = build_rewards(script_args, config)
     if script_args.reward_model_name_or_path:
         rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
     extra = peft_and_quantization(model_args)
     dataset = build_dataset(script_args, config.seed)
+    if len(dataset) == 0:
+        raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r} holds no training problem")
     model, tokenizer = load_policy(model_args, config)
     trainer = EntropyGRPOTrainer(
         model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer, **extra
     )
     run_dir = Path(config.output_dir)
-    rundir.write_config(run_dir, saved_settings(script_args, config, model_args))
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.saved_config = saved_settings(script_args, config, model_args)  # written when the first step is done
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(str(run_dir / rundir.FINAL_DIR))
     if config.push_to_hub:  # as trl/scripts/grpo.py
         trainer.push_to_hub(dataset_name=script_args.dataset_name)

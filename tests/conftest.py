@@ -14,6 +14,15 @@ def length_parity_reward(completions, **kwargs) -> list[float]:
     return [float(len(c) % 2) for c in completions]
 
 
+def none_reward(completions, **kwargs) -> list[None]:
+    """A reward function that scores nothing (TRL reads None as NaN: no reward for the completion)."""
+    return [None] * len(completions)
+
+
+def raising_reward(completions, **kwargs) -> list[float]:
+    raise RuntimeError("reward service down")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from entropy_rl.toy import build_tokenizer

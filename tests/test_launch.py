@@ -1,7 +1,9 @@
-"""A toy recipe trains on 2 CPU processes through `entropy-rl train --accelerate_config cpu_2proc --num_processes 2`."""
+"""A toy recipe trains on 2 CPU processes (`entropy-rl train --accelerate_config cpu_2proc`), saves one atomic
+checkpoint with both ranks' state and resumes from it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from entropy_rl import rundir
 from entropy_rl.jsonl import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_toy_recipe_runs_on_two_cpu_processes(tmp_path, make_model, tokenizer):
+def test_toy_recipe_runs_on_two_cpu_processes_and_resumes(tmp_path, make_model, tokenizer):
     model_dir = tmp_path / "model"
     make_model().save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -39,8 +42,8 @@ def test_toy_recipe_runs_on_two_cpu_processes(tmp_path, make_model, tokenizer):
         "16",
         "--num_generations",
         "4",
-        "--save_strategy",
-        "no",
+        "--save_steps",
+        "2",
         "--output_dir",
         str(out),
         "--disable_tqdm",
@@ -56,3 +59,13 @@ def test_toy_recipe_runs_on_two_cpu_processes(tmp_path, make_model, tokenizer):
     # The recipe's in-training curve: evaluated at the end on both processes, one row written by rank 0.
     curve = read_rows(out / "curve.jsonl")
     assert [(r["step"], r["benchmark"], r["num_problems"]) for r in curve] == [(3, "arithmetic", 256)]
+    # One atomic checkpoint holding both ranks' RNG and regularizer state, listed in its manifest.
+    checkpoint = out / "checkpoint-2"
+    manifest = json.loads((checkpoint / rundir.MANIFEST_FILE).read_text())
+    assert manifest["world_size"] == 2 and rundir.checkpoint_problem(checkpoint) is None
+    rank_files = {"rng_state_0.pth", "rng_state_1.pth", "entropy_rl_state_rank0.pt", "entropy_rl_state_rank1.pt"}
+    assert rank_files <= set(manifest["files"]) and not (out / rundir.STAGING_DIR).exists()
+    resume = [*argv, "--max_steps", "4", "--resume_from_checkpoint", "latest"]  # the later --max_steps wins
+    done = subprocess.run(resume, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert [r["step"] for r in read_rows(out / "metrics.jsonl")] == [1, 2, 3, 4]

@@ -37,6 +37,31 @@ def test_hooked_method_signatures():
     # Checkpoint hooks (regularizer state is saved and restored beside TRL's entropy controller state)
     assert parameters(GRPOTrainer._save_checkpoint) == ["self", "model", "trial"]
     assert parameters(GRPOTrainer._load_optimizer_and_scheduler) == ["self", "checkpoint"]
+    assert parameters(GRPOTrainer._load_from_checkpoint) == ["self", "resume_from_checkpoint", "model"]
+    assert parameters(GRPOTrainer._load_rng_state) == ["self", "checkpoint"]
+    assert parameters(GRPOTrainer._get_output_dir) == ["self", "trial"]
+    assert parameters(GRPOTrainer.train)[:2] == ["self", "resume_from_checkpoint"]
+    # Unscorable completions are counted from the gathered rewards (NaN where a function returned None)
+    assert parameters(GRPOTrainer._calculate_rewards) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
+
+
+def test_checkpoint_files_are_written_under_get_output_dir():
+    """The atomic save redirects _get_output_dir to the staging folder: every file of a checkpoint must be written
+    below it, and rotation inside _save_checkpoint then only sees the staging folder (ours runs after the rename)."""
+    from transformers import Trainer
+
+    source = inspect.getsource(Trainer._save_checkpoint)
+    assert "run_dir = self._get_output_dir(trial=trial)" in source
+    assert "output_dir = os.path.join(run_dir, checkpoint_folder)" in source
+    assert "output_dir=run_dir," in source  # rotate_checkpoints(output_dir=run_dir, ...)
+    after_super = inspect.getsource(GRPOTrainer._save_checkpoint).split("super()._save_checkpoint")[1]
+    assert "self._get_output_dir(trial=trial)" in after_super and "self.args.output_dir" not in after_super
 
 
 def test_compute_loss_calls_logps_once_with_entropy_and_reads_the_documented_inputs():

@@ -18,7 +18,7 @@ from trl import ModelConfig
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.errors import ConfigError, check
 from entropy_rl.jsonl import read_rows
-from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, list_checkpoints, read_config
+from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, latest_checkpoint, read_config, run_contents
 from entropy_rl.training import TrainScriptArguments, parse_train_args, saved_settings
 
 from .spec import EvalSpec, Method, Study
@@ -80,10 +80,9 @@ def _check_same_settings(planned: Planned) -> None:
     if not (run_dir / CONFIG_FILE).is_file():
         return
     saved, now = read_config(run_dir), _saved_settings(planned)
-    # A resumed run records the checkpoint it resumed from; everything else must match.
-    changed = sorted(
-        k for k in saved.keys() | now.keys() if k != "resume_from_checkpoint" and saved.get(k) != now.get(k)
-    )
+    # A resumed (or restarted) run records how it started; everything else must match.
+    how = ("resume_from_checkpoint", "overwrite_output_dir")
+    changed = sorted(k for k in saved.keys() | now.keys() if k not in how and saved.get(k) != now.get(k))
     if changed:
         diff = "; ".join(f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in changed[:5])
         raise ConfigError(
@@ -104,12 +103,12 @@ def _check_curve(run_dir: Path, evaluation: EvalSpec, problems: int) -> None:
 
 
 def run_state(run_dir: Path, config: EntropyGRPOConfig) -> tuple[str, Path | None]:
-    """("finished", None), ("resume", last checkpoint) or ("new", None)."""
+    """("finished", None), ("resume", newest complete checkpoint) or ("new", None)."""
     steps = [row.get("step") for row in read_rows(run_dir / config.metrics_file)]
     if (run_dir / FINAL_DIR / "model.safetensors").is_file() and steps == list(range(1, config.max_steps + 1)):
         return "finished", None
-    checkpoints = list_checkpoints(run_dir) if run_dir.is_dir() else []
-    return ("resume", checkpoints[-1][1]) if checkpoints else ("new", None)
+    checkpoint, _ = latest_checkpoint(run_dir)
+    return ("resume", checkpoint) if checkpoint else ("new", None)
 
 
 def plan_run(study: Study, method: Method, seed: int, problems: int) -> Planned:
@@ -126,6 +125,9 @@ def plan_run(study: Study, method: Method, seed: int, problems: int) -> Planned:
     if checkpoint is not None:
         argv += _flag("resume_from_checkpoint", checkpoint)
         config.resume_from_checkpoint = str(checkpoint)
+    elif run_contents(run_dir, config.metrics_file):  # killed before its first checkpoint, same settings: restart it
+        argv += _flag("overwrite_output_dir", True)
+        config.overwrite_output_dir = True
     planned.state = state
     return planned
 
