@@ -43,6 +43,8 @@ def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
     # One prompt in three has spread: a full batch of 4 groups takes several rounds.
     problems = [{**p, "flat": i % 3 != 0} for i, p in enumerate(make_problems(48, seed=3))]
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate's launcher
+    # Clip-Cov's parameters only where it is selected (a parameter of an unselected method is refused).
+    clip_cov = {"clip_cov_ratio": 0.2, "clip_cov_lb": -5.0} if "clip_cov" in regularizer.split("+") else {}
     args = EntropyGRPOConfig(
         output_dir=out_dir,
         regularizer=regularizer,
@@ -60,8 +62,7 @@ def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
         logging_steps=1,
         seed=0,
         dynamics_every=1,
-        clip_cov_ratio=0.2,
-        clip_cov_lb=-5.0,
+        **clip_cov,
     )
     trainer = Recording(
         model=build_model(tokenizer, hidden_size=32, num_layers=2),

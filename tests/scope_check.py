@@ -33,19 +33,23 @@ def main(out_dir: str, regularizer: str, where: str) -> None:
     from datasets import Dataset
 
     from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.regularizers import parameter_names, parse_names
     from entropy_rl.toy import build_model, build_tokenizer, make_problems
     from entropy_rl.trainer import EntropyGRPOTrainer
 
     tokenizer = build_tokenizer()
-    params = {
+    method_params = {
         "clip_cov_ratio": 0.1,
         "clip_cov_lb": -5.0,
         "kl_cov_ratio": 0.1,
         "clip_b_mu": 0.5,
         "clip_v_mu": 0.5,
         "clip_v_max_frac": 0.05,
-        "num_iterations": 2 if "kl_cov" in regularizer else 1,
     }
+    # Only the selected methods' parameters: one of a method that is not selected is refused.
+    selected = {name for method in parse_names(regularizer) for name in parameter_names(method)}
+    params = {key: value for key, value in method_params.items() if key in selected}
+    params["num_iterations"] = 2 if "kl_cov" in regularizer else 1
     args = EntropyGRPOConfig(
         output_dir=out_dir,
         regularizer=regularizer,
