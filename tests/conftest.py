@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -21,6 +22,13 @@ def none_reward(completions, **kwargs) -> list[None]:
 
 def raising_reward(completions, **kwargs) -> list[float]:
     raise RuntimeError("reward service down")
+
+
+def two_cpu_processes(port: int | str = 0) -> list[str]:
+    """`accelerate launch` of 2 gloo CPU processes: --multi_gpu without CUDA gives MULTI_CPU (--cpu would start one)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launch, "--main_process_port", str(port)]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import two_cpu_processes
 
 from entropy_rl.dynamic_sampling import groups_with_spread, join_rows, select_rows
 from entropy_rl.errors import ConfigError
@@ -20,17 +21,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",
     "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[1]), str(SCRIPT.parent)]),
 }
-TWO_PROCESSES = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-TWO_PROCESSES += [
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "--main_process_port",
-    "0",
-]
+TWO_PROCESSES = two_cpu_processes()
 NAN = float("nan")
 
 

@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from conftest import two_cpu_processes
 
 from entropy_rl.cli.eval import build_parser, main
 from entropy_rl.evaluation.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
@@ -328,10 +329,7 @@ def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_sp
         timeout=300,
     )
     assert single.returncode == 0, single.stderr
-    # --multi_gpu on a machine without CUDA gives gloo MULTI_CPU; `--cpu` would silently run a single process.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(_free_port()), "-m", "entropy_rl.cli"]
+    launch = [*two_cpu_processes(_free_port()), "-m", "entropy_rl.cli"]
     double = subprocess.run(
         [*launch, *common, "--output_dir", str(tmp_path / "two")],
         env=_subprocess_env(),

@@ -10,26 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import two_cpu_processes
 
 SCRIPT = Path(__file__).with_name("scope_check.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
-# accelerate's --cpu flag would start ONE process; --multi_gpu without a GPU gives gloo CPU processes.
-TWO_PROCESSES = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--multi_gpu",
-    "--num_processes",
-    "2",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-    "--main_process_port",
-    "0",
-]
+TWO_PROCESSES = two_cpu_processes()
 
 
 def run(out: Path, regularizer: str, processes: int, where: str = "rollout") -> list[dict]:

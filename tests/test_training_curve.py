@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import two_cpu_processes
 
 from entropy_rl import rundir
 from entropy_rl.errors import ConfigError
@@ -161,8 +162,7 @@ def test_curve_on_two_training_processes_equals_offline_eval_on_one(tmp_path, ti
     # Each training process evaluates its share of the problems; the rows must not depend on the process count.
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    launch = two_cpu_processes()
     command = train_command(tiny_model_dir, run, "--max_steps", "2", "--per_device_train_batch_size", "8")
     done = subprocess.run([*launch, "-m", *command[2:]], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
