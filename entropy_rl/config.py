@@ -110,7 +110,8 @@ class EntropyGRPOConfig(GRPOConfig):
             "help": "On the steps that measure the entropy change: also log the parameter-space first-order prediction "
             "dynamics/predicted_dH_param (grad of the batch's mean token entropy . the parameter change the optimizer "
             "applied) and its split by token group dynamics/dH_param/<group> (docs/metrics.md). Costs one forward and "
-            "up to 7 backward passes over the step's batch, and two copies of the trainable parameters, on those steps."
+            "up to 7 backward passes over the step's batch (7 forward and backward passes under FSDP2), and two copies "
+            "of the trainable parameters, on those steps. Not available under FSDP version 1 or ZeRO-3."
         },
     )
     metrics_file: str = field(

@@ -22,7 +22,9 @@ what the update would have been without the other groups), and the momentum carr
 and any loss term outside the policy-gradient surrogate are what `other` = dH_param - sum_k dH_k holds.
 
 Distributed: every dot product is a sum of local products (`dot`), so the caller adds them to its one all-reduce per
-step. The attribution needs the entropy gradient of the whole batch of every rank: one all-reduce of that vector.
+step. Under DDP / ZeRO-1/2 the attribution needs the entropy gradient of the whole batch of every rank: one all-reduce
+of that vector. Under FSDP2 each rank holds a shard of every vector and the gradients come reduce-scattered from
+FSDP's own backward (`grad_through_hooks`), so the dot products are sums of shard products: no extra reduction.
 """
 
 from __future__ import annotations
@@ -79,6 +81,24 @@ def grad(scalar: torch.Tensor, params: Params, *, retain_graph: bool = False) ->
     return [torch.zeros_like(_local(p.detach())) if g is None else _local(g) for g, p in pairs]
 
 
+def grad_through_hooks(scalar: torch.Tensor, params: Params, world: int) -> Params:
+    """d scalar / d params of an FSDP2-sharded model, this rank's shard of the sum over ranks.
+
+    autograd.grad cannot reach the sharded parameters (the forward uses all-gathered copies), so this runs
+    `.backward()` through FSDP's hooks, which reduce-scatter each gradient into `.grad` averaged over ranks (hence the
+    factor `world`), and puts the optimizer's gradient back. A collective: every rank calls it equally often.
+    """
+    kept = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        scalar.backward()
+        return [torch.zeros_like(_local(p.detach())) if p.grad is None else _local(p.grad) * world for p in params]
+    finally:
+        for p, g in zip(params, kept, strict=True):
+            p.grad = g
+
+
 def _optimizer_groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
     return {id(p): group for group in optimizer.param_groups for p in group["params"]}
 
@@ -86,8 +106,8 @@ def _optimizer_groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
 def _adam_scale(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict) -> torch.Tensor:
     """D of Adam(W) for one parameter: the coefficient of this step's gradient in the step about to be taken."""
     beta1, beta2 = group["betas"]
-    step = float(state["step"]) + 1 if state else 1.0
-    v = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g if state else (1 - beta2) * g * g
+    step = float(_local(state["step"])) + 1 if state else 1.0
+    v = _local(state["exp_avg_sq"]) * beta2 + (1 - beta2) * g * g if state else (1 - beta2) * g * g
     denom = (v / (1 - beta2**step)).sqrt() + group["eps"]
     return group["lr"] * (1 - beta1) / (1 - beta1**step) / denom
 
@@ -170,18 +190,28 @@ class ParamPrediction:
     Before the step: `add_entropy(H_sum)` per micro-batch (H_sum: the sum of the batch's token entropies, with its
     graph), then `set_direction(...)` (u = D * grad H, from the optimizer state), then `add_groups({group: loss})`
     per micro-batch, each loss the part of the training loss from that group's tokens. After the step: `values()`.
+
+    `sharded_world` > 0: the parameters are FSDP2 shards over that many ranks. Every gradient is then this rank's
+    shard of the sum over ranks (`grad_through_hooks`), so the direction needs no all-reduce and each dot product is
+    this rank's share of the global one, as in the unsharded case.
     """
 
-    def __init__(self, params: Params):
+    def __init__(self, params: Params, *, sharded_world: int = 0):
         self.params = params
+        self.sharded_world = sharded_world
         self.before = snapshot(params)
         self.grad_h: Params | None = None  # this rank's gradient of its entropy sum
         self.direction: Params | None = None  # D * (grad of the entropy sum of every rank), None: no attribution
         self.scale = 1.0
         self.parts = torch.zeros(len(GROUPS), dtype=torch.float64, device=self.before[0].device)
 
+    def _grad(self, scalar: torch.Tensor, retain_graph: bool) -> Params:
+        if self.sharded_world:
+            return grad_through_hooks(scalar, self.params, self.sharded_world)
+        return grad(scalar, self.params, retain_graph=retain_graph)
+
     def add_entropy(self, entropy_sum: torch.Tensor, *, retain_graph: bool = False) -> None:
-        g = grad(entropy_sum, self.params, retain_graph=retain_graph)
+        g = self._grad(entropy_sum, retain_graph)
         self.grad_h = g if self.grad_h is None else [a + b for a, b in zip(self.grad_h, g, strict=True)]
 
     def set_direction(
@@ -196,7 +226,8 @@ class ParamPrediction:
         if scales is None or self.grad_h is None:
             return False
         grad_h = self.grad_h
-        if all_reduce is not None:  # the attribution pairs every rank's entropy gradient with every rank's g_k
+        if all_reduce is not None and not self.sharded_world:
+            # The attribution pairs every rank's entropy gradient with every rank's g_k (sharded: already summed).
             flat = all_reduce(torch.cat([g.reshape(-1).double() for g in grad_h]))
             chunks = flat.split([g.numel() for g in grad_h])
             grad_h = [chunk.view_as(g) for chunk, g in zip(chunks, grad_h, strict=True)]
@@ -207,7 +238,7 @@ class ParamPrediction:
     def add_groups(self, losses: dict[str, torch.Tensor]) -> None:
         names = [name for name in GROUPS if name in losses]
         for i, name in enumerate(names):
-            g = grad(losses[name], self.params, retain_graph=i + 1 < len(names))
+            g = self._grad(losses[name], i + 1 < len(names))
             self.parts[GROUPS.index(name)] -= self.scale * dot(self.direction, g)
 
     @torch.no_grad()

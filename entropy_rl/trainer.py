@@ -647,11 +647,15 @@ class EntropyGRPOTrainer(GRPOTrainer):
         if not (self.args.dynamics_param and self.args.dynamics_every):
             return
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if self.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+        if (self.is_fsdp_enabled and not self.accelerator.is_fsdp2) or (plugin is not None and plugin.zero_stage == 3):
             raise ConfigError(
-                "invalid config: dynamics_param=True with FSDP / ZeRO-3; allowed: dynamics_param=False there (the "
-                "extra entropy backward would run through the sharding hooks; supported: one process, DDP, ZeRO-1/2)"
+                "invalid config: dynamics_param=True with FSDP version 1 / ZeRO-3; allowed: dynamics_param=False "
+                "there, or fsdp_version 2 (supported: one process, DDP, ZeRO-1/2, FSDP2)"
             )
+
+    def _sharded_in_place(self) -> bool:
+        """FSDP2: the parameters are shards and the module itself carries the hooks that gather them."""
+        return bool(self.is_fsdp_enabled)
 
     def _clip_grad_norm(self, model):
         # The clip factor scales each group's share of the update (dynamics.clip_factor).
@@ -671,26 +675,40 @@ class EntropyGRPOTrainer(GRPOTrainer):
         """On measuring steps, just before optimizer.step(): grad of the entropy sum, and each group's share."""
         if not (self.args.dynamics_param and self._measures_dynamics(self.state.global_step + 1)):
             return
-        model = self.accelerator.unwrap_model(self.model)  # no DDP hooks: .grad is left alone
-        prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+        # DDP: the bare module, whose autograd.grad leaves .grad alone. FSDP2 shards in place: the module keeps the
+        # hooks that all-gather its parameters, and the gradients come from its own backward (grad_through_hooks).
+        model = self.accelerator.unwrap_model(self.model)
+        sharded = self._sharded_in_place()
+        prediction = dynamics.ParamPrediction(dynamics.trainable(model), sharded_world=self._world() if sharded else 0)
         batches = self._step_batches
-        kept = []  # one micro-batch: its graph serves both passes
+        reuse = len(batches) == 1 and not sharded  # one micro-batch: its graph serves both passes
+        kept = []
         for inputs in batches:
             logps, entropies = self._param_forward(model, inputs)
-            prediction.add_entropy((entropies * self._valid_mask(inputs)).sum(), retain_graph=len(batches) == 1)
-            kept.append(logps if len(batches) == 1 else None)
+            prediction.add_entropy((entropies * self._valid_mask(inputs)).sum(), retain_graph=reuse)
+            kept.append(logps if reuse else None)
         scale = dynamics.clip_factor(self._grad_norm, self.args.max_grad_norm) / self._world()  # DDP averages ranks
         reduce = (lambda x: self.accelerator.reduce(x, reduction="sum")) if self._world() > 1 else None
         attributable = self.loss_type in CLIP_LOSS_TYPES and self.importance_sampling_level == "token"
         optimizer = self.optimizer if attributable else None
         if prediction.set_direction(optimizer, scale=scale, all_reduce=reduce):
             for inputs, logps in zip(batches, kept, strict=True):
-                logps = self._param_forward(model, inputs)[0] if logps is None else logps
-                prediction.add_groups(self._group_losses(logps, inputs))
+                if not sharded:
+                    logps = self._param_forward(model, inputs)[0] if logps is None else logps
+                    prediction.add_groups(self._group_losses(logps, inputs))
+                    continue
+                # Every rank runs one backward per group (a collective), a fresh forward each: FSDP frees the
+                # gathered parameters after a backward.
+                for name in dynamics.GROUPS:
+                    losses = self._group_losses(self._param_forward(model, inputs)[0], inputs, every_group=True)
+                    prediction.add_groups({name: losses[name]})
         self._param_prediction = prediction
 
-    def _group_losses(self, logps: torch.Tensor, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The part of TRL's PPO-clip loss that each token group of dynamics.GROUPS contributes (same normaliser)."""
+    def _group_losses(
+        self, logps: torch.Tensor, inputs: dict[str, Any], *, every_group: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The part of TRL's PPO-clip loss that each token group of dynamics.GROUPS contributes (same normaliser);
+        groups without tokens are left out unless `every_group` (a zero loss then)."""
         old = inputs.get("old_per_token_logps")
         ratio = torch.ones_like(logps) if old is None else torch.exp(logps.detach() - old)
         used = stats.per_token(inputs["advantages"], logps).to(logps.dtype)
@@ -713,7 +731,7 @@ class EntropyGRPOTrainer(GRPOTrainer):
         return {
             name: self._normalize_like_trl(coefficient[name] * logps * mask, counted.get(name, inputs))
             for name, mask in masks.items()
-            if mask.any()
+            if every_group or mask.any()
         }
 
     def log_curve_seconds(self, seconds: float) -> None:

@@ -3,11 +3,18 @@ attribution by token group under SGD and Adam; then the same quantities from a r
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from conftest import TINY_GRPO, length_parity_reward, two_cpu_processes
 
 from entropy_rl import dynamics, stats
+from entropy_rl.jsonl import read_rows
 
 T, V = 12, 7  # tokens, vocabulary
 
@@ -226,7 +233,11 @@ def test_dynamics_figure_and_summary_lines(tmp_path):
     assert (tmp_path / "out" / "dynamics.png").is_file()
 
 
-def test_param_dynamics_refused_under_fsdp_names_the_field(make_model, tokenizer, train_dataset, tmp_path):
+def test_param_dynamics_refused_under_fsdp1_names_the_field(
+    make_model, tokenizer, train_dataset, tmp_path, monkeypatch
+):
+    from accelerate import Accelerator
+
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.errors import ConfigError
     from entropy_rl.trainer import EntropyGRPOTrainer
@@ -237,10 +248,32 @@ def test_param_dynamics_refused_under_fsdp_names_the_field(make_model, tokenizer
         processing_class=tokenizer,
     )  # fmt: skip
     trainer.is_fsdp_enabled = True  # what Trainer.__init__ sets under an FSDP launch
-    with pytest.raises(ConfigError, match="dynamics_param=True with FSDP"):
+    with pytest.raises(ConfigError, match="dynamics_param=True with FSDP version 1"):
         trainer._check_param_dynamics()
+    monkeypatch.setattr(Accelerator, "is_fsdp2", property(lambda self: True))
+    trainer._check_param_dynamics()  # FSDP2 is supported
+    monkeypatch.undo()
     trainer.args.dynamics_param = False
     trainer._check_param_dynamics()  # the way out the message names
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_prediction_equals_the_unsharded_one(tmp_path):
+    """fully_shard over 2 gloo ranks: the same prediction and attribution, and the optimizer's gradient intact."""
+    script = Path(__file__).with_name("fsdp_dynamics_check.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for rank in range(2):
+        out = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        reference, sharded = out["reference"], out["sharded"]
+        assert reference[0] != 0 and reference[1] == 1.0 and sharded[1] == 2.0  # every rank attributed
+        assert sharded[0] == pytest.approx(reference[0], rel=1e-9)
+        assert sharded[2:] == pytest.approx(reference[2:], rel=1e-9, abs=1e-15)
+        assert any(reference[2:])
+        assert out["drift"] < 1e-12
 
 
 def test_lora_prediction_uses_the_adapters_and_tracks_measured(make_model, tokenizer, train_dataset, tmp_path):
@@ -269,3 +302,61 @@ def test_lora_prediction_uses_the_adapters_and_tracks_measured(make_model, token
         # is not; at this step size the second-order term measured ~10 % of the change.
         assert row["dynamics/predicted_dH_param"] == pytest.approx(row["dynamics/measured_dH"], rel=0.2)
         assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(row["dynamics/predicted_dH_param"]) + 1e-9
+
+
+@pytest.mark.slow
+def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model_dir):
+    """2 DDP processes (gloo): each rank's dot products join the step's all-reduce, the attribution pairs the entropy
+    gradient of both ranks' tokens with each rank's groups; under SGD the parts still add up to the whole."""
+    run = tmp_path / "run"
+    flags = {
+        "--model_name_or_path": str(tiny_model_dir),
+        "--output_dir": str(run),
+        "--reward_funcs": "conftest:length_parity_reward",  # a random tiny model never adds up right
+        "--max_steps": "3",
+        "--per_device_train_batch_size": "8",
+        "--num_generations": "4",
+        "--max_completion_length": "6",
+        "--optim": "sgd",
+        "--learning_rate": "1e-2",
+        "--max_grad_norm": "0.05",
+        "--num_iterations": "2",
+        "--dynamics_every": "1",
+        "--save_strategy": "no",
+        "--disable_tqdm": "true",
+    }
+    command = [*two_cpu_processes(), "-m", "entropy_rl.cli", "train", *(x for item in flags.items() for x in item)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = read_rows(run / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3], rows
+    for row in rows:
+        predicted = row["dynamics/predicted_dH_param"]
+        assert predicted == pytest.approx(row["dynamics/measured_dH"], rel=0.05, abs=1e-6)
+        assert any(row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS), row
+        assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
+
+
+def test_trainer_sharded_branch_equals_the_plain_one(make_model, tokenizer, train_dataset, tmp_path):
+    """The trainer's FSDP2 path (gradients by .backward(), a fresh forward per group, every group on every rank) run
+    on one process gives the same prediction and attribution as the autograd.grad path, and the same training."""
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.jsonl import read_rows
+    from entropy_rl.trainer import EntropyGRPOTrainer
+
+    settings = {**TINY_GRPO, "max_steps": 2, "dynamics_every": 1, "learning_rate": 1e-3}
+    rows = {}
+    for sharded in (False, True):
+        args = EntropyGRPOConfig(output_dir=str(tmp_path / str(sharded)), num_iterations=2, **settings)
+        trainer = EntropyGRPOTrainer(
+            model=make_model(), reward_funcs=[length_parity_reward], args=args, train_dataset=train_dataset,
+            processing_class=tokenizer,
+        )  # fmt: skip
+        trainer._sharded_in_place = lambda sharded=sharded: sharded  # one process: a plain backward, times 1
+        trainer.train()
+        rows[sharded] = read_rows(tmp_path / str(sharded) / "metrics.jsonl")
+    for plain, sharded in zip(rows[False], rows[True], strict=True):
+        keys = [key for key in plain if key.startswith("dynamics/") or key in ("entropy/token_mean", "reward")]
+        assert any(key.startswith("dynamics/dH_param/") for key in keys)
+        assert {key: sharded[key] for key in keys} == pytest.approx({key: plain[key] for key in keys}, rel=1e-5)
