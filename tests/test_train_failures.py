@@ -81,7 +81,7 @@ def test_rewards_that_score_nothing_are_logged_then_stop_the_run(model_dir, tmp_
 
 @pytest.mark.slow
 def test_full_disk_while_writing_metrics_names_the_file_and_keeps_the_rows(model_dir, tmp_path, capsys, monkeypatch):
-    import entropy_rl.trainer as trainer_module
+    import entropy_rl.trainer.metrics_file as trainer_module
 
     real_append = trainer_module.append_row
     calls = []
