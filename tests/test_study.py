@@ -203,6 +203,7 @@ def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_pat
     assert "Parameter-space prediction `dynamics/predicted_dH_param`" in page
     assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window
     assert "The law fitted on GRPO's runs puts its ceiling" in page and "above the ceiling" in page
+    assert "- Over the last quarter of training (step 30 to 40) GRPO's avg@4 went from " in page
     assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
     assert "Fitted on the first 15% of each run's points (3 of 20)" in page
     assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
@@ -219,6 +220,9 @@ def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):
         assert (out / method / "seed0" / "final" / "model.safetensors").exists()
     page = (out / "docs" / "toy.md").read_text()
     assert "`clip_cov`" in page and "`none`" in page
+    # The workers trained both runs in this invocation: the time table says so, not "skipped".
+    assert "| `none` | 0 | trained |" in page and "| `clip_cov` | 0 | trained |" in page
+    assert "skipped" not in page
 
 
 def test_dashed_flags_are_hidden_aliases_of_the_snake_case_ones():

@@ -113,9 +113,13 @@ def worker_commands(argv: list[str], methods: list[str], workers: int, scratch: 
     ]  # fmt: skip
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def _study(argv: list[str], started: float) -> int:
     from entropy_rl.evaluation.benchmarks import load_benchmark
-    from entropy_rl.study.execute import eval_settings, execute, run_workers, torch_threads
+    from entropy_rl.study.execute import eval_settings, execute, planned_status, run_workers, torch_threads
     from entropy_rl.study.page import write_page
     from entropy_rl.study.plan import plan_runs
 
@@ -129,12 +133,14 @@ def _study(argv: list[str], started: float) -> int:
         for plan in plans:
             print(f"{plan.method} seed {plan.seed}: {plan.state}\n  {shlex.join(['entropy-rl', 'train', *plan.argv])}")
         return 0
+    done_by_workers = None
     if args.workers > 1:
+        done_by_workers = {(plan.method, plan.seed): planned_status(plan) for plan in plans}
         with tempfile.TemporaryDirectory() as scratch:
             run_workers(worker_commands(argv, [method.name for method in study.methods], args.workers, Path(scratch)))
         plans = plan_runs(study, problems)  # the workers finished them: now only the report is left
     with torch_threads(study.threads):
-        results = execute(study, plans, benchmark, settings, report=lambda line: print(line, flush=True))
+        results = execute(study, plans, benchmark, settings, report=_print, done_by_workers=done_by_workers)
         page = write_page(study, data, plans, results, problems, argv, time.perf_counter() - started)
     print(f"wrote {page}")
     return 0

@@ -94,6 +94,9 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
     return {
         # accuracy at the middle checkpoint: final - half is what the second half of training still gained
         "half_acc": curve[(len(curve) - 1) // 2]["avg@k"] if curve else nan,
+        # and at the start of the last quarter: final - late is what the end of training still gained (a plateau?)
+        "late_acc": curve[max(3 * len(curve) // 4 - 1, 0)]["avg@k"] if curve else nan,
+        "late_step": float(curve[max(3 * len(curve) // 4 - 1, 0)]["step"]) if curve else nan,
         "start_h": _edge_mean(entropy, study.fit.window, last=False),
         "end_h": _edge_mean(entropy, study.fit.window, last=True),
         "first_acc": curve[0]["avg@k"] if curve else nan,

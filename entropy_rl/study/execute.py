@@ -50,12 +50,18 @@ def add_time(run_dir: Path, key: str, seconds: float) -> dict[str, float]:
     return times
 
 
-def _train(plan: Planned, head: str, report: Callable[[str], None]) -> str:
-    """Train the run unless it is finished; what was done, for the page's "this invocation" column."""
+def planned_status(plan: Planned) -> str:
+    """What training a run in the plan's state does, for the page's "this invocation" column."""
     if plan.state == "finished":
         return "skipped (finished)"
-    resumed = Path(str(plan.config.resume_from_checkpoint)).name
-    status = "trained" if plan.state == "new" else f"resumed from {resumed}"
+    return "trained" if plan.state == "new" else f"resumed from {Path(str(plan.config.resume_from_checkpoint)).name}"
+
+
+def _train(plan: Planned, head: str, report: Callable[[str], None]) -> str:
+    """Train the run unless it is finished; what was done."""
+    status = planned_status(plan)
+    if plan.state == "finished":
+        return status
     report(f"{head}: training ({status})")
     started = time.perf_counter()
     train_run(plan.script_args, plan.config, plan.model_args)
@@ -69,13 +75,18 @@ def execute(
     benchmark: Benchmark,
     settings: EvalSettings,
     report: Callable[[str], None] = lambda line: None,
+    done_by_workers: dict[tuple[str, int], str] | None = None,
 ) -> list[RunResult]:
-    """Train what is not finished and evaluate what is not evaluated, one run after the other."""
+    """Train what is not finished and evaluate what is not evaluated, one run after the other.
+
+    `done_by_workers`: (method, seed) -> what worker processes of this invocation did with the run (they trained it,
+    so this process finds it finished), reported instead of "skipped"."""
     results = []
     with Grader(workers=study.eval.grading_workers) as grader:  # one set of grading processes for every run
         for i, plan in enumerate(plans, start=1):
             head = f"[{i}/{len(plans)}] {plan.method} seed {plan.seed}"
             status = _train(plan, head, report)
+            status = (done_by_workers or {}).get((plan.method, plan.seed), status)
             started = time.perf_counter()
             added = evaluate_run(plan.run_dir, [benchmark], settings=settings, grader=grader)
             times = add_time(plan.run_dir, "eval_s", time.perf_counter() - started)

@@ -180,6 +180,14 @@ def _plateau_findings(groups: Groups, study: Study) -> list[str]:
         f"({final - half:+.3f} in the second half of training). The law fitted on GRPO's runs puts its ceiling "
         f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds)."
     ]
+    late, late_step = mean_std(column(base, "late_acc"))[0], mean_std(column(base, "late_step"))[0]
+    if np.isfinite(late_step) and late_step < study.steps:
+        change = compare(column(base, "final_acc"), column(base, "late_acc"))
+        verdict = "a plateau" if change.startswith("no clear difference") else f"not a plateau: {change} at the end"
+        lines.append(
+            f"- Over the last quarter of training (step {late_step:.0f} to {study.steps}) GRPO's avg@{k} went from "
+            f"{late:.3f} to {final:.3f} ({final - late:+.3f}; {change}): {verdict}."
+        )
     above = []
     for method, analyses in groups.items():
         if method == BASELINE:
@@ -408,7 +416,8 @@ def _time_section(analyses: Sequence[RunAnalysis], study: Study, invocation_s: f
     return [
         "## Time",
         "",
-        f"Recorded compute over all runs: training {train_total / 60:.1f} min + evaluation {eval_total / 60:.1f} min "
+        f"Recorded compute over all runs: training {train_total / 60:.1f} min (the checkpoints' held-out evaluations "
+        f"run during training and are counted in it) + evaluation afterwards {eval_total / 60:.1f} min "
         f"= {(train_total + eval_total) / 60:.1f} min (per run in RUN_DIR/{TIME_FILE}, summed over the invocations "
         f"that worked on it). This invocation took {invocation_s / 60:.1f} min in all. {_wall_span(analyses)}",
         "",
