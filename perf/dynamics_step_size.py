@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(header + lines) + f"\n\n{args.steps} steps per run, the entropy change measured every 2nd step.\n"
     print(text)
     if args.markdown:
-        args.markdown.write_text(text)
+        title = "# The first-order entropy predictions against the step size\n\n"
+        source = "Written by `python perf/dynamics_step_size.py` (docs/metrics.md explains the columns).\n\n"
+        args.markdown.write_text(title + source + text)
 
 
 if __name__ == "__main__":
