@@ -1,7 +1,7 @@
 """How well the first-order entropy predictions track the measured change as the step size grows.
 
     python perf/dynamics_step_size.py [--methods grpo,clip_cov] [--learning_rates 1e-4,2e-4] [--steps 100]
-                                      [--workers 2] [--markdown docs/performance/dynamics-step-size.md]
+                                      [--workers 2] [--markdown docs/results/dynamics-step-size.md]
 
 Trains each toy recipe (recipes/toy/<method>.yaml) on the hard task (`arithmetic_hard`, 16 prompts x 8 completions,
 the hard study's batch) at each learning rate, measuring the entropy change every 2nd step, and reports the Pearson r
