@@ -338,6 +338,35 @@ def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model
         assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
 
 
+@pytest.mark.slow
+def test_accelerate_fsdp2_training_equals_ddp(tmp_path):
+    """The whole `entropy-rl train` under accelerate's FSDP2 (2 CPU processes, tests/fsdp2_cpu_train.py) logs the same
+    diagnostics, prediction and attribution as under DDP, step by step."""
+    flags = ["--max_steps", "2", "--dynamics_every", "1", "--per_device_train_batch_size", "16"]
+    flags += ["--save_strategy", "no", "--curve_benchmarks", "arithmetic", "--eval_steps", "1000"]
+    flags += ["--disable_tqdm", "true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
+    fsdp = [*torchrun, str(Path(__file__).with_name("fsdp2_cpu_train.py"))]
+    ddp = [*two_cpu_processes(), "-m", "entropy_rl.cli", "train"]
+    rows = {}
+    for name, launch in (("fsdp2", fsdp), ("ddp", ddp)):
+        out = tmp_path / name
+        done = subprocess.run([*launch, *flags, "--output_dir", str(out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-4000:]
+        rows[name] = read_rows(out / "metrics.jsonl")
+        if name == "fsdp2":
+            assert "accelerate state: FSDP fsdp2=True" in done.stdout
+    assert [row["step"] for row in rows["fsdp2"]] == [1, 2]
+    for sharded, plain in zip(rows["fsdp2"], rows["ddp"], strict=True):
+        keys = [key for key in plain if key.startswith(("dynamics/", "entropy/", "cov/")) or key == "reward"]
+        assert any(key.startswith("dynamics/dH_param/") for key in keys)
+        # abs: `other` is float noise (~1e-8) on Adam's first step, where the split is exact
+        expected = pytest.approx({key: plain[key] for key in keys}, rel=1e-5, abs=1e-7)
+        assert {key: sharded[key] for key in keys} == expected
+
+
 def test_trainer_sharded_branch_equals_the_plain_one(make_model, tokenizer, train_dataset, tmp_path):
     """The trainer's FSDP2 path (gradients by .backward(), a fresh forward per group, every group on every rank) run
     on one process gives the same prediction and attribution as the autograd.grad path, and the same training."""
