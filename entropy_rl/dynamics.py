@@ -193,14 +193,15 @@ class ParamPrediction:
 
     `sharded_world` > 0: the parameters are FSDP2 shards over that many ranks. Every gradient is then this rank's
     shard of the sum over ranks (`grad_through_hooks`), so the direction needs no all-reduce and each dot product is
-    this rank's share of the global one, as in the unsharded case.
+    this rank's share of the global one, as in the unsharded case. Its backward passes free their graph: pass one
+    group per `add_groups` call, each from a fresh forward.
     """
 
     def __init__(self, params: Params, *, sharded_world: int = 0):
         self.params = params
         self.sharded_world = sharded_world
         self.before = snapshot(params)
-        self.grad_h: Params | None = None  # this rank's gradient of its entropy sum
+        self.grad_h: Params | None = None  # grad of this rank's entropy sum (sharded: shard of the sum over ranks)
         self.direction: Params | None = None  # D * (grad of the entropy sum of every rank), None: no attribution
         self.scale = 1.0
         self.parts = torch.zeros(len(GROUPS), dtype=torch.float64, device=self.before[0].device)
