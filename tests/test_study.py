@@ -103,6 +103,25 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     assert "was trained with other settings (curve_k: 4 then, 2 now)" in capsys.readouterr().err
 
 
+def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(tmp_path):
+    """Two study processes on one output folder: the one whose plan went stale finds the run finished under its lock."""
+    from entropy_rl.evaluation.benchmarks import load_benchmark
+    from entropy_rl.study.execute import eval_settings, execute
+    from entropy_rl.study.plan import plan_runs
+
+    argv = mini_argv(tmp_path, "--methods", "none")
+    study, _ = load_study(build_parser().parse_args(argv))
+    benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
+    (stale,) = plan_runs(study, len(benchmark.problems))
+    assert stale.state == "new"
+    assert main(argv) == 0  # the other process
+    metrics = stale.run_dir / "metrics.jsonl"
+    rows = metrics.read_bytes()
+    (result,) = execute(study, [stale], benchmark, eval_settings(study, benchmark))
+    assert result.status == "skipped (finished) by another process"
+    assert metrics.read_bytes() == rows
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

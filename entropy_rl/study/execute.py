@@ -18,11 +18,12 @@ from entropy_rl.errors import ConfigError
 from entropy_rl.evaluation.benchmarks import Benchmark
 from entropy_rl.evaluation.runner import EvalSettings, evaluate_run
 from entropy_rl.grading import Grader
+from entropy_rl.locks import file_lock
 from entropy_rl.rundir import load_run
 from entropy_rl.training import train_run
 
 from .analysis import RunResult
-from .plan import Planned
+from .plan import Planned, plan_run
 from .spec import Study
 
 TIME_FILE = "study_time.json"  # per run: seconds spent training and evaluating, summed over invocations
@@ -57,15 +58,25 @@ def planned_status(plan: Planned) -> str:
     return "trained" if plan.state == "new" else f"resumed from {Path(str(plan.config.resume_from_checkpoint)).name}"
 
 
-def _train(plan: Planned, head: str, report: Callable[[str], None]) -> str:
-    """Train the run unless it is finished; what was done."""
-    status = planned_status(plan)
+def _train(study: Study, plan: Planned, problems: int, head: str, report: Callable[[str], None]) -> str:
+    """Train the run unless it is finished; what was done.
+
+    Under a lock per run, and planned again once it is held: another study process writing to the same output folder
+    may have trained the run (or part of it) since this one planned, and must neither be overwritten nor repeated.
+    """
     if plan.state == "finished":
-        return status
-    report(f"{head}: training ({status})")
-    started = time.perf_counter()
-    train_run(plan.script_args, plan.config, plan.model_args)
-    add_time(plan.run_dir, "train_s", time.perf_counter() - started)
+        return planned_status(plan)
+    plan.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(plan.run_dir.parent / f".{plan.run_dir.name}.lock"):
+        method = next(method for method in study.methods if method.name == plan.method)
+        plan = plan_run(study, method, plan.seed, problems)
+        status = planned_status(plan)
+        if plan.state == "finished":
+            return f"{status} by another process"
+        report(f"{head}: training ({status})")
+        started = time.perf_counter()
+        train_run(plan.script_args, plan.config, plan.model_args)
+        add_time(plan.run_dir, "train_s", time.perf_counter() - started)
     return status
 
 
@@ -85,7 +96,7 @@ def execute(
     with Grader(workers=study.eval.grading_workers) as grader:  # one set of grading processes for every run
         for i, plan in enumerate(plans, start=1):
             head = f"[{i}/{len(plans)}] {plan.method} seed {plan.seed}"
-            status = _train(plan, head, report)
+            status = _train(study, plan, len(benchmark.problems), head, report)
             status = (done_by_workers or {}).get((plan.method, plan.seed), status)
             started = time.perf_counter()
             added = evaluate_run(plan.run_dir, [benchmark], settings=settings, grader=grader)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from entropy_rl.locks import file_lock
 from entropy_rl.toy.model import load_toy
 from entropy_rl.toy.task import SPLITS, split_pairs
-from entropy_rl.toy.warmup import _file_lock, warm_start
+from entropy_rl.toy.warmup import warm_start
 
 DECODE_BATCH = 512
 
@@ -45,7 +46,7 @@ def hard_pairs(split: str = "train", cache_dir: str | Path | None = None) -> lis
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = warm_start(cache_dir, show_progress=False)
     cache = path / f"hard_{split}.json"
-    with _file_lock(path.parent / f".{path.name}.hard.lock"):  # every rank of a launch reads one computation
+    with file_lock(path.parent / f".{path.name}.hard.lock"):  # every rank of a launch reads one computation
         if not cache.is_file():
             pairs = _greedy_wrong(path, split_pairs(split))
             tmp = cache.with_suffix(".tmp")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from entropy_rl._version import __version__
+from entropy_rl.locks import file_lock
 from entropy_rl.toy.model import accuracy, build_model
 from entropy_rl.toy.task import make_problems, split_pairs
 from entropy_rl.toy.tokenizer import build_tokenizer
@@ -78,16 +78,6 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _encode_pool(tokenizer: PreTrainedTokenizerBase, problems: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -220,7 +210,7 @@ def warm_start(
     final = root / name
     if not _is_complete(final):
         root.mkdir(parents=True, exist_ok=True)
-        with _file_lock(root / f".{name}.lock"):
+        with file_lock(root / f".{name}.lock"):
             if not _is_complete(final):  # otherwise another process finished it while we waited
                 _build(settings, root, name, show_progress)
     record = json.loads((final / "warmup.json").read_text())
