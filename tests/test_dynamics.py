@@ -17,6 +17,9 @@ from entropy_rl import dynamics, stats
 from entropy_rl.jsonl import read_rows
 
 T, V = 12, 7  # tokens, vocabulary
+# 2 gloo processes on this machine, a free port each time (accelerate's launcher cannot start FSDP on CPU).
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+TORCHRUN_2 += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -261,10 +264,9 @@ def test_param_dynamics_refused_under_fsdp1_names_the_field(
 def test_fsdp2_sharded_prediction_equals_the_unsharded_one(tmp_path):
     """fully_shard over 2 gloo ranks: the same prediction and attribution, and the optimizer's gradient intact."""
     script = Path(__file__).with_name("fsdp_dynamics_check.py")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*torchrun, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    command = [*TORCHRUN_2, str(script), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     for rank in range(2):
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -346,9 +348,7 @@ def test_accelerate_fsdp2_training_equals_ddp(tmp_path):
     flags += ["--save_strategy", "no", "--curve_benchmarks", "arithmetic", "--eval_steps", "1000"]
     flags += ["--disable_tqdm", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0"]
-    fsdp = [*torchrun, str(Path(__file__).with_name("fsdp2_cpu_train.py"))]
+    fsdp = [*TORCHRUN_2, str(Path(__file__).with_name("fsdp2_cpu_train.py"))]
     ddp = [*two_cpu_processes(), "-m", "entropy_rl.cli", "train"]
     rows = {}
     for name, launch in (("fsdp2", fsdp), ("ddp", ddp)):

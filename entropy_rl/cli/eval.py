@@ -22,7 +22,7 @@ from entropy_rl.cli.common import fail, run_command
 from entropy_rl.cli.options import add_option, command_parser
 from entropy_rl.errors import ConfigError
 from entropy_rl.evaluation.benchmarks import Benchmark, load_benchmark
-from entropy_rl.evaluation.generation import load_checkpoint_model, open_vllm, process_state
+from entropy_rl.evaluation.generation import leave_process_group, load_checkpoint_model, open_vllm, process_state
 from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint, evaluate_run
 from entropy_rl.grading import DEFAULT_TIMEOUT_S, Grader
 
@@ -189,6 +189,7 @@ def _body(args: argparse.Namespace) -> int:
         return fail(COMMAND, (str(error).strip().splitlines() or [repr(error)])[0])
     if process_state().is_main_process:
         print(format_table(rows) if rows else "nothing to evaluate: every (checkpoint, benchmark) is in curve.jsonl")
+    leave_process_group()
     return 0
 
 

@@ -32,6 +32,15 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def leave_process_group() -> None:
+    """Under a launcher, every rank leaves the process group together at the end: a rank that exits alone can abort
+    while the others' gloo threads still run ("terminate called without an active exception", exit -6)."""
+    state = process_state()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
+
+
 def load_checkpoint_model(path: str | Path, device: torch.device | str, dtype: str = "auto") -> tuple[Any, Any]:
     """Model (safetensors weights only: a pickle checkpoint could run code) and tokenizer saved in `path`."""
     import torch
