@@ -63,6 +63,24 @@ def train_dataset():
     return Dataset.from_list(make_problems(64, split="train", seed=0))
 
 
+@pytest.fixture()
+def make_trainer(make_model, tokenizer, train_dataset):
+    """An EntropyGRPOTrainer on the tiny model and the toy problems, rewarded by length parity; `args` as given."""
+    from entropy_rl.trainer import EntropyGRPOTrainer
+
+    def build(args, **kwargs):
+        return EntropyGRPOTrainer(
+            model=make_model(),
+            reward_funcs=[length_parity_reward],
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=tokenizer,
+            **kwargs,
+        )
+
+    return build
+
+
 TINY_GRPO = dict(
     learning_rate=1e-3,
     per_device_train_batch_size=16,

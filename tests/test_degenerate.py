@@ -77,17 +77,11 @@ def test_deterministic_policy_with_zero_entropy(make_model, tokenizer, train_dat
     assert all(r["entropy/token_mean"] < 1e-3 for r in rows)
 
 
-def test_extreme_log_ratios_stay_finite(make_model, tokenizer, train_dataset, tmp_path):
+def test_extreme_log_ratios_stay_finite(make_trainer, tmp_path):
     from test_trainer_regularizers import fixed_batch
 
     args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "regularizer": "kl_cov", "num_iterations": 2})
-    trainer = EntropyGRPOTrainer(
-        model=make_model(),
-        reward_funcs=[length_parity_reward],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     inputs = fixed_batch(trainer)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward, two_cpu_processes
+from conftest import TINY_GRPO, two_cpu_processes
 
 from entropy_rl import dynamics, stats
 from entropy_rl.jsonl import read_rows
@@ -173,21 +173,14 @@ def test_windowed_agreement():
 
 
 @pytest.mark.parametrize("optim", ["sgd", "adamw_torch"])
-def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_model, tokenizer, train_dataset, tmp_path):
+def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_trainer, tmp_path):
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.jsonl import read_rows
-    from entropy_rl.trainer import EntropyGRPOTrainer
 
     settings = {**TINY_GRPO, "max_steps": 4, "dynamics_every": 1, "optim": optim, "max_grad_norm": 0.05}
     settings["learning_rate"] = 1e-2 if optim == "sgd" else 1e-4
     args = EntropyGRPOConfig(output_dir=str(tmp_path), num_iterations=2, **settings)
-    trainer = EntropyGRPOTrainer(
-        model=make_model(),
-        reward_funcs=[length_parity_reward],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args)
     trainer.train()
     rows = read_rows(tmp_path / "metrics.jsonl")
     for row in rows:
@@ -236,20 +229,14 @@ def test_dynamics_figure_and_summary_lines(tmp_path):
     assert (tmp_path / "out" / "dynamics.png").is_file()
 
 
-def test_param_dynamics_refused_under_fsdp1_names_the_field(
-    make_model, tokenizer, train_dataset, tmp_path, monkeypatch
-):
+def test_param_dynamics_refused_under_fsdp1_names_the_field(make_trainer, tmp_path, monkeypatch):
     from accelerate import Accelerator
 
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.errors import ConfigError
-    from entropy_rl.trainer import EntropyGRPOTrainer
 
     args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 1})
-    trainer = EntropyGRPOTrainer(
-        model=make_model(), reward_funcs=[length_parity_reward], args=args, train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )  # fmt: skip
+    trainer = make_trainer(args)
     trainer.is_fsdp_enabled = True  # what Trainer.__init__ sets under an FSDP launch
     with pytest.raises(ConfigError, match="dynamics_param=True with FSDP version 1"):
         trainer._check_param_dynamics()
@@ -278,20 +265,15 @@ def test_fsdp2_sharded_prediction_equals_the_unsharded_one(tmp_path):
         assert out["drift"] < 1e-12
 
 
-def test_lora_prediction_uses_the_adapters_and_tracks_measured(make_model, tokenizer, train_dataset, tmp_path):
+def test_lora_prediction_uses_the_adapters_and_tracks_measured(make_trainer, tmp_path):
     from peft import LoraConfig
 
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.jsonl import read_rows
-    from entropy_rl.trainer import EntropyGRPOTrainer
 
     settings = {**TINY_GRPO, "max_steps": 3, "dynamics_every": 1, "optim": "sgd", "learning_rate": 0.5}
-    trainer = EntropyGRPOTrainer(
-        model=make_model(),
-        reward_funcs=[length_parity_reward],
-        args=EntropyGRPOConfig(output_dir=str(tmp_path), **settings),
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
+    trainer = make_trainer(
+        EntropyGRPOConfig(output_dir=str(tmp_path), **settings),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
     params = dynamics.trainable(trainer.accelerator.unwrap_model(trainer.model))
@@ -367,21 +349,17 @@ def test_accelerate_fsdp2_training_equals_ddp(tmp_path):
         assert {key: sharded[key] for key in keys} == expected
 
 
-def test_trainer_sharded_branch_equals_the_plain_one(make_model, tokenizer, train_dataset, tmp_path):
+def test_trainer_sharded_branch_equals_the_plain_one(make_trainer, tmp_path):
     """The trainer's FSDP2 path (gradients by .backward(), a fresh forward per group, every group on every rank) run
     on one process gives the same prediction and attribution as the autograd.grad path, and the same training."""
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.jsonl import read_rows
-    from entropy_rl.trainer import EntropyGRPOTrainer
 
     settings = {**TINY_GRPO, "max_steps": 2, "dynamics_every": 1, "learning_rate": 1e-3}
     rows = {}
     for sharded in (False, True):
         args = EntropyGRPOConfig(output_dir=str(tmp_path / str(sharded)), num_iterations=2, **settings)
-        trainer = EntropyGRPOTrainer(
-            model=make_model(), reward_funcs=[length_parity_reward], args=args, train_dataset=train_dataset,
-            processing_class=tokenizer,
-        )  # fmt: skip
+        trainer = make_trainer(args)
         trainer._sharded_in_place = lambda sharded=sharded: sharded  # one process: a plain backward, times 1
         trainer.train()
         rows[sharded] = read_rows(tmp_path / str(sharded) / "metrics.jsonl")
