@@ -2,8 +2,9 @@
 
 H is the policy entropy the trainer logs per step (`entropy/seq_mean`, the paper's seq-mean-token-mean entropy), R a
 performance measure at the same step: an evaluator benchmark score from curve.jsonl, or the training reward. Given
-x = exp(H) the law is linear in (a, b), so the fit is closed-form least squares; intervals come from a bootstrap over
-steps. The ceiling b - a is the performance the law predicts once entropy is exhausted (H = 0).
+x = exp(H) the law is linear in (a, b), so the fit is closed-form least squares, and its 95 % intervals are the exact
+t-intervals of least squares (Gaussian errors; they reach their nominal coverage, where a bootstrap over steps fell
+short: tests/test_fit.py). The ceiling b - a is the performance the law predicts once entropy is exhausted (H = 0).
 
 Library only: runs are read through entropy_rl.rundir; the command `entropy-rl fit` is entropy_rl.cli.fit.
 """
@@ -14,20 +15,21 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import f as f_distribution
+from scipy.stats import t as t_distribution
 
 from .errors import EntropyRLError
 from .rundir import CURVE_FILE, DEFAULT_ENTROPY_KEY, Run, load_run, metric_value
 
 MIN_POINTS = 3  # two parameters and one residual degree of freedom: the least that gives a fit at all
-# Below this many points the fit is reported with a warning: with fewer, its nominal 95 % bootstrap intervals covered
-# the true (a, ceiling) far less often than 95 % in simulation (perf/fit_small_n.py, table in docs/fit.md).
+# Below this many points the fit is reported with a warning: its intervals are then so wide, and R² so easily high on
+# pure noise, that neither says much (perf/fit_small_n.py, table in docs/fit.md).
 MIN_RELIABLE_POINTS = 8
-CI_PERCENTILES = (2.5, 97.5)  # two-sided 95 % percentile-bootstrap interval
+CONFIDENCE = 0.95  # two-sided intervals of a, b, the ceiling and the curve
 LAW = "R = b - a * exp(H)"
 # Metrics read from curve.jsonl; any other metric names a column of the metrics file (e.g. "reward").
 CURVE_METRIC = re.compile(r"avg@k|pass@(\d+|k)")
@@ -173,7 +175,7 @@ def load_pairs(
 # ------------------------------------------------------------------------------------------------ fitting
 @dataclass(frozen=True)
 class LawFit:
-    """Least-squares fit of R = b - a * exp(H); *_ci are 95 % bootstrap intervals (None without bootstrap)."""
+    """Least-squares fit of R = b - a * exp(H), with 95 % t-intervals of a, b and the ceiling b - a."""
 
     a: float
     b: float
@@ -182,12 +184,14 @@ class LawFit:
     n: int
     h_min: float
     h_max: float
-    a_ci: tuple[float, float] | None = None
-    b_ci: tuple[float, float] | None = None
-    ceiling_ci: tuple[float, float] | None = None
-    n_bootstrap: int = 0  # resamples that gave a fit (those with constant entropy cannot)
-    # [n_bootstrap, 2] (a, b) of the resamples, for a band around the curve; not part of the JSON report.
-    draws: np.ndarray | None = field(default=None, compare=False, repr=False)
+    a_ci: tuple[float, float]
+    b_ci: tuple[float, float]
+    ceiling_ci: tuple[float, float]
+    # What the interval of the fitted R at any entropy needs (`band`): the residual standard error (n - 2 degrees of
+    # freedom), the mean of x = exp(H) and its sum of squared deviations.
+    resid_sd: float
+    x_mean: float
+    x_ss: float
 
     @property
     def few_points(self) -> bool:
@@ -198,6 +202,11 @@ class LawFit:
     def ceiling(self) -> float:
         """Performance predicted at H = 0 (entropy exhausted): b - a."""
         return self.b - self.a
+
+    def half_width(self, x: np.ndarray | float) -> np.ndarray:
+        """Half width of the 95 % interval of the fitted R = b - a * x (x = exp(H)): mean-response least squares."""
+        t = t_distribution.ppf(0.5 + CONFIDENCE / 2, self.n - 2)
+        return t * self.resid_sd * np.sqrt(1 / self.n + (np.asarray(x, dtype=float) - self.x_mean) ** 2 / self.x_ss)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -211,7 +220,6 @@ class LawFit:
             "a_ci95": _json_pair(self.a_ci),
             "b_ci95": _json_pair(self.b_ci),
             "ceiling_ci95": _json_pair(self.ceiling_ci),
-            "n_bootstrap": self.n_bootstrap,
         }
 
 
@@ -219,8 +227,8 @@ def _json_float(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None  # strict JSON has no NaN
 
 
-def _json_pair(pair: tuple[float, float] | None) -> list[float] | None:
-    return None if pair is None else [float(pair[0]), float(pair[1])]
+def _json_pair(pair: tuple[float, float]) -> list[float]:
+    return [float(pair[0]), float(pair[1])]
 
 
 def _is_constant(x: np.ndarray) -> bool:
@@ -255,43 +263,41 @@ def _check_points(H: np.ndarray, R: np.ndarray, source: str) -> None:
         )
 
 
-def fit_law(H: np.ndarray, R: np.ndarray, *, bootstrap: int = 0, seed: int = 0, source: str = "fit_law") -> LawFit:
-    """Fit R = b - a * exp(H) by least squares; with bootstrap > 0, 95 % intervals from that many step resamples."""
+def _interval(centre: float, half_width: float) -> tuple[float, float]:
+    return float(centre - half_width), float(centre + half_width)
+
+
+def fit_law(H: np.ndarray, R: np.ndarray, *, source: str = "fit_law") -> LawFit:
+    """Fit R = b - a * exp(H) by least squares, with 95 % t-intervals (n - 2 degrees of freedom)."""
     H, R = np.asarray(H, dtype=float), np.asarray(R, dtype=float)
     _check_points(H, R, source)
     x = np.exp(H)
     a, b = _ols(x, R)
     sse = float(((R - (b - a * x)) ** 2).sum())
     sst = float(((R - R.mean()) ** 2).sum())
-    draws = _bootstrap(x, R, bootstrap, seed)
-    intervals = {}
-    if len(draws):
-        for name, values in (("a_ci", draws[:, 0]), ("b_ci", draws[:, 1]), ("ceiling_ci", draws[:, 1] - draws[:, 0])):
-            lo, hi = np.percentile(values, CI_PERCENTILES)
-            intervals[name] = (float(lo), float(hi))
+    n, x_mean = len(R), float(x.mean())
+    x_ss = float(((x - x_mean) ** 2).sum())
+    resid_sd = math.sqrt(sse / (n - 2))
+    t = float(t_distribution.ppf(0.5 + CONFIDENCE / 2, n - 2))
+    # a is minus the slope; b and the ceiling b - a are the fitted R at x = 0 and x = exp(0) = 1.
+    a_half = t * resid_sd / math.sqrt(x_ss)
+    b_half = t * resid_sd * math.sqrt(1 / n + x_mean**2 / x_ss)
+    ceiling_half = t * resid_sd * math.sqrt(1 / n + (1 - x_mean) ** 2 / x_ss)
     return LawFit(
         a=a,
         b=b,
         r2=1.0 - sse / sst if sst > 0 else math.nan,
-        rmse=math.sqrt(sse / len(R)),
-        n=len(R),
+        rmse=math.sqrt(sse / n),
+        n=n,
         h_min=float(H.min()),
         h_max=float(H.max()),
-        n_bootstrap=len(draws),
-        draws=draws if len(draws) else None,
-        **intervals,
+        a_ci=_interval(a, a_half),
+        b_ci=_interval(b, b_half),
+        ceiling_ci=_interval(b - a, ceiling_half),
+        resid_sd=resid_sd,
+        x_mean=x_mean,
+        x_ss=x_ss,
     )
-
-
-def _bootstrap(x: np.ndarray, y: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """[m, 2] array of (a, b) refitted on `resamples` draws of the points with replacement, skipping degenerate ones."""
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(x), len(x))
-        if not _is_constant(x[idx]):
-            draws.append(_ols(x[idx], y[idx]))
-    return np.array(draws).reshape(-1, 2)
 
 
 def predict(fit: LawFit, H: np.ndarray | float) -> np.ndarray:
@@ -299,15 +305,12 @@ def predict(fit: LawFit, H: np.ndarray | float) -> np.ndarray:
     return fit.b - fit.a * np.exp(np.asarray(H, dtype=float))
 
 
-def band(fit: LawFit, H: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Pointwise 95 % bootstrap band (low, high) of the fitted curve at entropies H; None without bootstrap draws.
+def band(fit: LawFit, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise 95 % interval (low, high) of the fitted curve at entropies H.
 
     At H = 0 it is the ceiling's interval, so a plot can show how uncertain the extrapolation is."""
-    if fit.draws is None:
-        return None
-    curves = fit.draws[:, 1:2] - fit.draws[:, 0:1] * np.exp(np.asarray(H, dtype=float))[None, :]
-    low, high = np.percentile(curves, CI_PERCENTILES, axis=0)
-    return low, high
+    centre, half = predict(fit, H), fit.half_width(np.exp(np.asarray(H, dtype=float)))
+    return centre - half, centre + half
 
 
 def _rmse(fit: LawFit, H: np.ndarray, R: np.ndarray) -> float:
@@ -336,9 +339,7 @@ class Prediction:
         }
 
 
-def fit_early(
-    H: np.ndarray, R: np.ndarray, fraction: float, *, bootstrap: int = 0, seed: int = 0, source: str = "fit_early"
-) -> Prediction:
+def fit_early(H: np.ndarray, R: np.ndarray, fraction: float, *, source: str = "fit_early") -> Prediction:
     """Fit on the first floor(fraction * n) points (H, R in step order) and predict the rest: the paper's claim that
     early training already determines the later entropy-performance trade-off."""
     if not 0 < fraction < 1:
@@ -350,7 +351,7 @@ def fit_early(
             f"{source}: the first {fraction:g} of {len(H)} points is {n_fit}; that needs to be at least {MIN_POINTS} "
             "and leave points to predict"
         )
-    fit = fit_law(H[:n_fit], R[:n_fit], bootstrap=bootstrap, seed=seed, source=f"{source} (first {n_fit} points)")
+    fit = fit_law(H[:n_fit], R[:n_fit], source=f"{source} (first {n_fit} points)")
     errors = R[n_fit:] - predict(fit, H[n_fit:])
     return Prediction(
         fraction=fraction,
@@ -394,9 +395,7 @@ class JointFit:
         }
 
 
-def fit_joint(
-    runs: Sequence[tuple[np.ndarray, np.ndarray]], *, bootstrap: int = 0, seed: int = 0, source: str = "fit_joint"
-) -> JointFit:
+def fit_joint(runs: Sequence[tuple[np.ndarray, np.ndarray]], *, source: str = "fit_joint") -> JointFit:
     """Fit one (a, b) to the (H, R) points of all runs; compare with a separate fit per run.
 
     The paper reports a and b as properties of the model, not of the RL algorithm: runs of one model with different
@@ -407,7 +406,7 @@ def fit_joint(
     own = [fit_law(H, R, source=f"{source} run {i}") for i, (H, R) in enumerate(runs)]
     H_all = np.concatenate([np.asarray(H, dtype=float) for H, _ in runs])
     R_all = np.concatenate([np.asarray(R, dtype=float) for _, R in runs])
-    joint = fit_law(H_all, R_all, bootstrap=bootstrap, seed=seed, source=f"{source} (all runs)")
+    joint = fit_law(H_all, R_all, source=f"{source} (all runs)")
     sse_own = sum(f.rmse**2 * f.n for f in own)
     sse_joint = joint.rmse**2 * joint.n
     sst = float(((R_all - R_all.mean()) ** 2).sum())

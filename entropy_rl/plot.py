@@ -116,18 +116,15 @@ def plot_performance(pairs: Sequence[Pairs], path: Path) -> Path:
 
 
 def _draw_law(ax: Axes, fit: LawFit, color: str, label: str) -> None:
-    """Fitted curve (solid over the observed entropies, dotted where extrapolated to H = 0), its 95 % bootstrap band
-    when there is one, and its ceiling, whose value goes into the legend (a note in the axes would cross curves)."""
+    """Fitted curve (solid over the observed entropies, dotted where extrapolated to H = 0), its pointwise 95 % band
+    and its ceiling, whose value goes into the legend (a note in the axes would cross curves)."""
     observed = np.linspace(fit.h_min, fit.h_max, 100)
     extrapolated = np.linspace(0.0, fit.h_min, 50)
     ax.plot(observed, predict(fit, observed), "-", color=color, lw=2, label=label)
     ax.plot(extrapolated, predict(fit, extrapolated), ":", color=color, lw=1.5)
     grid = np.linspace(0.0, fit.h_max, 150)
-    if (low_high := band(fit, grid)) is not None:
-        ax.fill_between(grid, *low_high, color=color, alpha=0.15, lw=0, label="95% bootstrap band")
-    ceiling = f"ceiling b - a = {fit.ceiling:.3g}"
-    if fit.ceiling_ci is not None:
-        ceiling += f" [{fit.ceiling_ci[0]:.3g}, {fit.ceiling_ci[1]:.3g}]"
+    ax.fill_between(grid, *band(fit, grid), color=color, alpha=0.15, lw=0, label="95% band")
+    ceiling = f"ceiling b - a = {fit.ceiling:.3g} [{fit.ceiling_ci[0]:.3g}, {fit.ceiling_ci[1]:.3g}]"
     ax.axhline(fit.ceiling, ls="--", color=color, lw=1, alpha=0.7, label=f"{ceiling} at H = 0")
     ax.plot([0.0], [fit.ceiling], marker="*", ms=11, color=color, zorder=5)
 

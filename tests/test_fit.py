@@ -12,7 +12,7 @@ import pytest
 from entropy_rl.cli import main as cli_main
 from entropy_rl.cli.fit import main
 from entropy_rl.cli.plot import main as plot_main
-from entropy_rl.fit import LawFitError, fit_early, fit_joint, fit_law, load_pairs, moving_average, predict
+from entropy_rl.fit import LawFitError, band, fit_early, fit_joint, fit_law, load_pairs, moving_average, predict
 from entropy_rl.plot import plot_run
 from entropy_rl.rundir import RunDirError, load_run
 
@@ -84,43 +84,51 @@ def make_run(
 
 
 # ------------------------------------------------------------------------------------------------ fitting
-def test_fit_law_recovers_known_parameters_with_bootstrap_intervals():
+def test_fit_law_recovers_known_parameters_with_t_intervals():
     rng = np.random.default_rng(1)
     H = entropy_path(np.arange(1, 81))
     R = law(H) + rng.normal(0, 0.01, H.size)
-    fit = fit_law(H, R, bootstrap=1000, seed=0)
+    fit = fit_law(H, R)
     assert fit.a == pytest.approx(A, abs=0.01)
     assert fit.b == pytest.approx(B, abs=0.02)
     assert fit.ceiling == pytest.approx(B - A, abs=0.02)
     assert fit.r2 > 0.98
     assert fit.rmse == pytest.approx(0.01, rel=0.3)
-    assert fit.n == 80 and fit.n_bootstrap == 1000
+    assert fit.n == 80
     for ci, truth in ((fit.a_ci, A), (fit.b_ci, B), (fit.ceiling_ci, B - A)):
-        assert ci is not None and ci[0] < truth < ci[1]
+        assert ci[0] < truth < ci[1]
     assert predict(fit, np.array([0.0, 1.0])) == pytest.approx([fit.b - fit.a, fit.b - fit.a * math.e])
+    # The band at H = 0 is the ceiling's interval.
+    low, high = band(fit, np.array([0.0]))
+    assert (low[0], high[0]) == pytest.approx(fit.ceiling_ci)
 
 
-def test_bootstrap_intervals_cover_the_truth_about_95_percent_of_the_time():
-    rng = np.random.default_rng(5)
-    H = entropy_path(np.arange(1, 41))
-    fits = [fit_law(H, law(H) + rng.normal(0, 0.02, H.size), bootstrap=300, seed=s) for s in range(100)]
-    # Nominal 95 %; percentile intervals run a little narrow at n = 40 (about 92 % here).
-    assert sum(f.a_ci[0] < A < f.a_ci[1] for f in fits) >= 85
-    assert sum(f.b_ci[0] < B < f.b_ci[1] for f in fits) >= 85
-    assert sum(f.ceiling_ci[0] < B - A < f.ceiling_ci[1] for f in fits) >= 85
+def _binomial_ok(hits: int, trials: int, p: float = 0.95) -> bool:
+    """Within 3 binomial standard errors of the nominal coverage (a false alarm about 1 time in 370)."""
+    return abs(hits / trials - p) <= 3 * math.sqrt(p * (1 - p) / trials)
 
 
-def test_fit_law_is_exact_on_noiseless_data_and_bootstrap_is_seeded():
+@pytest.mark.parametrize("n", [5, 12, 40])
+def test_intervals_reach_nominal_coverage_on_synthetic_laws(n):
+    # 1,000 simulated runs of a known law with Gaussian noise: a nominal 95 % interval must hold the truth 95 % of the
+    # time within binomial error, for a, b, the ceiling b - a and the curve at an observed entropy.
+    rng = np.random.default_rng(n)
+    H = entropy_path(np.linspace(1, 120, n))
+    trials, hits = 1000, np.zeros(4, dtype=int)
+    for _ in range(trials):
+        fit = fit_law(H, law(H) + rng.normal(0, 0.02, n))
+        low, high = band(fit, H[n // 2 : n // 2 + 1])
+        truths = ((fit.a_ci, A), (fit.b_ci, B), (fit.ceiling_ci, B - A), ((low[0], high[0]), law(H[n // 2])))
+        hits += [ci[0] <= truth <= ci[1] for ci, truth in truths]
+    assert all(_binomial_ok(int(h), trials) for h in hits), hits / trials
+
+
+def test_fit_law_is_exact_on_noiseless_data():
     H = np.array([1.0, 0.8, 0.5, 0.3])
     fit = fit_law(H, law(H))
     assert (fit.a, fit.b) == pytest.approx((A, B))
-    assert fit.rmse == pytest.approx(0, abs=1e-12) and fit.a_ci is None and fit.n_bootstrap == 0
-    # Resamples of 4 points that repeat one point cannot be fitted: skipped, not counted.
-    assert 190 < fit_law(H, law(H), bootstrap=200).n_bootstrap < 200
-    H = entropy_path(np.arange(1, 21))
-    noisy = law(H) + np.random.default_rng(0).normal(0, 0.01, H.size)
-    first, again, other = (fit_law(H, noisy, bootstrap=200, seed=seed) for seed in (3, 3, 4))
-    assert first == again and first.a_ci != other.a_ci
+    assert fit.rmse == pytest.approx(0, abs=1e-12)
+    assert fit.ceiling_ci == pytest.approx((B - A, B - A))  # no residual: no uncertainty
 
 
 def test_fit_early_predicts_later_steps():
@@ -139,7 +147,7 @@ def test_fit_joint_shares_parameters_across_runs():
     for tau in (20.0, 80.0):  # e.g. no control vs an entropy regularizer: different paths, same law
         H = entropy_path(np.arange(1, 101), tau=tau)
         runs.append((H, law(H) + rng.normal(0, 0.01, H.size)))
-    joint = fit_joint(runs, bootstrap=200)
+    joint = fit_joint(runs)
     assert (joint.fit.a, joint.fit.b) == pytest.approx((A, B), abs=0.02)
     assert joint.fit.n == 200
     assert joint.rmse_ratio < 1.05
@@ -214,7 +222,7 @@ def test_error_too_few_left_after_dropping_nan(tmp_path, capsys):
     for row in rows[:3]:
         row["reward"] = None
     write_jsonl(run / "metrics.jsonl", rows)
-    assert main([str(run), "--bootstrap", "0"]) == 2
+    assert main([str(run)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("entropy-rl fit: error: ")
     assert "3 of 5 steps dropped for a null/NaN/inf" in err and "2 point(s)" in err
@@ -274,7 +282,7 @@ def test_error_joint_needs_two_runs_and_one_metric(tmp_path, capsys):
         fit_joint([(np.array([1.0, 0.5, 0.2]), np.array([0.1, 0.2, 0.3]))])
     with_curve = make_run(tmp_path, "a")
     without = make_run(tmp_path, "b", curve_every=None)
-    assert main([str(with_curve), str(without), "--joint", "--bootstrap", "0"]) == 2
+    assert main([str(with_curve), str(without), "--joint"]) == 2
     assert "--joint needs the same R in every run" in capsys.readouterr().err
 
 
@@ -295,7 +303,7 @@ def assert_png(path: Path) -> None:
 
 def test_cli_single_run_writes_json_next_to_the_run(tmp_path, capsys):
     run = make_run(tmp_path, "run1", regularizer="clip_cov", seed=7)
-    assert main([str(run), "--benchmark", "math500", "--bootstrap", "300", "--fit_fraction", "0.5"]) == 0
+    assert main([str(run), "--benchmark", "math500", "--fit_fraction", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "clip_cov seed 7" in out and "ceiling" in out and "predicting the other 6" in out
     report = json.loads((run / "fit.json").read_text())
@@ -303,9 +311,7 @@ def test_cli_single_run_writes_json_next_to_the_run(tmp_path, capsys):
     (entry,) = report["runs"]
     assert entry["label"] == "clip_cov seed 7" and entry["benchmark"] == "math500" and entry["metric"] == "avg@k"
     fit = entry["fit"]
-    assert set(fit) == {"a", "b", "ceiling", "r2", "rmse", "n", "h_range", "a_ci95", "b_ci95", "ceiling_ci95"} | {
-        "n_bootstrap"
-    }
+    assert set(fit) == {"a", "b", "ceiling", "r2", "rmse", "n", "h_range", "a_ci95", "b_ci95", "ceiling_ci95"}
     assert fit["a"] == pytest.approx(A, abs=0.05) and fit["ceiling"] == pytest.approx(B - A + 0.02, abs=0.05)
     assert entry["prediction"]["n_fit"] == 6 and entry["prediction"]["rmse"] < 0.05
     assert cli_main(["fit", str(run), "--metric", "reward", "--output", str(run / "reward.json")]) == 0
@@ -317,7 +323,7 @@ def test_cli_joint_plot_and_output_path(tmp_path, capsys):
         make_run(tmp_path / "runs", "a", curve_every=None, tau=20, regularizer="none", seed=1),
         make_run(tmp_path / "runs", "b", curve_every=None, tau=80, regularizer="clip_b+steer", seed=1),
     ]
-    assert main([*map(str, runs), "--joint", "--smooth", "3", "--bootstrap", "200", "--plot"]) == 0
+    assert main([*map(str, runs), "--joint", "--smooth", "3", "--plot"]) == 0
     report = json.loads((tmp_path / "runs" / "fit.json").read_text())  # several runs: their common directory
     assert [r["label"] for r in report["runs"]] == ["none seed 1", "clip_b+steer seed 1"]
     joint = report["joint"]
@@ -327,8 +333,9 @@ def test_cli_joint_plot_and_output_path(tmp_path, capsys):
     for path in report["plots"]:
         assert_png(Path(path))
     out = tmp_path / "elsewhere" / "report.json"
-    assert main([*map(str, runs), "--bootstrap", "0", "--output", str(out)]) == 0
-    assert json.loads(out.read_text())["runs"][0]["fit"]["a_ci95"] is None
+    assert main([*map(str, runs), "--output", str(out)]) == 0
+    a_ci95 = json.loads(out.read_text())["runs"][0]["fit"]["a_ci95"]
+    assert a_ci95[0] < json.loads(out.read_text())["runs"][0]["fit"]["a"] < a_ci95[1]
     assert "joint fit" in capsys.readouterr().out
 
 
@@ -390,11 +397,11 @@ def test_fit_warns_below_the_documented_minimum_number_of_points(tmp_path, capsy
     assert f"fewer than {MIN_RELIABLE_POINTS} points" in docs  # the minimum is documented, with its reason
     few = make_run(tmp_path, "few", steps=10 * (MIN_RELIABLE_POINTS - 1), curve_every=10)  # one point short
     enough = make_run(tmp_path, "enough", steps=10 * MIN_RELIABLE_POINTS, curve_every=10)
-    assert main([str(few), "--benchmark", "math500", "--bootstrap", "50"]) == 0
+    assert main([str(few), "--benchmark", "math500"]) == 0
     captured = capsys.readouterr()
     warning = f"only {MIN_RELIABLE_POINTS - 1} points (fewer than {MIN_RELIABLE_POINTS}): R2 and the 95% intervals"
     assert warning in captured.out and f"entropy-rl fit: warning: none seed 0: {warning}" in captured.err
-    assert main([str(enough), "--benchmark", "math500", "--bootstrap", "50"]) == 0
+    assert main([str(enough), "--benchmark", "math500"]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.out + captured.err
 
@@ -409,31 +416,23 @@ def _filled_x_range(ax) -> tuple[float, float] | None:
     return float(xs.min()), float(xs.max())
 
 
-def test_fit_plot_draws_the_bootstrap_band_out_to_the_ceiling(tmp_path, figures):
+def test_fit_plot_draws_the_band_out_to_the_ceiling(tmp_path, figures):
     run = make_run(tmp_path, "run")
-    assert main([str(run), "--benchmark", "math500", "--bootstrap", "200", "--plot"]) == 0
+    assert main([str(run), "--benchmark", "math500", "--plot"]) == 0
     (ax,) = figures["law_fit.png"].axes
     span = _filled_x_range(ax)
     assert span is not None and span[0] == pytest.approx(0.0)  # the band reaches H = 0, around the ceiling
     fit = json.loads((run / "fit.json").read_text())["runs"][0]["fit"]
     assert span[1] == pytest.approx(fit["h_range"][1])
-    assert _filled_x_range(ax) is not None
-    # Without bootstrap there is no band to draw.
-    figures.clear()
-    assert main([str(run), "--benchmark", "math500", "--bootstrap", "0", "--plot"]) == 0
-    assert _filled_x_range(figures["law_fit.png"].axes[0]) is None
 
 
 def test_band_at_zero_entropy_is_the_ceiling_interval():
-    from entropy_rl.fit import band
-
     rng = np.random.default_rng(0)
     H = entropy_path(np.arange(1, 41))
-    fit = fit_law(H, law(H) + rng.normal(0, 0.02, H.size), bootstrap=300, seed=1)
+    fit = fit_law(H, law(H) + rng.normal(0, 0.02, H.size))
     low, high = band(fit, np.array([0.0, 1.0]))
     assert (low[0], high[0]) == pytest.approx(fit.ceiling_ci)
     assert low[1] < predict(fit, 1.0) < high[1]
-    assert band(fit_law(H, law(H)), np.array([0.0])) is None
 
 
 def test_plot_splits_reward_and_heldout_scores_and_warns(tmp_path, capsys, figures):
@@ -484,7 +483,7 @@ def test_score_label_comes_from_the_metric_and_out_of_range_scores_are_rejected(
 
 def test_ceiling_values_are_in_the_legend_outside_the_axes(tmp_path, figures):
     runs = [make_run(tmp_path, name, seed=i, tau=t) for i, (name, t) in enumerate((("a", 30), ("b", 60)))]
-    assert main([*map(str, runs), "--benchmark", "math500", "--bootstrap", "100", "--plot"]) == 0
+    assert main([*map(str, runs), "--benchmark", "math500", "--plot"]) == 0
     fig = figures["law_fit.png"]
     fig.draw_without_rendering()  # lays the figure out as saving it did
     (ax,) = fig.axes

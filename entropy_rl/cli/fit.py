@@ -107,10 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     add_pair_arguments(parser)
-    parser.add_argument(
-        "--bootstrap", type=int, default=1000, metavar="N", help="resamples for 95%% intervals (0: none; default 1000)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     add_option(
         parser,
         "--fit_fraction",
@@ -148,25 +144,22 @@ def _joint(pairs: Sequence[Pairs], args: argparse.Namespace) -> JointFit | None:
     if len(kinds) > 1:
         raise LawFitError(f"--joint needs the same R in every run, got (metric, benchmark) {sorted(kinds)}")
     points = [(p.H, p.R) for p in pairs]
-    return fit_joint(points, bootstrap=args.bootstrap, seed=args.seed, source="joint fit of all runs")
+    return fit_joint(points, source="joint fit of all runs")
 
 
 def compute(args: argparse.Namespace) -> Fits:
     runs = load_runs(args.run_dirs)
     pairs = [load_pairs(run, **pair_options(args)) for run in runs]
-    fits = [fit_law(p.H, p.R, bootstrap=args.bootstrap, seed=args.seed, source=p.source) for p in pairs]
+    fits = [fit_law(p.H, p.R, source=p.source) for p in pairs]
     predictions = [
-        fit_early(p.H, p.R, args.fit_fraction, bootstrap=args.bootstrap, seed=args.seed, source=p.source)
-        if args.fit_fraction
-        else None
-        for p in pairs
+        fit_early(p.H, p.R, args.fit_fraction, source=p.source) if args.fit_fraction else None for p in pairs
     ]
     return Fits(runs, pairs, fits, predictions, _joint(pairs, args))
 
 
 # ------------------------------------------------------------------------------------------------ report text
-def _fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]"
+def _fmt_ci(ci: tuple[float, float]) -> str:
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
 def _fit_lines(fit: LawFit) -> list[str]:
@@ -240,7 +233,7 @@ def _run_entry(run: Run, p: Pairs, fit: LawFit, prediction: Prediction | None) -
 
 
 def report_json(result: Fits, args: argparse.Namespace) -> dict[str, Any]:
-    options = {**pair_options(args), "bootstrap": args.bootstrap, "seed": args.seed, "fit_fraction": args.fit_fraction}
+    options = {**pair_options(args), "fit_fraction": args.fit_fraction}
     entries = zip(result.runs, result.pairs, result.fits, result.predictions, strict=True)
     labels = [p.label for p in result.pairs]
     return {
