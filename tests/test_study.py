@@ -16,7 +16,7 @@ import pytest
 from entropy_rl.cli.study import build_parser, load_study, main, worker_commands
 from entropy_rl.jsonl import read_rows, rewrite_rows
 from entropy_rl.rundir import load_run
-from entropy_rl.study.analysis import RunResult, compare
+from entropy_rl.study.analysis import RunResult, compare_all, holm, paired, welch
 from entropy_rl.study.page import write_page
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,17 +152,41 @@ def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_welch_and_paired_tests_equal_scipy():
+    from scipy import stats
+
+    method, base = [0.531, 0.50, 0.56, 0.52], [0.596, 0.58, 0.61]
+    diff, (low, high), p = welch(method, base)
+    reference = stats.ttest_ind(method, base, equal_var=False)
+    assert p == pytest.approx(reference.pvalue, rel=1e-12)
+    interval = reference.confidence_interval(0.95)
+    assert (diff, low, high) == pytest.approx((np.mean(method) - np.mean(base), interval.low, interval.high))
+    final, late = [0.61, 0.58, 0.60], [0.60, 0.59, 0.57]
+    assert paired(final, late)[2] == pytest.approx(stats.ttest_rel(final, late).pvalue, rel=1e-12)
+    assert welch([0.5], base) is None and paired([0.5], [0.4]) is None  # one seed: no test
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])
+
+
 @pytest.mark.parametrize(
-    "values,baseline,verdict",
+    "values,verdict",
     [
-        ([0.50, 0.52, 0.51], [0.40, 0.41, 0.42], "higher"),
-        ([0.30, 0.31, 0.32], [0.40, 0.41, 0.42], "lower"),
-        ([0.40, 0.45, 0.50], [0.41, 0.43, 0.47], "no clear difference (within seed spread)"),
-        ([0.5], [0.4], "cannot tell (one seed)"),
+        ([0.50, 0.52, 0.51], "higher"),
+        ([0.30, 0.31, 0.32], "lower"),
+        ([0.40, 0.45, 0.50], "no significant difference"),
+        ([0.5], "cannot tell (fewer than 2 seeds)"),
     ],
 )
-def test_compare_calls_a_difference_only_beyond_the_seed_spread(values, baseline, verdict):
-    assert compare(values, baseline) == verdict
+def test_compare_all_calls_a_difference_only_where_the_corrected_test_does(values, verdict):
+    baseline = [0.40, 0.41, 0.42]
+    assert compare_all({"m": welch(values, baseline)})["m"].verdict == verdict
+    # The same difference among more comparisons needs a smaller p-value: p = 0.02 alone is significant, not among 5.
+    assert compare_all({"m": (0.1, (0.01, 0.19), 0.02)})["m"].verdict == "higher"
+    five = compare_all({f"m{i}": (0.1, (0.01, 0.19), 0.02 + i / 100) for i in range(5)})
+    assert {c.verdict for c in five.values()} == {"no significant difference"}
 
 
 def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunResult:
@@ -204,7 +228,7 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunRes
     return RunResult(method, seed, load_run(run_dir), "trained", 10.0, 5.0)
 
 
-def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_path):
+def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_path):
     # GRPO collapses (1.0 -> ~0.2 nats); the other method holds entropy at ~0.6 and so stays less accurate on the law.
     argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--steps", "40", "--save_steps", "2"]
     study, data = load_study(build_parser().parse_args([*argv, "--doc_dir", str(tmp_path / "docs")]))
@@ -217,7 +241,8 @@ def test_page_states_collapse_clear_differences_and_the_early_prediction(tmp_pat
     assert "GRPO (`none`) lost at least half of its starting entropy" in page
     assert "`clip_cov` vs `none`: final entropy **higher**" in page
     assert "final avg@4 **lower**" in page
-    assert "1 of 1 methods ended with clearly higher entropy than GRPO and 0 of 1" in page
+    assert "1 of 1 methods ended with significantly higher entropy than GRPO and 0 of 1" in page
+    assert "Holm p = " in page and "after Holm's correction across the 1 methods" in page
     assert "**strong**" in page  # measured = half the prediction
     assert "Parameter-space prediction `dynamics/predicted_dH_param`" in page
     assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window

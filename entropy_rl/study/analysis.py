@@ -4,11 +4,13 @@ method over seeds (mean, spread, comparison with GRPO), and over all runs (the j
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import t as t_distribution
 
 from entropy_rl.dynamics import QUADRANTS, cumulative_windows
 from entropy_rl.errors import EntropyRLError
@@ -67,15 +69,92 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if len(finite) > 1 else float("nan")
 
 
-def compare(values: Sequence[float], baseline: Sequence[float]) -> str:
-    """Higher / lower than the baseline when the means differ by more than the two seed standard deviations added."""
-    (mean, std), (base_mean, base_std) = mean_std(values), mean_std(baseline)
-    if not (np.isfinite(std) and np.isfinite(base_std)):
-        return "cannot tell (one seed)"
-    diff = mean - base_mean
-    if abs(diff) <= std + base_std:
-        return "no clear difference (within seed spread)"
+ALPHA = 0.05  # significance level of every test on the page, after Holm's correction
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One number of a method against the baseline's over seeds: the difference of the means with its 95 % interval
+    and p-value (Welch's t-test, or a paired t-test for two numbers of the same runs), and the verdict at ALPHA after
+    Holm's correction across the comparisons it was made with."""
+
+    diff: float
+    ci: tuple[float, float]
+    p: float
+    p_holm: float
+    verdict: str  # "higher", "lower", "no significant difference" or "cannot tell (...)"
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    return np.array([v for v in values if np.isfinite(v)], dtype=float)
+
+
+def _t_test(diff: float, se: float, df: float) -> tuple[tuple[float, float], float]:
+    """95 % interval and two-sided p-value of a difference with standard error `se` and `df` degrees of freedom."""
+    if se == 0:  # no spread at all: the difference is exact
+        return (diff, diff), 0.0 if diff != 0 else 1.0
+    half = float(t_distribution.ppf(0.975, df)) * se
+    return (diff - half, diff + half), float(2 * t_distribution.sf(abs(diff) / se, df))
+
+
+def welch(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, tuple[float, float], float] | None:
+    """Difference of the means, its 95 % interval and p-value by Welch's t-test; None with fewer than 2 seeds a side."""
+    x, y = _finite(values), _finite(baseline)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    # Welch-Satterthwaite degrees of freedom
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if se > 0 else len(x) + len(y) - 2
+    diff = float(x.mean() - y.mean())
+    return (diff, *_t_test(diff, se, df))
+
+
+def paired(values: Sequence[float], baseline: Sequence[float]) -> tuple[float, tuple[float, float], float] | None:
+    """The same for two numbers of the same runs (e.g. final vs earlier accuracy): a paired t-test over seeds."""
+    pairs = [(v, b) for v, b in zip(values, baseline, strict=True) if np.isfinite(v) and np.isfinite(b)]
+    if len(pairs) < 2:
+        return None
+    d = np.array([v - b for v, b in pairs])
+    diff = float(d.mean())
+    return (diff, *_t_test(diff, float(d.std(ddof=1)) / math.sqrt(len(d)), len(d) - 1))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error at most the level for any number of comparisons)."""
+    order = np.argsort(p_values)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def _verdict(diff: float, p_holm: float) -> str:
+    if p_holm >= ALPHA:
+        return "no significant difference"
     return "higher" if diff > 0 else "lower"
+
+
+def compare_all(tests: dict[str, tuple[float, tuple[float, float], float] | None]) -> dict[str, Comparison]:
+    """Comparisons from test results (name -> welch/paired result), Holm-corrected together."""
+    done = {name: result for name, result in tests.items() if result is not None}
+    adjusted = dict(zip(done, holm([result[2] for result in done.values()]), strict=True))
+    nan = float("nan")
+    return {
+        name: Comparison(*result, adjusted[name], _verdict(result[0], adjusted[name]))
+        if result is not None
+        else Comparison(nan, (nan, nan), nan, nan, "cannot tell (fewer than 2 seeds)")
+        for name, result in tests.items()
+    }
+
+
+def compare_methods(groups: Groups, key: str) -> dict[str, Comparison]:
+    """Every method against the baseline on one number, Welch's test Holm-corrected across the study's methods."""
+    base = column(groups[BASELINE], key)
+    return compare_all(
+        {method: welch(column(analyses, key), base) for method, analyses in groups.items() if method != BASELINE}
+    )
 
 
 def strength(r: float | None) -> str:

@@ -19,6 +19,7 @@ from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, DEFAULT_ENTROPY_KEY
 from entropy_rl.stats import pearson
 
 from .analysis import (
+    ALPHA,
     ATTRIBUTION,
     BASELINE,
     MEASURED,
@@ -27,16 +28,19 @@ from .analysis import (
     STRONG_R,
     WEAK_R,
     WEAK_R2,
+    Comparison,
     Groups,
     RunAnalysis,
     RunResult,
     analyse_run,
     by_method,
     column,
-    compare,
+    compare_all,
+    compare_methods,
     dynamics,
     joint,
     mean_std,
+    paired,
     strength,
     windowed_r,
 )
@@ -110,27 +114,40 @@ def _method_findings(groups: Groups, study: Study) -> list[str]:
     if base is None or len(groups) == 1:
         return []
     lines = []
-    counts = {"entropy": 0, "accuracy": 0}
+    entropy, accuracy = compare_methods(groups, "end_h"), compare_methods(groups, "final_acc")
     for method, analyses in groups.items():
         if method == BASELINE:
             continue
-        entropy = compare(column(analyses, "end_h"), column(base, "end_h"))
-        accuracy = compare(column(analyses, "final_acc"), column(base, "final_acc"))
-        counts["entropy"] += entropy == "higher"
-        counts["accuracy"] += accuracy == "higher"
         lines.append(
-            f"- `{method}` vs `{BASELINE}`: final entropy **{entropy}** ({_pm(column(analyses, 'end_h'))} vs "
-            f"{_pm(column(base, 'end_h'))}); final avg@{study.eval.k} **{accuracy}** "
-            f"({_pm(column(analyses, 'final_acc'))} vs {_pm(column(base, 'final_acc'))})."
+            f"- `{method}` vs `{BASELINE}`: final entropy **{entropy[method].verdict}** "
+            f"({_pm(column(analyses, 'end_h'))} vs {_pm(column(base, 'end_h'))}; {_test_text(entropy[method])}); "
+            f"final avg@{study.eval.k} **{accuracy[method].verdict}** ({_pm(column(analyses, 'final_acc'))} vs "
+            f"{_pm(column(base, 'final_acc'))}; {_test_text(accuracy[method])})."
         )
     others = len(groups) - 1
+    higher = {
+        name: sum(c.verdict == "higher" for c in found.values()) for name, found in (("H", entropy), ("acc", accuracy))
+    }
     summary = (
-        f"- {counts['entropy']} of {others} methods ended with clearly higher entropy than GRPO and "
-        f'{counts["accuracy"]} of {others} with clearly higher held-out accuracy. "Clearly" means the means over '
-        "seeds differ by more than the two seeds' standard deviations added; anything else is reported as no clear "
-        "difference, i.e. the method did not help measurably at this scale."
+        f"- {higher['H']} of {others} methods ended with significantly higher entropy than GRPO and "
+        f"{higher['acc']} of {others} with significantly higher held-out accuracy. Each comparison is Welch's t-test "
+        f'over seeds (difference of the means, its 95 % interval and p-value), and "higher" / "lower" is said only '
+        f"where the p-value after Holm's correction across the {others} methods is below {ALPHA}; anything else is "
+        "reported as no significant difference, i.e. the method did not help measurably at this scale."
     )
     return [summary, *lines]
+
+
+def _count_higher(comparisons: dict[str, Comparison]) -> int:
+    return sum(c.verdict == "higher" for c in comparisons.values())
+
+
+def _test_text(comparison: Comparison) -> str:
+    """Difference, interval and p-values of a comparison, for a findings line or a table cell."""
+    if not np.isfinite(comparison.p):
+        return comparison.verdict
+    low, high = comparison.ci
+    return f"{comparison.diff:+.3f} [{low:+.3f}, {high:+.3f}], p = {comparison.p:.2g}, Holm p = {comparison.p_holm:.2g}"
 
 
 def _r_text(r: float | None) -> str:
@@ -182,20 +199,20 @@ def _plateau_findings(groups: Groups, study: Study) -> list[str]:
     ]
     late, late_step = mean_std(column(base, "late_acc"))[0], mean_std(column(base, "late_step"))[0]
     if np.isfinite(late_step) and late_step < study.steps:
-        change = compare(column(base, "final_acc"), column(base, "late_acc"))
-        verdict = "a plateau" if change.startswith("no clear difference") else f"not a plateau: {change} at the end"
+        change = compare_all({"late": paired(column(base, "final_acc"), column(base, "late_acc"))})["late"]
+        verdict = {"no significant difference": "a plateau"}.get(change.verdict, f"not a plateau: {change.verdict}")
         lines.append(
             f"- Over the last quarter of training (step {late_step:.0f} to {study.steps}) GRPO's avg@{k} went from "
-            f"{late:.3f} to {final:.3f} ({final - late:+.3f}; {change}): {verdict}."
+            f"{late:.3f} to {final:.3f} (paired t-test over seeds: {_test_text(change)}): {verdict}."
         )
     above = []
+    versus = compare_methods(groups, "final_acc")
     for method, analyses in groups.items():
         if method == BASELINE:
             continue
         acc = mean_std(column(analyses, "final_acc"))[0]
-        verdict = compare(column(analyses, "final_acc"), column(base, "final_acc"))
         side = "above" if acc > ceiling else "not above"
-        above.append(f"`{method}` {acc:.3f} ({side} the ceiling; vs GRPO's final: {verdict})")
+        above.append(f"`{method}` {acc:.3f} ({side} the ceiling; vs GRPO's final: {versus[method].verdict})")
     if above:
         lines.append(f"- Final avg@{k} per method against that ceiling: " + "; ".join(above) + ".")
     return lines
@@ -232,12 +249,11 @@ def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, s
 
 # ------------------------------------------------------------------------------------------------ tables
 def _final_table(groups: Groups, study: Study) -> list[str]:
-    base = groups.get(BASELINE)
+    tests = [compare_methods(groups, key) if BASELINE in groups else {} for key in ("end_h", "final_acc")]
     rows = []
     for method, analyses in groups.items():
         versus = [
-            "—" if base is None or method == BASELINE else compare(column(analyses, key), column(base, key))
-            for key in ("end_h", "final_acc")
+            f"{found[method].verdict} ({_test_text(found[method])})" if method in found else "—" for found in tests
         ]
         numbers = [_pm(column(analyses, key)) for key in ("start_h", "end_h", "final_acc", "final_pass", "eval_h")]
         rows.append([f"`{method}`", str(len(analyses)), *numbers, *versus])
