@@ -12,13 +12,14 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import two_cpu_processes
 
 from entropy_rl.cli.eval import build_parser, main
 from entropy_rl.evaluation.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
 from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint
-from entropy_rl.evaluation.scoring import pass_at_k, score_records
+from entropy_rl.evaluation.scoring import avg_at_k_standard_error, pass_at_k, score_records
 
 CURVE_KEYS = {
     "step",
@@ -27,6 +28,7 @@ CURVE_KEYS = {
     "train_entropy",
     "eval_entropy",
     "avg@k",
+    "avg@k_se",
     "k",
     "pass@k",
     "mean_length",
@@ -121,6 +123,19 @@ def test_score_records():
     assert metrics["pass@k"] == pytest.approx({"1": 0.125, "2": 0.25, "4": 0.5})
     assert metrics["mean_length"] == pytest.approx(3.75)
     assert metrics["eval_entropy"] == pytest.approx(0.625)
+    # Sampling error: problem 1 has p = 1/4, so (1/4)(3/4)/3 = 1/16; problem 2 none; sqrt(1/16) / 2 problems.
+    assert metrics["avg@k_se"] == pytest.approx(0.125)
+
+
+def test_avg_at_k_standard_error_matches_resampling():
+    # Re-drawing every problem's k samples from its own observed rate: avg@k's spread is the reported error.
+    rng = np.random.default_rng(0)
+    rates = rng.uniform(0, 1, 200)
+    records = [{"correct": list(rng.random(8) < rate)} for rate in rates]
+    reported = avg_at_k_standard_error(records)
+    observed = [np.mean([np.mean(rng.random(8) < rate) for rate in rates]) for _ in range(2000)]
+    assert reported == pytest.approx(np.std(observed), rel=0.1)
+    assert avg_at_k_standard_error([{"correct": [True]}]) is None  # one sample per problem: no estimate
 
 
 # --------------------------------------------------------------------------------------------------- benchmarks

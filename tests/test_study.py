@@ -18,6 +18,7 @@ from entropy_rl.jsonl import read_rows, rewrite_rows
 from entropy_rl.rundir import load_run
 from entropy_rl.study.analysis import RunResult, compare_all, holm, paired, welch
 from entropy_rl.study.page import write_page
+from entropy_rl.study.power import detectable_difference, seeds_needed, welch_power
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "recipes" / "toy" / "study.yaml")
@@ -149,7 +150,46 @@ def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count(": new\n") == 10 * 3  # 10 methods x 3 seeds, nothing trained yet
     assert "entropy-rl train --config" in out and "kl_cov.yaml" in out and "--seed 2" in out
+    assert "Power plan" in out and "no pilot: 0 evaluated run(s) of none" in out  # nothing to plan from yet
     assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_plans_the_seeds_from_a_pilot(tmp_path, capsys):
+    pilot = tmp_path / "pilot"
+    for method, floor in (("none", 0.2), ("clip_cov", 0.6)):
+        for seed in range(3):
+            synthetic_run(pilot / method / f"seed{seed}", method, seed, floor)
+    argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--output", str(tmp_path / "runs"), "--dry_run"]
+    assert main([*argv, "--pilot", str(pilot), "--detect", "0.01"]) == 0
+    out = capsys.readouterr().out
+
+    def final_accuracies(method: str) -> list[float]:
+        runs = [pilot / method / f"seed{seed}" / "curve.jsonl" for seed in range(3)]
+        return [json.loads(path.read_text().splitlines()[-1])["avg@k"] for path in runs]
+
+    accuracies = {method: final_accuracies(method) for method in ("none", "clip_cov")}
+    sds = [float(np.std(accuracies[m], ddof=1)) for m in ("clip_cov", "none")]
+    expected = seeds_needed(*sds, 0.01, 0.05)  # one method compared: Holm's first step is the plain level
+    assert f"clip_cov: seed std {sds[0]:.4f} over 3 runs -> {expected} seeds" in out
+    assert f"the study needs {max(5, expected)} seeds" in out
+
+
+def test_welch_power_matches_simulation_and_plans_invert():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    sd, base_sd, seeds, difference = 0.02, 0.015, 5, 0.03
+    trials = 4000
+    hits = sum(
+        stats.ttest_ind(rng.normal(difference, sd, seeds), rng.normal(0, base_sd, seeds), equal_var=False).pvalue < 0.05
+        for _ in range(trials)
+    )
+    assert welch_power(sd, base_sd, seeds, difference, 0.05) == pytest.approx(hits / trials, abs=0.03)
+    needed = seeds_needed(0.018, 0.018, 0.03, 0.05)
+    assert welch_power(0.018, 0.018, needed, 0.03, 0.05) >= 0.8 > welch_power(0.018, 0.018, needed - 1, 0.03, 0.05)
+    smallest = detectable_difference(0.018, 0.018, 3, 0.05)
+    assert welch_power(0.018, 0.018, 3, smallest, 0.05) == pytest.approx(0.8, abs=1e-6)
+    assert 0.05 < smallest < 0.07  # three seeds at this spread detect only about 0.06
 
 
 def test_welch_and_paired_tests_equal_scipy():
@@ -215,6 +255,7 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunRes
                 "step": step,
                 "benchmark": "arithmetic",
                 "avg@k": accuracy,
+                "avg@k_se": 0.001,
                 "k": 4,
                 "num_problems": 16,
                 "pass@k": {"1": accuracy, "4": min(1.0, 2 * accuracy)},
@@ -242,11 +283,13 @@ def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_pa
     assert "`clip_cov` vs `none`: final entropy **higher**" in page
     assert "final avg@4 **lower**" in page
     assert "1 of 1 methods ended with significantly higher entropy than GRPO and 0 of 1" in page
+    assert "| method | seeds | std of final avg@4 | evaluation s.e. |" in page
     assert "Holm p = " in page and "after Holm's correction across the 1 methods" in page
     assert "**strong**" in page  # measured = half the prediction
     assert "Parameter-space prediction `dynamics/predicted_dH_param`" in page
     assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window
     assert "The law fitted on GRPO's runs puts its ceiling" in page and "above the ceiling" in page
+    assert "one law fitted to all 3 runs' points: " in page and ", 95 % interval [" in page
     assert "- Over the last quarter of training (step 30 to 40) GRPO's avg@4 went from " in page
     assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
     assert "Fitted on the first 15% of each run's points (3 of 20)" in page

@@ -61,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"CI miniature: {quick}, --doc_dir <output>/docs (explicit flags win)",
     )
-    add_option(parser, "--dry_run", action="store_true", help="list the runs, their state and commands; train nothing")
+    add_option(
+        parser,
+        "--dry_run",
+        action="store_true",
+        help="list the runs, their state and commands, and the power plan (seeds needed, from a pilot); train nothing",
+    )
+    add_option(
+        parser,
+        "--detect",
+        type=float,
+        help="difference in final held-out avg@k the seeds are planned to detect at 80%% power (default 0.03)",
+    )
+    add_option(parser, "--pilot", help="output root of a pilot study for the power plan (default: this study's)")
     add_option(
         parser,
         "--workers",
@@ -130,8 +142,11 @@ def _study(argv: list[str], started: float) -> int:
     problems = len(benchmark.problems)
     plans = plan_runs(study, problems)
     if args.dry_run:
+        from entropy_rl.study.power import pilot_accuracies, plan_lines
+
         for plan in plans:
             print(f"{plan.method} seed {plan.seed}: {plan.state}\n  {shlex.join(['entropy-rl', 'train', *plan.argv])}")
+        print("\n".join(plan_lines(study, pilot_accuracies(study, args.pilot), args.pilot or str(study.output))))
         return 0
     done_by_workers = None
     if args.workers > 1:

@@ -164,7 +164,7 @@ def evaluate_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------------------ a run
-CURVE_METRICS = ("eval_entropy", "avg@k", "k", "pass@k", "mean_length", "num_problems")
+CURVE_METRICS = ("eval_entropy", "avg@k", "avg@k_se", "k", "pass@k", "mean_length", "num_problems")
 
 
 def curve_row(step: int, checkpoint: str, metrics: dict[str, Any], train_entropy: float | None) -> dict[str, Any]:

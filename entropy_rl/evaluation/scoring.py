@@ -29,11 +29,23 @@ def score_records(records: Sequence[dict[str, Any]], pass_ks: Iterable[int] = ()
         "num_problems": len(records),
         "k": k,
         "avg@k": sum(sum(r["correct"]) / len(r["correct"]) for r in records) / len(records),
+        "avg@k_se": avg_at_k_standard_error(records),
         "pass@k": {str(kk): sum(pass_at_k(k, sum(r["correct"]), kk) for r in records) / len(records) for kk in ks},
         "mean_length": sum(n for r in records for n in r["num_tokens"]) / total,
         "eval_entropy": sum(h for r in records for h in r["entropy"]) / total,
         "grading_timeouts": sum(status == "timeout" for r in records for status in r["status"]),
     }
+
+
+def avg_at_k_standard_error(records: Sequence[dict[str, Any]]) -> float | None:
+    """Standard error of avg@k from the sampling alone, on this problem set: a re-evaluation with other sampling seeds
+    differs by about this much. Per problem the unbiased variance of the mean of its k graded samples,
+    p(1 - p) / (k - 1); None with one sample per problem."""
+    k = len(records[0]["correct"])
+    if k < 2:
+        return None
+    variances = [(p := sum(r["correct"]) / k) * (1 - p) / (k - 1) for r in records]
+    return math.sqrt(sum(variances)) / len(records)
 
 
 def sample_seed(seed: int, benchmark: str, problem_id: str, sample: int) -> int:

@@ -180,6 +180,7 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
         "end_h": _edge_mean(entropy, study.fit.window, last=True),
         "first_acc": curve[0]["avg@k"] if curve else nan,
         "final_acc": last.get("avg@k", nan),
+        "final_acc_se": last.get("avg@k_se") if last.get("avg@k_se") is not None else nan,
         "final_pass": last.get("pass@k", {}).get(str(last.get("k")), nan),
         "eval_h": last.get("eval_entropy", nan),
     }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from entropy_rl.fit import JointFit, LawFit
+from entropy_rl.fit import JointFit, LawFit, LawFitError, fit_law
 from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, DEFAULT_ENTROPY_KEY
 from entropy_rl.stats import pearson
 
@@ -46,6 +46,7 @@ from .analysis import (
 )
 from .execute import TIME_FILE
 from .figures import plot_accuracy, plot_dynamics, plot_entropy_bands, plot_pooled_law
+from .power import POWER, detectable_difference, planning_alpha
 from .spec import Study
 
 if TYPE_CHECKING:
@@ -192,10 +193,11 @@ def _plateau_findings(groups: Groups, study: Study) -> list[str]:
     k = study.eval.k
     half, final = mean_std(column(base, "half_acc"))[0], mean_std(column(base, "final_acc"))[0]
     ceiling = mean_std(column(base, "ceiling"))[0]
+    pooled = _pooled_ceiling(base)
     lines = [
         f"- GRPO's held-out avg@{k} went from {half:.3f} at the middle checkpoint to {final:.3f} at the end "
         f"({final - half:+.3f} in the second half of training). The law fitted on GRPO's runs puts its ceiling "
-        f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds)."
+        f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds){pooled}."
     ]
     late, late_step = mean_std(column(base, "late_acc"))[0], mean_std(column(base, "late_step"))[0]
     if np.isfinite(late_step) and late_step < study.steps:
@@ -216,6 +218,20 @@ def _plateau_findings(groups: Groups, study: Study) -> list[str]:
     if above:
         lines.append(f"- Final avg@{k} per method against that ceiling: " + "; ".join(above) + ".")
     return lines
+
+
+def _pooled_ceiling(runs: Sequence[RunAnalysis]) -> str:
+    """The ceiling of one law fitted to the pooled points of the runs, with its 95 % t-interval, as a clause."""
+    pairs = [a.pairs for a in runs if a.pairs is not None]
+    if not pairs:
+        return ""
+    try:
+        fit = fit_law(np.concatenate([p.H for p in pairs]), np.concatenate([p.R for p in pairs]), source="pooled")
+    except LawFitError:
+        return ""
+    low, high = fit.ceiling_ci
+    interval = f"95 % interval [{low:.3f}, {high:.3f}]"
+    return f"; one law fitted to all {len(pairs)} runs' points: {fit.ceiling:.3f}, {interval}"
 
 
 def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, study: Study) -> list[str]:
@@ -270,7 +286,9 @@ def _law_table(groups: Groups, joint_fit: JointFit | None, study: Study) -> list
     rows = [[f"`{method}`", *(_pm(column(analyses, key)) for key in keys)] for method, analyses in groups.items()]
     if joint_fit is not None:
         fit: LawFit = joint_fit.fit
-        rows.append(["**joint (all runs)**", *(f"{v:.3f}" for v in (fit.a, fit.b, fit.ceiling, fit.r2, fit.rmse)), "—"])
+        low, high = fit.ceiling_ci
+        numbers = [f"{fit.a:.3f}", f"{fit.b:.3f}", f"{fit.ceiling:.3f} [{low:.3f}, {high:.3f}]"]
+        rows.append(["**joint (all runs)**", *numbers, f"{fit.r2:.3f}", f"{fit.rmse:.3f}", "—"])
     early = f"early-{study.fit.early_fraction:.0%} prediction RMSE"
     return _table(["method", "a", "b", "ceiling b − a", "R²", "fit RMSE", early], rows)
 
@@ -372,11 +390,45 @@ def _final_section(groups: Groups, study: Study) -> list[str]:
         "",
         f"Mean ± standard deviation over seeds. start / final H: `{DEFAULT_ENTROPY_KEY}` averaged over the first / "
         f"last {study.fit.window:.0%} of steps. final avg@{k}, pass@{k} and eval entropy (mean token entropy of the "
-        f'evaluation samples): the checkpoint of step {study.steps}. "vs none": higher / lower when the means '
-        "differ by more than the two standard deviations added.",
+        f'evaluation samples): the checkpoint of step {study.steps}. "vs {BASELINE}": the difference of the means '
+        f"with its 95 % interval and p-value (Welch's t-test over seeds) and Holm's corrected p across the methods; "
+        f"higher / lower only where the corrected p is below {ALPHA}.",
         "",
         *_final_table(groups, study),
         "",
+        *_power_lines(groups, study),
+        "",
+    ]
+
+
+def _power_lines(groups: Groups, study: Study) -> list[str]:
+    """Is the evaluation's own error small against the seed spread, and what difference could these seeds detect?"""
+    if BASELINE not in groups:
+        return []
+    alpha = planning_alpha(len(groups) - 1)
+    base_sd = mean_std(column(groups[BASELINE], "final_acc"))[1]
+    rows = []
+    for method, analyses in groups.items():
+        sd = mean_std(column(analyses, "final_acc"))[1]
+        eval_se = mean_std(column(analyses, "final_acc_se"))[0]
+        ratio = f"{eval_se / sd:.2f}" if np.isfinite(eval_se) and sd > 0 else "—"
+        detectable = "—"
+        if method != BASELINE and np.isfinite(sd) and np.isfinite(base_sd):
+            detectable = f"{detectable_difference(sd, base_sd, len(analyses), alpha):.3f}"
+        rows.append([f"`{method}`", str(len(analyses)), f"{sd:.4f}", f"{eval_se:.4f}", ratio, detectable])
+    k = study.eval.k
+    return [
+        f"Seed spread against the evaluation's own error: the standard deviation of final avg@{k} over seeds, the "
+        f"evaluation's sampling standard error of one run's avg@{k} (`avg@k_se`, mean over seeds; "
+        f"{study.eval.problems} problems × {k} samples), their ratio (below 1/3: the spread is the training's, not "
+        f"the evaluation's), and the smallest difference from `{BASELINE}` these seeds detect with "
+        f"{POWER:.0%} power (Welch's test at {ALPHA}/{len(groups) - 1} = {alpha:.3g}, Holm's first step; "
+        "`entropy-rl study --dry_run` plans the seeds for a chosen difference).",
+        "",
+        *_table(
+            ["method", "seeds", f"std of final avg@{k}", "evaluation s.e.", "s.e. / std", "detectable difference"],
+            rows,
+        ),
     ]
 
 

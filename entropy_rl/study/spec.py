@@ -20,8 +20,10 @@ DEFAULT_CONFIG = "recipes/toy/study.yaml"
 
 TOP_KEYS = {
     "name", "output", "doc_dir", "threads", "steps", "seeds", "save_steps", "dynamics_every", "train_args", "methods",
-    "eval", "fit",
+    "eval", "fit", "detect",
 }  # fmt: skip
+OPTIONAL_KEYS = {"train_args", "detect"}
+DEFAULT_DETECT = 0.03  # the difference in held-out accuracy a study is planned to detect (study/power.py)
 EVAL_KEYS = {"benchmark", "problems", "k", "temperature", "batch_size", "seed", "grading_workers"}
 FIT_KEYS = {"metric", "early_fraction", "window"}
 METHOD_KEYS = {"recipe", "args"}
@@ -36,6 +38,7 @@ OVERRIDES = {
     "output": ("output",),
     "doc_dir": ("doc_dir",),
     "threads": ("threads",),
+    "detect": ("detect",),
 }
 # The quick preset: a miniature through every stage: 3 evaluation points per run (a law fit; too few for the early
 # prediction, which the page then lists as not made) and a measured entropy change every step. Its page goes to
@@ -90,6 +93,7 @@ class Study:
     methods: tuple[Method, ...]
     eval: EvalSpec
     fit: FitSpec
+    detect: float  # the difference in final held-out avg@k the seeds are planned to detect
 
 
 def _keys(section: Any, required: set[str], optional: set[str], where: str) -> dict[str, Any]:
@@ -118,7 +122,7 @@ def _method(name: str, entry: Any, base: Path) -> Method:
 
 def build_study(data: dict[str, Any], base: Path) -> Study:
     """Validate the study mapping (the YAML with command-line overrides applied); recipes resolve against `base`."""
-    data = _keys(data, TOP_KEYS - {"train_args"}, {"train_args"}, "the study config")
+    data = _keys(data, TOP_KEYS - OPTIONAL_KEYS, OPTIONAL_KEYS, "the study config")
     for key in ("threads", "steps", "seeds", "save_steps", "dynamics_every"):
         check(isinstance(data[key], int) and data[key] >= 1, key, data[key], "an integer >= 1")
     # The last checkpoint must be the final model, so that the table's final accuracy is the trained policy's.
@@ -132,6 +136,8 @@ def build_study(data: dict[str, Any], base: Path) -> Study:
     check(isinstance(methods, dict) and bool(methods), "methods", methods, "a mapping of method name -> settings")
     train_args = data.get("train_args") or {}
     check(isinstance(train_args, dict), "train_args", train_args, "a mapping of train flags")
+    detect = data.get("detect", DEFAULT_DETECT)
+    check(isinstance(detect, int | float) and 0 < detect < 1, "detect", detect, "a number in (0, 1)")
     return Study(
         name=str(data["name"]),
         output=Path(data["output"]),
@@ -145,6 +151,7 @@ def build_study(data: dict[str, Any], base: Path) -> Study:
         methods=tuple(_method(name, entry, base) for name, entry in methods.items()),
         eval=evaluation,
         fit=fit,
+        detect=float(detect),
     )
 
 
