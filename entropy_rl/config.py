@@ -114,6 +114,17 @@ class EntropyGRPOConfig(GRPOConfig):
             "of the trainable parameters, on those steps. Not available under FSDP version 1 or ZeRO-3."
         },
     )
+    dynamics_momentum_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "With dynamics_param under SGD or Adam/AdamW: also split the part of the update carried by the "
+            "optimizer's momentum by the token groups whose gradients built it (per-group copies of the first moment, "
+            "dynamics/dH_param/carried/<group>), and log weight decay and the gradient outside the groups as their "
+            "own parts, so dynamics/dH_param/other is float noise (docs/metrics.md). Costs, on every step, one "
+            "forward and up to 4 backward passes over the step's batch and 6 copies of the trainable parameters. "
+            "One process only."
+        },
+    )
     metrics_file: str = field(
         default="metrics.jsonl",
         metadata={"help": "File name, inside output_dir, of the per-step metrics (one JSON row per optimizer step)."},
@@ -301,6 +312,12 @@ class EntropyGRPOConfig(GRPOConfig):
             "dynamics_every",
             self.dynamics_every,
             "0 when diagnostics=False (the measured change is compared with the diagnostics' prediction)",
+        )
+        check(
+            not self.dynamics_momentum_groups or (self.dynamics_param and self.dynamics_every > 0),
+            "dynamics_momentum_groups",
+            self.dynamics_momentum_groups,
+            "False unless dynamics_param=True and dynamics_every > 0 (it splits the parameter-space prediction)",
         )
 
     def _check_rollout_shaping(self) -> None:

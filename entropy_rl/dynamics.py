@@ -21,6 +21,18 @@ its post-step value (D depends on G through v_t, so a group's part is its share 
 what the update would have been without the other groups), and the momentum carried from earlier steps, weight decay
 and any loss term outside the policy-gradient surrogate are what `other` = dH_param - sum_k dH_k holds.
 
+Momentum groups (`GroupMoments`, the trainer's `dynamics_momentum_groups`). The update the optimizer applies is
+
+    d = -D * G_hat - C * m_{t-1} - W * theta_before,
+
+G_hat the gradient the optimizer reads (the clipped .grad, plus SGD's coupled weight decay), m_{t-1} its first moment
+(momentum buffer) from the earlier steps, C = lr beta1 / ((1 - beta1^t) (sqrt(v_hat_t) + eps)) for Adam(W) (lr mu for
+SGD), W = lr * weight_decay for AdamW's decoupled decay. Every step, per-group buffers follow the optimizer's own rule,
+m^G_t = beta1 m^G_{t-1} + (1 - beta1) G_hat^G, with G_hat split into the quadrants' c g_k, `rest` (.grad - c sum_k g_k:
+loss terms outside the surrogate) and SGD's weight decay; started with the optimizer's (or seeded with its moment in
+`rest`), they add up to m exactly, so d splits linearly through the shared denominator into each group's part from
+this step's gradient and its part carried from earlier steps, and `other` is float noise (tests/test_dynamics.py).
+
 Distributed: every dot product is a sum of local products (`dot`), so the caller adds them to its one all-reduce per
 step. Under DDP / ZeRO-1/2 the attribution needs the entropy gradient of the whole batch of every rank: one all-reduce
 of that vector. Under FSDP2 each rank holds a shard of every vector and the gradients come reduce-scattered from
@@ -42,8 +54,15 @@ QUADRANTS = ("pos_adv_S_gt_N", "pos_adv_S_lt_N", "neg_adv_S_gt_N", "neg_adv_S_lt
 # tokens the PPO clip silenced would have contributed through the same preconditioned step.
 COUNTERFACTUAL = ("removed", "clipped")
 GROUPS = QUADRANTS + COUNTERFACTUAL
-# Layout of the per-step vector added to the trainer's all-reduce: [dH_param sum, attribution flag, groups...].
+# Layout of the per-step vector added to the trainer's all-reduce: [dH_param sum, attribution flag, groups...],
+# followed by MOMENTUM_PARTS when the momentum groups are tracked.
 VALUES = 2 + len(GROUPS)
+# The momentum groups' buffers: the quadrants and `rest`, the optimizer's gradient outside them (loss terms outside the
+# surrogate; after a resume, also the moment from before the buffers started).
+MOMENTUM_GROUPS = (*QUADRANTS, "rest")
+# Their parts beyond the quadrants' current ones: each buffer's carried part, rest's current part, and weight decay
+# (AdamW's decoupled decay; SGD's coupled decay, now and carried). With them `other` is float noise.
+MOMENTUM_PARTS = (*(f"carried/{name}" for name in MOMENTUM_GROUPS), "rest", "weight_decay")
 
 Params = list[torch.Tensor]
 
@@ -103,45 +122,93 @@ def _optimizer_groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
     return {id(p): group for group in optimizer.param_groups for p in group["params"]}
 
 
-def _adam_scale(p: torch.Tensor, g: torch.Tensor, group: dict, state: dict) -> torch.Tensor:
-    """D of Adam(W) for one parameter: the coefficient of this step's gradient in the step about to be taken."""
+class Coefficients:
+    """How the step about to be taken depends on its inputs, for one parameter:
+    update = -current * G_hat - carried * moment - decay * theta, G_hat = .grad + coupled_decay * theta, and the
+    first moment moves on as moment' = keep * moment + add * G_hat (moment: None before the optimizer made one)."""
+
+    def __init__(
+        self,
+        current: torch.Tensor,
+        carried: torch.Tensor | float,
+        *,
+        decay: float,
+        coupled_decay: float,
+        keep: float,
+        add: float,
+        moment: torch.Tensor | None,
+    ):
+        self.current, self.carried, self.decay, self.coupled_decay = current, carried, decay, coupled_decay
+        self.keep, self.add, self.moment = keep, add, moment
+
+
+def _adam_coefficients(g: torch.Tensor, group: dict, state: dict, decoupled: bool) -> Coefficients:
+    """Adam(W): P = lr / ((1 - beta1^t) (sqrt(v_t / (1 - beta2^t)) + eps)) multiplies
+    m_t = beta1 m_{t-1} + (1 - beta1) G: `current` = P (1 - beta1), `carried` = P beta1."""
     beta1, beta2 = group["betas"]
     step = float(_local(state["step"])) + 1 if state else 1.0
     v = _local(state["exp_avg_sq"]) * beta2 + (1 - beta2) * g * g if state else (1 - beta2) * g * g
     denom = (v / (1 - beta2**step)).sqrt() + group["eps"]
-    return group["lr"] * (1 - beta1) / (1 - beta1**step) / denom
+    current = group["lr"] * (1 - beta1) / (1 - beta1**step) / denom
+    carried = group["lr"] * beta1 / (1 - beta1**step) / denom
+    decay = group["lr"] * group["weight_decay"] if decoupled else 0.0
+    moment = _local(state["exp_avg"]) if state else None
+    return Coefficients(current, carried, decay=decay, coupled_decay=0.0, keep=beta1, add=1 - beta1, moment=moment)
 
 
-def _sgd_scale(p: torch.Tensor, group: dict, state: dict) -> float:
-    """D of SGD: lr, times (1 - dampening) once a momentum buffer exists (its carry goes to `other`)."""
-    if group["momentum"] and state.get("momentum_buffer") is not None:
-        return group["lr"] * (1 - group["dampening"])
-    return group["lr"]
+def _sgd_coefficients(g: torch.Tensor, group: dict, state: dict) -> Coefficients:
+    """SGD: lr, times (1 - dampening) once a momentum buffer exists (which then carries with lr * momentum)."""
+    has_buffer = bool(group["momentum"]) and state.get("momentum_buffer") is not None
+    current = group["lr"] * (1 - group["dampening"]) if has_buffer else group["lr"]
+    carried = group["lr"] * group["momentum"] if has_buffer else 0.0
+    # torch's first momentum step copies G into the buffer (no dampening); without momentum there is no buffer.
+    keep, add = (group["momentum"], 1 - group["dampening"]) if has_buffer else (0.0, float(bool(group["momentum"])))
+    moment = _local(state["momentum_buffer"]) if has_buffer else None
+    return Coefficients(
+        torch.full_like(g, current),
+        carried,
+        decay=0.0,
+        coupled_decay=group["weight_decay"],
+        keep=keep,
+        add=add,
+        moment=moment,
+    )
+
+
+def coefficients(optimizer: torch.optim.Optimizer, params: Params) -> list[Coefficients] | None:
+    """Per parameter, read before `optimizer.step()` with G the current `.grad`; None for an unsupported optimizer.
+
+    Supported: torch.optim.SGD (not Nesterov) and Adam / AdamW (not AMSGrad; Adam without weight decay).
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
+    kind = type(optimizer)
+    groups = _optimizer_groups(optimizer)
+    out: list[Coefficients] = []
+    for p in params:
+        group, state = groups.get(id(p)), optimizer.state.get(p, {})
+        if group is None or p.grad is None or group.get("maximize") or group.get("differentiable"):
+            return None
+        g = _local(p.grad).double()
+        if kind in (torch.optim.Adam, torch.optim.AdamW) and not group.get("amsgrad"):
+            if kind is torch.optim.Adam and group["weight_decay"]:
+                return None  # Adam's L2 term enters G and v_t: D would not be the one the step uses
+            out.append(_adam_coefficients(g, group, state, decoupled=kind is torch.optim.AdamW))
+        elif kind is torch.optim.SGD and not group.get("nesterov"):
+            out.append(_sgd_coefficients(g, group, state))
+        else:
+            return None
+    return out
 
 
 def preconditioner(optimizer: torch.optim.Optimizer, params: Params) -> Params | None:
     """D per parameter (update = -D * G + what does not depend on G), read before `optimizer.step()`.
 
-    Supported: torch.optim.SGD (not Nesterov) and Adam / AdamW (not AMSGrad), with G the current `.grad`. Any other
-    optimizer returns None: the caller then logs dH_param without its attribution.
+    D = lr for SGD (times 1 - dampening once momentum builds), lr (1 - beta1) / ((1 - beta1^t) (sqrt(v_hat_t) + eps))
+    for Adam / AdamW. Any optimizer `coefficients` does not support returns None: the caller then logs dH_param
+    without its attribution.
     """
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-    kind = type(optimizer)
-    groups = _optimizer_groups(optimizer)
-    scales: Params = []
-    for p in params:
-        group, state = groups.get(id(p)), optimizer.state.get(p, {})
-        if group is None or p.grad is None or group.get("maximize") or group.get("differentiable"):
-            return None
-        if kind in (torch.optim.Adam, torch.optim.AdamW) and not group.get("amsgrad"):
-            if kind is torch.optim.Adam and group["weight_decay"]:
-                return None  # Adam's L2 term enters G itself: the split would misattribute it
-            scales.append(_adam_scale(p, _local(p.grad).double(), group, state))
-        elif kind is torch.optim.SGD and not group.get("nesterov"):
-            scales.append(torch.full_like(_local(p.grad), _sgd_scale(p, group, state), dtype=torch.float64))
-        else:
-            return None
-    return scales
+    found = coefficients(optimizer, params)
+    return None if found is None else [c.current for c in found]
 
 
 def clip_factor(grad_norm: float | None, max_grad_norm: float) -> float:
@@ -197,9 +264,11 @@ class ParamPrediction:
     group per `add_groups` call, each from a fresh forward.
     """
 
-    def __init__(self, params: Params, *, sharded_world: int = 0):
+    def __init__(self, params: Params, *, sharded_world: int = 0, moments: GroupMoments | None = None):
         self.params = params
         self.sharded_world = sharded_world
+        self.moments = moments  # the quadrants' gradients go to it too; its parts join values()
+        self.momentum_parts: torch.Tensor | None = None
         self.before = snapshot(params)
         self.grad_h: Params | None = None  # grad of this rank's entropy sum (sharded: shard of the sum over ranks)
         self.direction: Params | None = None  # D * (grad of the entropy sum of every rank), None: no attribution
@@ -241,6 +310,14 @@ class ParamPrediction:
         for i, name in enumerate(names):
             g = self._grad(losses[name], i + 1 < len(names))
             self.parts[GROUPS.index(name)] -= self.scale * dot(self.direction, g)
+            if self.moments is not None and name in QUADRANTS:
+                self.moments.add(name, g)
+
+    def advance_moments(self, optimizer: torch.optim.Optimizer) -> None:
+        """After `add_groups`: the momentum groups' parts of this step (they need `set_direction`'s attribution)."""
+        attributed = self.direction is not None
+        parts = self.moments.advance(optimizer, self.scale, self.grad_h if attributed else None)
+        self.momentum_parts = parts if attributed else None
 
     @torch.no_grad()
     def values(self) -> torch.Tensor:
@@ -248,7 +325,76 @@ class ParamPrediction:
         total = dot(self.grad_h, difference(self.params, self.before)) if self.grad_h is not None else torch.zeros(())
         flag = torch.ones(()) if self.direction is not None else torch.zeros(())
         head = torch.stack([total.double().cpu(), flag.double()]).to(self.parts.device)
-        return torch.cat([head, self.parts])
+        tail = [] if self.momentum_parts is None else [self.momentum_parts.to(self.parts.device)]
+        return torch.cat([head, self.parts, *tail])
+
+
+class GroupMoments:
+    """Per-group copies of the optimizer's first moment, kept across steps (the trainer's `dynamics_momentum_groups`).
+
+    Every step, before `optimizer.step()`: `add_losses({quadrant: loss})` per micro-batch (or `add` of gradients the
+    measuring step already has), then `advance(optimizer, scale)`, which, given the entropy gradient on a measuring
+    step, returns the sums of MOMENTUM_PARTS, and moves every buffer on by the optimizer's rule. The buffers sum to
+    the optimizer's moment: they start with it (at zero, or with a resumed moment in `rest`) and follow the same
+    linear update with gradients that sum to the optimizer's. One process only (the buffers are whole tensors).
+    """
+
+    def __init__(self, params: Params):
+        self.params = params
+        self.buffers: dict[str, Params] | None = None  # MOMENTUM_GROUPS and "weight_decay" (SGD's coupled decay)
+        self.grads: dict[str, Params] = {}  # this step's unclipped quadrant gradients, summed over micro-batches
+
+    def add(self, name: str, g: Params) -> None:
+        kept = self.grads.get(name)
+        self.grads[name] = g if kept is None else [a + b for a, b in zip(kept, g, strict=True)]
+
+    def add_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        names = [name for name in QUADRANTS if name in losses]
+        for i, name in enumerate(names):
+            self.add(name, grad(losses[name], self.params, retain_graph=i + 1 < len(names)))
+
+    def _zeros(self) -> Params:
+        return [torch.zeros_like(_local(p.detach())) for p in self.params]
+
+    @torch.no_grad()
+    def advance(
+        self, optimizer: torch.optim.Optimizer, scale: float, grad_h: Params | None = None
+    ) -> torch.Tensor | None:
+        """This step's parts (sums in MOMENTUM_PARTS order, when `grad_h` is given), then the buffers take the step.
+
+        `scale`: the gradient-clipping factor. None, and the buffers dropped, for an optimizer `coefficients` does
+        not support.
+        """
+        found = coefficients(optimizer, self.params)
+        grads, self.grads = self.grads, {}
+        if found is None:
+            self.buffers = None
+            return None
+        theta = [_local(p.detach()) for p in self.params]
+        step = {name: [scale * g for g in grads[name]] if name in grads else self._zeros() for name in QUADRANTS}
+        quadrants = [sum(parts) for parts in zip(*(step[name] for name in QUADRANTS), strict=True)]
+        step["rest"] = [_local(p.grad) - q for p, q in zip(self.params, quadrants, strict=True)]
+        step["weight_decay"] = [c.coupled_decay * t for c, t in zip(found, theta, strict=True)]
+        if self.buffers is None:  # started with the optimizer, or after it: its moment so far goes to `rest`
+            self.buffers = {name: self._zeros() for name in (*MOMENTUM_GROUPS, "weight_decay")}
+            self.buffers["rest"] = [
+                b if c.moment is None else c.moment.clone() for b, c in zip(self.buffers["rest"], found, strict=True)
+            ]
+        parts = None if grad_h is None else self._parts(found, grad_h, step, theta)
+        for name, buffers in self.buffers.items():
+            for buffer, g, c in zip(buffers, step[name], found, strict=True):
+                buffer.mul_(c.keep).add_(g.to(buffer.dtype), alpha=c.add)
+        return parts
+
+    def _parts(self, found: list[Coefficients], grad_h: Params, step: dict[str, Params], theta: Params) -> torch.Tensor:
+        current = [c.current * g.double() for c, g in zip(found, grad_h, strict=True)]
+        carried = [c.carried * g.double() for c, g in zip(found, grad_h, strict=True)]
+        decay = [c.decay * g.double() for c, g in zip(found, grad_h, strict=True)]
+        values = {f"carried/{name}": -dot(carried, self.buffers[name]) for name in MOMENTUM_GROUPS}
+        values["rest"] = -dot(current, step["rest"])
+        coupled = dot(current, step["weight_decay"]) + dot(carried, self.buffers["weight_decay"])
+        values["weight_decay"] = -dot(decay, theta) - coupled
+        return torch.stack([values[name] for name in MOMENTUM_PARTS])
 
 
 def step_values(values: Sequence[float], tokens: float, ranks: int) -> dict[str, float]:
@@ -259,10 +405,11 @@ def step_values(values: Sequence[float], tokens: float, ranks: int) -> dict[str,
     row = {"dynamics/predicted_dH_param": total / tokens}
     if flag >= ranks - 0.5:  # every rank attributed (same optimizer everywhere, so all or none)
         # The parts are already global (the direction was reduced); each rank adds its own tokens' groups.
-        for name, value in zip(GROUPS, parts, strict=True):
+        names = GROUPS if len(parts) == len(GROUPS) else GROUPS + MOMENTUM_PARTS
+        for name, value in zip(names, parts, strict=True):
             row[f"dynamics/dH_param/{name}"] = value / tokens
-        quadrants = sum(row[f"dynamics/dH_param/{name}"] for name in QUADRANTS)
-        row["dynamics/dH_param/other"] = row["dynamics/predicted_dH_param"] - quadrants
+        explained = sum(row[f"dynamics/dH_param/{name}"] for name in names if name not in COUNTERFACTUAL)
+        row["dynamics/dH_param/other"] = row["dynamics/predicted_dH_param"] - explained
     return row
 
 

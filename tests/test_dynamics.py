@@ -165,6 +165,88 @@ def test_adam_momentum_carry_goes_to_other():
     assert carried > 0.1  # the third step's update is mostly momentum from the first two
 
 
+def momentum_run(make_optimizer, steps: int, *, moments_from: int = 0, max_norm: float = 0.0):
+    """Rows of `steps` optimizer steps on TinyNet with the momentum groups tracked from step `moments_from` on: two
+    advantage-sign groups, and a small entropy term outside them (what `rest` holds)."""
+    model = TinyNet()
+    targets, advantages = data()
+    optimizer = make_optimizer(model.parameters())
+    params = dynamics.trainable(model)
+    moments = dynamics.GroupMoments(params)
+    pos, neg = (advantages > 0).double(), (advantages <= 0).double()
+    rows = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        tracked = step >= moments_from
+        prediction = dynamics.ParamPrediction(params, moments=moments if tracked else None)
+        prediction.add_entropy(mean_entropy(model()) * T)
+        (policy_loss(model(), targets, advantages) - 0.05 * mean_entropy(model())).backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else None
+        scale = dynamics.clip_factor(None if norm is None else float(norm), max_norm)
+        assert prediction.set_direction(optimizer, scale=scale)
+        groups = {"pos_adv_S_gt_N": advantages * pos, "neg_adv_S_lt_N": advantages * neg}
+        prediction.add_groups({name: policy_loss(model(), targets, a) for name, a in groups.items()})
+        if tracked:
+            prediction.advance_moments(optimizer)
+        optimizer.step()
+        rows.append(dynamics.step_values(prediction.values().tolist(), tokens=T, ranks=1))
+    return rows, optimizer, moments
+
+
+def assert_explained(row: dict[str, float]) -> None:
+    assert abs(row["dynamics/dH_param/other"]) < 1e-9 * abs(row["dynamics/predicted_dH_param"])
+
+
+def test_adamw_momentum_groups_add_up_over_steps():
+    """Current + carried parts of each group, `rest` and weight decay add up to dH_param on every step; the buffers
+    add up to the optimizer's first moment."""
+
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.1)
+
+    rows, optimizer, moments = momentum_run(adamw, 5, max_norm=0.5)
+    for row in rows:
+        assert_explained(row)
+    last = rows[-1]
+    for name in ("carried/pos_adv_S_gt_N", "carried/neg_adv_S_lt_N", "carried/rest", "rest", "weight_decay"):
+        assert abs(last[f"dynamics/dH_param/{name}"]) > 1e-4 * abs(last["dynamics/predicted_dH_param"]), name
+    carried = sum(abs(last[f"dynamics/dH_param/carried/{name}"]) for name in dynamics.MOMENTUM_GROUPS)
+    assert carried > 0.1 * abs(last["dynamics/predicted_dH_param"])  # what `other` held without the groups
+    assert rows[0]["dynamics/dH_param/carried/pos_adv_S_gt_N"] == 0  # nothing carried into the first step
+    for i, p in enumerate(moments.params):
+        total = sum(moments.buffers[name][i] for name in dynamics.MOMENTUM_GROUPS)
+        assert torch.allclose(total, optimizer.state[p]["exp_avg"], rtol=1e-10, atol=1e-14)
+
+
+def test_momentum_groups_started_late_take_the_earlier_moment_in_rest():
+    rows, _, _ = momentum_run(lambda params: torch.optim.Adam(params, lr=1e-3), 4, moments_from=2)
+    for row in rows[2:]:
+        assert_explained(row)
+    assert rows[2]["dynamics/dH_param/carried/pos_adv_S_gt_N"] == 0 != rows[2]["dynamics/dH_param/carried/rest"]
+
+
+def test_sgd_momentum_groups_reduce_to_the_current_split():
+    """Plain SGD carries nothing: the quadrant parts are those of the split without the groups, the new parts are 0
+    (`rest`: the entropy term). With momentum and coupled weight decay the parts still add up."""
+    plain, _, _ = momentum_run(lambda params: torch.optim.SGD(params, lr=0.1), 3, moments_from=3)
+    grouped, _, _ = momentum_run(lambda params: torch.optim.SGD(params, lr=0.1), 3)
+    for without, row in zip(plain, grouped, strict=True):
+        assert_explained(row)
+        for name in dynamics.QUADRANTS:
+            assert row[f"dynamics/dH_param/{name}"] == without[f"dynamics/dH_param/{name}"]
+        for name in ("weight_decay", *(f"carried/{group}" for group in dynamics.MOMENTUM_GROUPS)):
+            assert row[f"dynamics/dH_param/{name}"] == 0
+        assert row["dynamics/dH_param/rest"] == pytest.approx(without["dynamics/dH_param/other"], rel=1e-9)
+
+    def heavy_ball(params):
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)
+
+    rows, _, _ = momentum_run(heavy_ball, 4)
+    for row in rows:
+        assert_explained(row)
+    assert rows[-1]["dynamics/dH_param/carried/neg_adv_S_lt_N"] != 0 != rows[-1]["dynamics/dH_param/weight_decay"]
+
+
 def test_windowed_agreement():
     predicted = [0.1, -0.2, 0.3, 0.0, 0.1, -0.1, 0.2, 0.05]
     assert dynamics.cumulative_windows(predicted, 3) == pytest.approx([0.2, 0.0])

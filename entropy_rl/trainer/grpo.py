@@ -163,6 +163,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         self._dynamics_param: list[float] = []  # parameter-space predictions of the same steps
         self._param_prediction: dynamics.ParamPrediction | None = None  # the measured step's, until it ends
         self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
+        self._group_moments: dynamics.GroupMoments | None = None  # dynamics_momentum_groups' buffers
         self._check_param_dynamics()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rows_started = False  # the first step of this train() call makes the run directory this run's
@@ -411,7 +412,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             * self._sampler_correction(inputs),
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
-        if self._measures_dynamics(self.state.global_step + 1):
+        if self._measures_dynamics(self.state.global_step + 1) or self._group_moments is not None:
             inputs[RAW_ADV_KEY] = advantages
             inputs[S_MINUS_N_KEY] = s - token_stats.nec
             self._step_batches.append(inputs)
@@ -453,6 +454,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         prediction, self._param_prediction = self._param_prediction, None
         if measure and prediction is not None:
             parts.append(prediction.values().to(device))
+            param_values = parts[-1].numel()  # longer with the momentum groups' parts
         reg_names = sorted(self._reg_sums)
         parts.extend(self._reg_sums[name].to(device) for name in reg_names)
         self._step_sums, self._step_batches, self._reg_sums = None, [], {}
@@ -469,8 +471,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             tokens = totals[offset + 1]
             offset += 2
             if prediction is not None:
-                row.update(dynamics.step_values(totals[offset : offset + dynamics.VALUES], tokens, self._world()))
-                offset += dynamics.VALUES
+                row.update(dynamics.step_values(totals[offset : offset + param_values], tokens, self._world()))
+                offset += param_values
             if row.get("tokens"):
                 self._record_measured(row, after - row["entropy/token_mean"])
         for i, name in enumerate(reg_names):

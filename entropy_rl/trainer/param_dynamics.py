@@ -10,7 +10,7 @@ import torch
 
 from .. import dynamics, stats
 from ..config import CLIP_LOSS_TYPES
-from ..errors import ConfigError
+from ..errors import ConfigError, check
 
 # Kept in the micro-batch copy on measuring steps for the parameter-space attribution (entropy_rl/dynamics.py).
 RAW_ADV_KEY, S_MINUS_N_KEY = "entropy_rl_raw_advantages", "entropy_rl_s_minus_n"
@@ -27,6 +27,17 @@ class ParamDynamicsMixin:
         if not (self.args.dynamics_param and self.args.dynamics_every):
             return
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.args.dynamics_momentum_groups:
+            # Its buffers are whole tensors fed with this process's group gradients: one process only.
+            distributed = self._world() > 1 or self.is_fsdp_enabled or plugin is not None
+            check(not distributed, "dynamics_momentum_groups", True, "False with several processes, FSDP or DeepSpeed")
+            check(
+                self.loss_type in CLIP_LOSS_TYPES and self.importance_sampling_level == "token",
+                "dynamics_momentum_groups",
+                True,
+                f"False with loss_type={self.loss_type!r} / importance_sampling_level="
+                f"{self.importance_sampling_level!r} (the split needs a PPO-clip loss with token-level ratios)",
+            )
         if (self.is_fsdp_enabled and not self.accelerator.is_fsdp2) or (plugin is not None and plugin.zero_stage == 3):
             raise ConfigError(
                 "invalid config: dynamics_param=True with FSDP version 1 / ZeRO-3; allowed: dynamics_param=False "
@@ -42,24 +53,34 @@ class ParamDynamicsMixin:
         self._grad_norm = super()._clip_grad_norm(model)
         return self._grad_norm
 
-    def _param_forward(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _param_forward(
+        self, model, inputs: dict[str, Any], *, compute_entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log p, entropy) of the micro-batch's completion tokens under the current parameters, with the graph."""
         ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=True
+            model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=compute_entropy
         )
         return logps, entropies
 
     def _before_update(self) -> None:
-        """On measuring steps, just before optimizer.step(): grad of the entropy sum, and each group's share."""
+        """On measuring steps, just before optimizer.step(): grad of the entropy sum, and each group's share; with the
+        momentum groups, on every step, their buffers move on."""
+        if self.args.dynamics_momentum_groups and self._group_moments is None:  # kept for the rest of the run
+            self._group_moments = dynamics.GroupMoments(dynamics.trainable(self.accelerator.unwrap_model(self.model)))
         if not (self.args.dynamics_param and self._measures_dynamics(self.state.global_step + 1)):
+            if self._group_moments is not None:
+                self._advance_group_moments()
             return
         # DDP: the bare module, whose autograd.grad leaves .grad alone. FSDP2 shards in place: the module keeps the
         # hooks that all-gather its parameters, and the gradients come from its own backward (grad_through_hooks).
         model = self.accelerator.unwrap_model(self.model)
         sharded = self._sharded_in_place()
-        prediction = dynamics.ParamPrediction(dynamics.trainable(model), sharded_world=self._world() if sharded else 0)
+        world = self._world() if sharded else 0
+        prediction = dynamics.ParamPrediction(
+            dynamics.trainable(model), sharded_world=world, moments=self._group_moments
+        )
         batches = self._step_batches
         reuse = len(batches) == 1 and not sharded  # one micro-batch: its graph serves both passes
         kept = []
@@ -82,7 +103,19 @@ class ParamDynamicsMixin:
                 for name in dynamics.GROUPS:
                     losses = self._group_losses(self._param_forward(model, inputs)[0], inputs, every_group=True)
                     prediction.add_groups({name: losses[name]})
+        if self._group_moments is not None:
+            prediction.advance_moments(self.optimizer)
         self._param_prediction = prediction
+
+    def _advance_group_moments(self) -> None:
+        """A step that does not measure: the quadrants' gradients (a forward and up to 4 backward passes per
+        micro-batch) move the momentum groups' buffers on with the optimizer's."""
+        model = self.accelerator.unwrap_model(self.model)
+        for inputs in self._step_batches:
+            logps = self._param_forward(model, inputs, compute_entropy=False)[0]
+            losses = self._group_losses(logps, inputs)
+            self._group_moments.add_losses({name: losses[name] for name in dynamics.QUADRANTS if name in losses})
+        self._group_moments.advance(self.optimizer, dynamics.clip_factor(self._grad_norm, self.args.max_grad_norm))
 
     def _group_losses(
         self, logps: torch.Tensor, inputs: dict[str, Any], *, every_group: bool = False
