@@ -275,6 +275,52 @@ def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_trainer,
     assert "dynamics/pearson_r_param" in rows[-1]
 
 
+def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_path):
+    """AdamW with weight decay, two iterations per rollout batch, measuring every 2nd step: with the option on, the
+    groups' current and carried parts, `rest` and weight decay add up to dH_param; every number the run logs without
+    it (training, prediction, the quadrants' current parts) is the same."""
+    from entropy_rl.config import EntropyGRPOConfig
+
+    settings = {**TINY_GRPO, "max_steps": 4, "dynamics_every": 2, "learning_rate": 1e-3, "weight_decay": 0.1}
+    rows = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        trainer = make_trainer(
+            EntropyGRPOConfig(output_dir=str(out), num_iterations=2, dynamics_momentum_groups=on, **settings)
+        )
+        trainer.train()
+        rows[on] = [row for row in read_rows(out / "metrics.jsonl") if "dynamics/measured_dH" in row]
+    assert len(rows[True]) == 2
+    for plain, grouped in zip(rows[False], rows[True], strict=True):
+        keys = [k for k in plain if k.startswith(("dynamics/", "entropy/", "cov/")) and k != "dynamics/dH_param/other"]
+        assert {k: grouped[k] for k in keys} == pytest.approx({k: plain[k] for k in keys}, rel=1e-6, abs=1e-12)
+        total = grouped["dynamics/predicted_dH_param"]
+        assert abs(grouped["dynamics/dH_param/other"]) < 1e-4 * abs(total)
+        assert grouped["dynamics/dH_param/weight_decay"] != 0
+        assert any(grouped[f"dynamics/dH_param/carried/{name}"] for name in dynamics.QUADRANTS)
+    # `other` held the carried momentum and the weight decay before; the quadrants now take what they built.
+    assert abs(rows[False][-1]["dynamics/dH_param/other"]) > 1e-2 * abs(rows[False][-1]["dynamics/predicted_dH_param"])
+
+
+def test_momentum_groups_refused_with_several_processes(make_trainer, tmp_path):
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.errors import ConfigError
+
+    trainer = make_trainer(
+        EntropyGRPOConfig(output_dir=str(tmp_path), dynamics_momentum_groups=True, **{**TINY_GRPO, "max_steps": 1})
+    )
+    trainer._check_param_dynamics()  # one process: allowed
+    trainer.is_fsdp_enabled = True
+    with pytest.raises(ConfigError, match=r"^invalid config: dynamics_momentum_groups=True; allowed: False with sev"):
+        trainer._check_param_dynamics()
+    trainer.is_fsdp_enabled = False
+    trainer._world = lambda: 2  # DDP
+    with pytest.raises(ConfigError, match="dynamics_momentum_groups=True; allowed: False with several processes"):
+        trainer._check_param_dynamics()
+    with pytest.raises(ConfigError, match="dynamics_momentum_groups=True; allowed: False unless dynamics_param"):
+        EntropyGRPOConfig(output_dir=str(tmp_path), dynamics_momentum_groups=True, dynamics_param=False)
+
+
 def synthetic_run_dir(path, steps: int = 40):
     """A run directory whose measured steps carry both predictions and the attribution."""
     from entropy_rl.jsonl import rewrite_rows

@@ -412,7 +412,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             * self._sampler_correction(inputs),
         )
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
-        if self._measures_dynamics(self.state.global_step + 1) or self._group_moments is not None:
+        if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
             inputs[RAW_ADV_KEY] = advantages
             inputs[S_MINUS_N_KEY] = s - token_stats.nec
             self._step_batches.append(inputs)
