@@ -121,8 +121,8 @@ class EntropyGRPOConfig(GRPOConfig):
             "optimizer's momentum by the token groups whose gradients built it (per-group copies of the first moment, "
             "dynamics/dH_param/carried/<group>), and log weight decay and the gradient outside the groups as their "
             "own parts, so dynamics/dH_param/other is float noise (docs/metrics.md). Costs, on every step, one "
-            "forward and up to 4 backward passes over the step's batch and 6 copies of the trainable parameters. "
-            "One process only."
+            "forward and up to 4 backward passes over the step's batch, and 6 copies of the trainable parameters "
+            "(plus up to 7 transient ones). One process only."
         },
     )
     metrics_file: str = field(

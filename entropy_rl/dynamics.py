@@ -371,7 +371,8 @@ class GroupMoments:
             self.buffers = None
             return None
         theta = [_local(p.detach()) for p in self.params]
-        step = {name: [scale * g for g in grads[name]] if name in grads else self._zeros() for name in QUADRANTS}
+        # In place: the gradients are this object's own (fresh from autograd.grad or summed here).
+        step = {name: [g.mul_(scale) for g in grads[name]] if name in grads else self._zeros() for name in QUADRANTS}
         quadrants = [sum(parts) for parts in zip(*(step[name] for name in QUADRANTS), strict=True)]
         step["rest"] = [_local(p.grad) - q for p, q in zip(self.params, quadrants, strict=True)]
         step["weight_decay"] = [c.coupled_decay * t for c, t in zip(found, theta, strict=True)]

@@ -234,6 +234,9 @@ QUADRANT_TEXT = {
     "neg_adv_S_lt_N": "A < 0, S < N",
     "other": "other (momentum, weight decay, other loss terms)",
 }
+# With dynamics_momentum_groups a quadrant's line adds the part its earlier gradients carry, and these go together.
+REST_PARTS = ("rest", "carried/rest", "weight_decay")
+REST_TEXT = "rest (other loss terms, weight decay)"
 
 
 def has_dynamics(run: Run) -> bool:
@@ -271,11 +274,20 @@ def _draw_predictions(ax: Axes, run: Run, measured: np.ndarray, rows: np.ndarray
 def _draw_attribution(ax: Axes, run: Run, steps: np.ndarray, rows: np.ndarray) -> None:
     """Cumulative entropy change by token group over the measured steps, next to the measured total."""
     ax.plot(steps, np.nancumsum(run.column("dynamics/measured_dH")[rows]), color="black", lw=2, label="measured")
+    momentum = run.has("dynamics/dH_param/rest")
     for i, name in enumerate((*QUADRANTS, "other")):
-        key = f"dynamics/dH_param/{name}"
-        if run.has(key):
-            values = np.nan_to_num(run.column(key)[rows])
-            ax.plot(steps, np.cumsum(values), color=series_color(i + 4), lw=1.4, label=QUADRANT_TEXT[name])
+        keys = [f"dynamics/dH_param/{name}"]
+        if momentum and name in QUADRANTS:
+            keys.append(f"dynamics/dH_param/carried/{name}")
+        if run.has(keys[0]):
+            values = sum(np.nan_to_num(run.column(key)[rows]) for key in keys)
+            label = QUADRANT_TEXT[name] + (" (with its carried momentum)" if len(keys) > 1 else "")
+            if momentum and name == "other":
+                label = "other (prediction - parts)"
+            ax.plot(steps, np.cumsum(values), color=series_color(i + 4), lw=1.4, label=label)
+    if momentum:
+        values = sum(np.nan_to_num(run.column(f"dynamics/dH_param/{key}")[rows]) for key in REST_PARTS)
+        ax.plot(steps, np.cumsum(values), color=series_color(9), lw=1.4, label=REST_TEXT)
     ax.axhline(0.0, color="grey", lw=0.6)
     ax.set(
         title="Where the entropy change comes from (parameter-space split by token group)",

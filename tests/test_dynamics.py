@@ -357,6 +357,19 @@ def test_dynamics_figure_and_summary_lines(tmp_path):
     assert (tmp_path / "out" / "dynamics.png").is_file()
 
 
+def test_dynamics_figure_with_momentum_groups(tmp_path):
+    from entropy_rl.jsonl import rewrite_rows
+    from entropy_rl.plot import plot_dynamics
+    from entropy_rl.rundir import load_run
+
+    rows = synthetic_run_dir(tmp_path / "run", steps=20)
+    for row in rows:
+        if "dynamics/measured_dH" in row:
+            row |= {f"dynamics/dH_param/{name}": row["dynamics/measured_dH"] / 10 for name in dynamics.MOMENTUM_PARTS}
+    rewrite_rows(tmp_path / "run" / "metrics.jsonl", rows)
+    assert plot_dynamics(load_run(tmp_path / "run")).read_bytes().startswith(b"\x89PNG")
+
+
 def test_param_dynamics_refused_under_fsdp1_names_the_field(make_trainer, tmp_path, monkeypatch):
     from accelerate import Accelerator
 

@@ -1,0 +1,139 @@
+"""How much of the measured entropy change each token group explains once Adam's momentum is attributed too.
+
+    python perf/momentum_attribution.py [--steps 150] [--every 5] [--out runs/momentum-attribution]
+                                        [--markdown docs/results/momentum-attribution.md]
+
+Trains, with `dynamics_momentum_groups` on (docs/metrics.md), the built-in default run (`entropy-rl train`) and GRPO
+on the hard task with the hard study's settings (recipes/toy/grpo.yaml, `arithmetic_hard`, 16 prompts x 8
+completions, two optimizer steps per rollout batch), both for `--steps` steps measuring every `--every`th, two at a
+time, one torch thread each. A run whose metrics already reach `--steps` in `--out` is read, not trained again.
+
+Over each run's measured steps it sums the measured change and every part of the parameter-space prediction: each
+quadrant's part from the step's own gradient and the part its earlier gradients still carry through the optimizer's
+first moment, `rest` (gradient outside the quadrants, now and carried), weight decay, and `other` (what the parts
+leave of the prediction: float noise). Unexplained = measured - the sum of the parts: the prediction's second-order
+error plus `other`. Shares are of the summed measured change; the per-step figure sums |measured - parts| over
+steps instead, so errors of opposite sign do not cancel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from entropy_rl.dynamics import MOMENTUM_GROUPS, MOMENTUM_PARTS, QUADRANTS, agreement
+from entropy_rl.jsonl import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+WINDOW = 5
+HARD = ["--config", str(REPO / "recipes/toy/grpo.yaml"), "--dataset_name", "arithmetic_hard"]
+HARD += ["--per_device_train_batch_size", "128", "--learning_rate", "0.0001", "--logging_steps", "50"]
+RUNS = {"default run": [], "hard task (GRPO)": HARD}
+
+
+def command(name: str, out: Path, steps: int, every: int) -> list[str]:
+    flags = [*RUNS[name], "--max_steps", str(steps), "--seed", "0", "--dynamics_every", str(every)]
+    flags += ["--dynamics_momentum_groups", "true", "--save_strategy", "no", "--disable_tqdm", "true"]
+    return ["entropy-rl", "train", *flags, "--output_dir", str(out)]
+
+
+def run(name: str, out: Path, steps: int, every: int) -> list[dict]:
+    metrics = out / "metrics.jsonl"
+    rows = read_rows(metrics) if metrics.is_file() else []
+    if not rows or rows[-1]["step"] < steps:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out, steps, every)[1:]]
+        subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        rows = read_rows(metrics)
+    return [row for row in rows if "dynamics/measured_dH" in row]
+
+
+def summary(rows: list[dict]) -> dict[str, float]:
+    """Sums over the measured steps, the unexplained remainder (summed and per step) and the agreement."""
+
+    def total(key: str) -> float:
+        return sum(row[f"dynamics/{key}"] for row in rows)
+
+    out = {"steps": len(rows), "measured": total("measured_dH"), "predicted": total("predicted_dH_param")}
+    for name in QUADRANTS:
+        out[f"current/{name}"] = total(f"dH_param/{name}")
+    for name in MOMENTUM_PARTS + ("other",):
+        out[name] = total(f"dH_param/{name}")
+    # What the split without the momentum groups left in `other`: the prediction minus the quadrants' current parts.
+    out["other without groups"] = out["predicted"] - sum(out[f"current/{name}"] for name in QUADRANTS)
+    parts = [f"dH_param/{name}" for name in (*QUADRANTS, *MOMENTUM_PARTS)]
+    per_step = [row["dynamics/measured_dH"] - sum(row[f"dynamics/{key}"] for key in parts) for row in rows]
+    out["unexplained"] = sum(per_step)
+    out["unexplained per step"] = sum(abs(x) for x in per_step) / sum(abs(r["dynamics/measured_dH"]) for r in rows)
+    fit = agreement([r["dynamics/predicted_dH_param"] for r in rows], [r["dynamics/measured_dH"] for r in rows], WINDOW)
+    out["r"], out["r_window"] = fit["r"], fit["r_window"]
+    return out
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    names = list(results)
+    lines = ["| part | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+
+    def line(label: str, key: str) -> str:
+        cells = [f"{r[key]:+.4f} ({100 * r[key] / r['measured']:+.0f} %)" for r in results.values()]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines.append("| measured change (nats, summed) | " + " | ".join(f"{r['measured']:+.4f}" for r in results.values()))
+    lines[-1] += " |"
+    lines.append(line("parameter-space prediction", "predicted"))
+    for name in QUADRANTS:
+        for r in results.values():
+            r[f"total/{name}"] = r[f"current/{name}"] + r[f"carried/{name}"]
+        lines.append(line(f"`{name}`: this step's gradient", f"current/{name}"))
+        lines.append(line(f"`{name}`: carried by the momentum", f"carried/{name}"))
+        lines.append(line(f"`{name}`: both", f"total/{name}"))
+    for r in results.values():
+        r["rest both"] = r["rest"] + r["carried/rest"]
+    lines.append(line("`rest` (outside the quadrants), both", "rest both"))
+    lines.append(line("weight decay", "weight_decay"))
+    lines.append(line("`other` (prediction − parts)", "other"))
+    lines.append(line("**unexplained** (measured − parts)", "unexplained"))
+    lines.append(line("`other` of the split without the groups", "other without groups"))
+    lines.append(
+        "| unexplained per step (Σ\\|measured − parts\\| / Σ\\|measured\\|) | "
+        + " | ".join(f"{100 * r['unexplained per step']:.0f} %" for r in results.values())
+        + " |"
+    )
+    lines.append("| r per measured step | " + " | ".join(f"{r['r']:.2f}" for r in results.values()) + " |")
+    lines.append(f"| r over windows of {WINDOW} | " + " | ".join(f"{r['r_window']:.2f}" for r in results.values()))
+    lines[-1] += " |"
+    lines.append("| measured steps | " + " | ".join(str(r["steps"]) for r in results.values()) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path("runs/momentum-attribution"))
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    dirs = {name: args.out / name.split()[0] for name in RUNS}
+    with ThreadPoolExecutor(2) as pool:
+        runs = pool.map(lambda name: run(name, dirs[name], args.steps, args.every), RUNS)
+        results = {name: summary(rows) for name, rows in zip(RUNS, runs, strict=True)}
+    commands = "\n".join(" ".join(command(name, dirs[name], args.steps, args.every)) for name in RUNS)
+    text = table(results) + f"\n\nThe runs (each `--steps` {args.steps}, measured every {args.every}th step):\n\n"
+    text += f"```bash\n{commands}\n```\n"
+    print(text)
+    if args.markdown:
+        title = "# The entropy change explained, Adam's momentum included\n\n"
+        source = (
+            f"Written by `python perf/momentum_attribution.py --steps {args.steps} --every {args.every}` "
+            "(docs/metrics.md explains the parts); summed over each run's measured steps, in parentheses the share "
+            f"of the summed measured change. Groups: {', '.join(MOMENTUM_GROUPS)}.\n\n"
+        )
+        args.markdown.write_text(title + source + text)
+
+
+if __name__ == "__main__":
+    main()
