@@ -1,6 +1,10 @@
 """Cost of the parameter-space entropy prediction (`dynamics_param`) on the built-in default run.
 
     python perf/dynamics_overhead.py [--steps 500] [--pairs 1] [--markdown docs/performance/dynamics-param.md]
+                                     [--option dynamics_momentum_groups]
+
+`--option dynamics_momentum_groups` measures that option instead (on and off, dynamics_param on in both): it works on
+every step, so the extra time of the other steps is reported too.
 
 Runs the built-in default (`entropy-rl train` with no arguments, dynamics_every=10) with dynamics_param on and off,
 alternating (on, off, on, off, ...), with the same seed. The prediction only observes (no RNG draw, no gradient
@@ -21,9 +25,9 @@ from pathlib import Path
 from entropy_rl.jsonl import read_rows
 
 
-def run_default(out: Path, steps: int, param: bool) -> list[dict]:
+def run_default(out: Path, steps: int, param: bool, option: str = "dynamics_param") -> list[dict]:
     command = [sys.executable, "-m", "entropy_rl.cli", "train", "--output_dir", str(out), "--max_steps", str(steps)]
-    command += ["--dynamics_param", str(param).lower(), "--save_strategy", "no", "--disable_tqdm", "true"]
+    command += [f"--{option}", str(param).lower(), "--save_strategy", "no", "--disable_tqdm", "true"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return read_rows(out / "metrics.jsonl")
 
@@ -32,12 +36,15 @@ def summarise(on: list[list[dict]], off: list[list[dict]], every: int) -> dict[s
     def times(runs: list[list[dict]], measuring: bool) -> list[float]:
         return [r["wall_time"] for rows in runs for r in rows if (r["step"] % every == 0) == measuring]
 
-    extra = [
-        a["wall_time"] - b["wall_time"]
-        for rows_on, rows_off in zip(on, off, strict=True)
-        for a, b in zip(rows_on, rows_off, strict=True)
-        if a["step"] % every == 0
-    ]
+    def paired(measuring: bool) -> list[float]:
+        return [
+            a["wall_time"] - b["wall_time"]
+            for rows_on, rows_off in zip(on, off, strict=True)
+            for a, b in zip(rows_on, rows_off, strict=True)
+            if (a["step"] % every == 0) == measuring
+        ]
+
+    extra, extra_other = paired(True), paired(False)
     total_on = statistics.mean(sum(r["wall_time"] for r in rows) for rows in on)
     total_off = statistics.mean(sum(r["wall_time"] for r in rows) for rows in off)
     return {
@@ -46,6 +53,7 @@ def summarise(on: list[list[dict]], off: list[list[dict]], every: int) -> dict[s
         "other_on_ms": 1000 * statistics.median(times(on, False)),
         "other_off_ms": 1000 * statistics.median(times(off, False)),
         "extra_per_measuring_step_ms": 1000 * statistics.median(extra),
+        "extra_per_other_step_ms": 1000 * statistics.median(extra_other),
         "run_on_s": total_on,
         "run_off_s": total_off,
         # The extra time over the whole run, from the paired measuring steps (robust to slow phases elsewhere).
@@ -53,7 +61,16 @@ def summarise(on: list[list[dict]], off: list[list[dict]], every: int) -> dict[s
     }
 
 
-def markdown(s: dict[str, float], steps: int, pairs: int, every: int) -> str:
+def markdown(s: dict[str, float], steps: int, pairs: int, every: int, option: str = "dynamics_param") -> str:
+    if option != "dynamics_param":
+        return f"""| {option} | measuring step, median (ms) | other step, median (ms) | run ({steps} steps, s) |
+| --- | ---: | ---: | ---: |
+| off | {s["measuring_off_ms"]:.0f} | {s["other_off_ms"]:.0f} | {s["run_off_s"]:.1f} |
+| on | {s["measuring_on_ms"]:.0f} | {s["other_on_ms"]:.0f} | {s["run_on_s"]:.1f} |
+
+Extra time per step (medians of the paired differences): {s["extra_per_measuring_step_ms"]:.0f} ms on measuring
+steps, {s["extra_per_other_step_ms"]:.0f} ms on the others ({pairs} pair(s) of runs, dynamics_every={every}).
+"""
     return f"""| dynamics_param | measuring step, median (ms) | other step, median (ms) | run ({steps} steps, s) |
 | --- | ---: | ---: | ---: |
 | off | {s["measuring_off_ms"]:.0f} | {s["other_off_ms"]:.0f} | {s["run_off_s"]:.1f} |
@@ -70,14 +87,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--option", choices=("dynamics_param", "dynamics_momentum_groups"), default="dynamics_param")
     args = parser.parse_args(argv)
     every = 10  # the default dynamics_every (BUILTIN_DEFAULTS leave EntropyGRPOConfig's default)
     on, off = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
-            on.append(run_default(Path(tmp) / f"on{i}", args.steps, True))
-            off.append(run_default(Path(tmp) / f"off{i}", args.steps, False))
-    text = markdown(summarise(on, off, every), args.steps, args.pairs, every)
+            on.append(run_default(Path(tmp) / f"on{i}", args.steps, True, args.option))
+            off.append(run_default(Path(tmp) / f"off{i}", args.steps, False, args.option))
+    text = markdown(summarise(on, off, every), args.steps, args.pairs, every, args.option)
     print(text)
     if args.markdown:
         args.markdown.write_text(text)

@@ -74,6 +74,10 @@ def summary(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"  # r needs 3 pairs
+
+
 def table(results: dict[str, dict[str, float]]) -> str:
     names = list(results)
     lines = ["| part | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
@@ -103,8 +107,8 @@ def table(results: dict[str, dict[str, float]]) -> str:
         + " | ".join(f"{100 * r['unexplained per step']:.0f} %" for r in results.values())
         + " |"
     )
-    lines.append("| r per measured step | " + " | ".join(f"{r['r']:.2f}" for r in results.values()) + " |")
-    lines.append(f"| r over windows of {WINDOW} | " + " | ".join(f"{r['r_window']:.2f}" for r in results.values()))
+    lines.append("| r per measured step | " + " | ".join(number(r["r"]) for r in results.values()) + " |")
+    lines.append(f"| r over windows of {WINDOW} | " + " | ".join(number(r["r_window"]) for r in results.values()))
     lines[-1] += " |"
     lines.append("| measured steps | " + " | ".join(str(r["steps"]) for r in results.values()) + " |")
     return "\n".join(lines)
