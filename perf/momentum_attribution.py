@@ -30,7 +30,7 @@ from entropy_rl.jsonl import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5
-HARD = ["--config", str(REPO / "recipes/toy/grpo.yaml"), "--dataset_name", "arithmetic_hard"]
+HARD = ["--config", "recipes/toy/grpo.yaml", "--dataset_name", "arithmetic_hard"]  # run from the repository root
 HARD += ["--per_device_train_batch_size", "128", "--learning_rate", "0.0001", "--logging_steps", "50"]
 RUNS = {"default run": [], "hard task (GRPO)": HARD}
 
@@ -46,8 +46,8 @@ def run(name: str, out: Path, steps: int, every: int) -> list[dict]:
     rows = read_rows(metrics) if metrics.is_file() else []
     if not rows or rows[-1]["step"] < steps:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out, steps, every)[1:]]
-        subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out.resolve(), steps, every)[1:]]
+        subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         rows = read_rows(metrics)
     return [row for row in rows if "dynamics/measured_dH" in row]
 
