@@ -370,6 +370,25 @@ def test_dynamics_figure_with_momentum_groups(tmp_path):
     assert plot_dynamics(load_run(tmp_path / "run")).read_bytes().startswith(b"\x89PNG")
 
 
+def test_study_attribution_folds_the_carried_parts_into_their_groups(tmp_path):
+    from entropy_rl.jsonl import rewrite_rows
+    from entropy_rl.rundir import load_run
+    from entropy_rl.study.analysis import _attribution_numbers
+
+    rows = synthetic_run_dir(tmp_path / "run", steps=10)  # measured: steps 5 and 10, each quadrant measured / 4
+    plain = _attribution_numbers(load_run(tmp_path / "run"))
+    assert "momentum_groups" not in plain
+    for row in rows:
+        if "dynamics/measured_dH" in row:
+            row |= {f"dynamics/dH_param/{name}": 1.0 for name in dynamics.MOMENTUM_PARTS}
+    rewrite_rows(tmp_path / "run" / "metrics.jsonl", rows)
+    grouped = _attribution_numbers(load_run(tmp_path / "run"))
+    assert grouped["momentum_groups"] == 1.0
+    for name in dynamics.QUADRANTS:
+        assert grouped[f"dH_{name}"] == pytest.approx(plain[f"dH_{name}"] + 2.0)  # + carried/<name> on 2 steps
+    assert grouped["dH_other"] == pytest.approx(plain["dH_other"] + 6.0)  # + rest, carried/rest, weight_decay
+
+
 def test_param_dynamics_refused_under_fsdp1_names_the_field(make_trainer, tmp_path, monkeypatch):
     from accelerate import Accelerator
 

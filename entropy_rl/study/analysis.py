@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as t_distribution
 
-from entropy_rl.dynamics import QUADRANTS, cumulative_windows
+from entropy_rl.dynamics import MOMENTUM_PARTS, QUADRANTS, cumulative_windows
 from entropy_rl.errors import EntropyRLError
 from entropy_rl.fit import JointFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
 from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run
@@ -24,6 +24,12 @@ BASELINE = "none"
 PREDICTED, MEASURED = "dynamics/predicted_dH", "dynamics/measured_dH"
 PREDICTED_PARAM = "dynamics/predicted_dH_param"  # the parameter-space prediction (entropy_rl/dynamics.py)
 ATTRIBUTION = (*QUADRANTS, "other")  # dynamics/dH_param/<group>, summed over a run's measured steps
+# With dynamics_momentum_groups a quadrant also takes what its earlier gradients carry through the optimizer's
+# momentum, and `other` the gradient outside the quadrants (now and carried) and weight decay.
+MOMENTUM_SHARES = {
+    **{name: (f"carried/{name}",) for name in QUADRANTS},
+    "other": ("rest", "carried/rest", "weight_decay"),
+}
 STRONG_R, WEAK_R = 0.7, 0.4  # |Pearson r| at or above: strong; below WEAK_R: weak
 WEAK_R2 = 0.5  # a law fit explaining less than half the variance of R is called weak
 
@@ -190,10 +196,14 @@ def _attribution_numbers(run: Run) -> dict[str, float]:
     """Entropy change summed over the measured steps: measured, and the parameter-space split by token group."""
     rows = [row for row in run.metrics if row.get(MEASURED) is not None]
     numbers = {"dH_measured": float(sum(row[MEASURED] for row in rows))}
+    momentum = bool(rows) and all(f"dynamics/dH_param/{MOMENTUM_PARTS[0]}" in row for row in rows)
     for name in ATTRIBUTION:
-        values = [row.get(f"dynamics/dH_param/{name}") for row in rows]
-        if rows and all(v is not None for v in values):
-            numbers[f"dH_{name}"] = float(sum(values))
+        keys = [name, *(MOMENTUM_SHARES[name] if momentum else ())]
+        values = [[row.get(f"dynamics/dH_param/{key}") for key in keys] for row in rows]
+        if rows and all(v is not None for row in values for v in row):
+            numbers[f"dH_{name}"] = float(sum(sum(row) for row in values))
+    if momentum:
+        numbers["momentum_groups"] = 1.0
     return numbers
 
 

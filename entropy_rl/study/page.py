@@ -448,8 +448,14 @@ def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[st
         "",
         "Where the entropy change comes from: the parameter-space prediction split by token group, the quadrants "
         "sign(A) × sign(S − N) (A > 0, S > N and A < 0, S < N lower entropy by Wang et al.'s analysis) under the "
-        "optimizer's preconditioner, and `other` (Adam's momentum from earlier steps, and loss terms outside the "
-        "PPO-clip surrogate). Summed over each run's measured steps (nats), mean ± std over seeds:",
+        "optimizer's preconditioner, and `other` "
+        + (
+            "(loss terms outside the PPO-clip surrogate and weight decay; each quadrant includes what its earlier "
+            "gradients carry through the optimizer's momentum, `dynamics_momentum_groups`)"
+            if any(a.numbers.get("momentum_groups") for analyses in groups.values() for a in analyses)
+            else "(Adam's momentum from earlier steps, and loss terms outside the PPO-clip surrogate)"
+        )
+        + ". Summed over each run's measured steps (nats), mean ± std over seeds:",
         "",
         *_attribution_table(groups),
         "",
