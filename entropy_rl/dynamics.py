@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -122,24 +123,19 @@ def _optimizer_groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
     return {id(p): group for group in optimizer.param_groups for p in group["params"]}
 
 
+@dataclass
 class Coefficients:
     """How the step about to be taken depends on its inputs, for one parameter:
     update = -current * G_hat - carried * moment - decay * theta, G_hat = .grad + coupled_decay * theta, and the
     first moment moves on as moment' = keep * moment + add * G_hat (moment: None before the optimizer made one)."""
 
-    def __init__(
-        self,
-        current: torch.Tensor,
-        carried: torch.Tensor | float,
-        *,
-        decay: float,
-        coupled_decay: float,
-        keep: float,
-        add: float,
-        moment: torch.Tensor | None,
-    ):
-        self.current, self.carried, self.decay, self.coupled_decay = current, carried, decay, coupled_decay
-        self.keep, self.add, self.moment = keep, add, moment
+    current: torch.Tensor
+    carried: torch.Tensor | float
+    decay: float
+    coupled_decay: float
+    keep: float
+    add: float
+    moment: torch.Tensor | None
 
 
 def _adam_coefficients(g: torch.Tensor, group: dict, state: dict, decoupled: bool) -> Coefficients:
