@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from entropy_rl.verl_plugin import PolicyLossConfig, hooks, losses  # noqa: E402
 
 VERL_AGG_MODES = (*AGG_MODES, "token-sum")
 CHECK = Path(__file__).with_name("verl_engine_check.py")
+ENGINE_MODES = 9  # tests/verl_engine_check.py MODES
 
 
 def make_batch(seed: int, rows: int = 6, length: int = 12) -> dict[str, torch.Tensor]:
@@ -303,20 +305,60 @@ def test_entry_point_loads_on_import_verl():
     assert "LOADED True" in out.stdout, out.stderr[-2000:]
 
 
-def test_external_lib_where_plugins_are_disabled():
-    code = LOADED + (
-        "from verl.utils.import_utils import import_external_libs\n"
-        "from verl.workers import engine_workers\n"
-        "import_external_libs('entropy_rl.verl_plugin')\n"
-        "print('EXTERNAL', 'entropy_rl.clip_b+steer' in R, hasattr(engine_workers.ppo_loss, '__wrapped__'))\n"
-    )
-    out = run_python(code, VERL_USE_EXTERNAL_PLUGINS="none")
-    assert "LOADED False" in out.stdout and "EXTERNAL True True" in out.stdout, out.stderr[-2000:]
-
-
 def test_broken_plugin_is_reported():
     """verl swallows plugin import errors at DEBUG; the plugin's own WARNING names the failure."""
     code = "import sys\nsys.modules['entropy_rl.regularizers'] = None\n" + LOADED
     out = run_python(code, VERL_USE_EXTERNAL_PLUGINS="auto")
     assert "LOADED False" in out.stdout, out.stderr[-2000:]
     assert "entropy_rl.verl_plugin failed to load" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def engine_results(tmp_path_factory) -> dict:
+    """One process: every mode through a real FSDP2 training step, padding removal off and on (~1 min)."""
+    tmp = tmp_path_factory.mktemp("verl_engine")
+    out = tmp / "out.json"
+    run = subprocess.run(
+        [sys.executable, str(CHECK), str(out), str(tmp / "model")], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    return {"results": json.loads(out.read_text()), "model": tmp / "model"}
+
+
+def test_engine_step_matches_entropy_rl(engine_results):
+    """The loss of verl's FSDP2 step with each mode equals entropy-rl's own loss on an HF forward of the same weights,
+    the step filter leaves the same mask, and the N hook's values sit on the right tokens in both layouts."""
+    modes = engine_results["results"]["modes"]
+    assert len(modes) == 2 * (ENGINE_MODES + 1)
+    for name, value in modes.items():
+        if name.startswith("nec_layout"):
+            assert value <= 1e-6, (name, value)
+        else:
+            assert abs(value["engine"] - value["entropy_rl"]) <= 1e-6 and value["same_mask"], (name, value)
+
+
+def test_external_lib_where_plugins_are_disabled(engine_results):
+    """verl_engine_check.py runs with VERL_USE_EXTERNAL_PLUGINS=none and loads the plugin as `model.external_lib` does,
+    after verl's engine_workers bound ppo_loss: the modes appear and the bound name is rebound to the wrapper."""
+    loaded = engine_results["results"]["external_lib"]
+    assert loaded["registered_before"] == [] and loaded["ppo_loss_wrapped"]
+    assert loaded["registered_after"] == sorted(verl_plugin.MODE_PREFIX + spec for spec in verl_plugin.MODES)
+
+
+def test_step_filter_same_on_one_and_two_processes(engine_results):
+    """Clip_B / Clip_V over the whole step batch: 2 gloo ranks remove the same tokens and give the same loss (the
+    micro-batches, 2 rows each, are the same rows either way, so STEER's per-micro-batch statistics agree too)."""
+    tmp = engine_results["model"].parent
+    out = tmp / "out2.json"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run = subprocess.run(
+        [*launch, str(CHECK), str(out), str(engine_results["model"]), "--filters"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    one, two = engine_results["results"]["filters"], json.loads(out.read_text())["filters"]
+    for name in one:
+        assert one[name]["removed"] > 0 and one[name]["mask"] == two[name]["mask"], name
+        assert abs(one[name]["loss"] - two[name]["loss"]) <= 1e-6, (name, one[name]["loss"], two[name]["loss"])

@@ -8,11 +8,13 @@
 3. `TrainingWorker.train_mini_batch`: asks for H / N when the loss needs them, and runs the step-level filters
    (Clip_B, Clip_V) once over the rank's whole step batch before any update, with statistics over every DP rank;
    the removed tokens leave `response_mask` and `loss_mask`, hence verl's global token count.
+4. `is_trl_available` in verl's monkey_patch module: see `_wrap_is_trl_available`.
 Each original is wrapped with functools.wraps, so verl's dispatch attributes survive; `install` is idempotent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from typing import Any
@@ -20,8 +22,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+from verl.models.transformers import monkey_patch
 from verl.utils import tensordict_utils as tu
-from verl.utils.device import get_device_id, get_device_name
+from verl.utils.device import get_device_id
 from verl.workers.engine.fsdp import transformer_impl
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import TrainingWorker
@@ -50,7 +53,7 @@ WRAPPED = "__entropy_rl_wrapped__"  # marks a wrapper, so a second install wraps
 class DistReducer:
     """entropy-rl's Reducer over a torch.distributed group: statistics of the whole step batch on every rank."""
 
-    def __init__(self, group: Any, device: torch.device):
+    def __init__(self, group: Any, device: torch.device | int | str):
         self.group, self.device = group, device
 
     def _reduce(self, x: torch.Tensor, op: Any) -> torch.Tensor:
@@ -160,7 +163,7 @@ def _step_filter(worker: TrainingWorker, data: Any, spec: str, policy_loss: Any)
     output = worker.infer_batch(view)
     if output is None:
         raise NotImplementedError(f"{MODE_PREFIX}{spec}: only the ranks that hold model outputs can filter")
-    device = torch.device(get_device_name(), get_device_id())
+    device = get_device_id()  # where verl runs its own collectives (forward_backward_batch)
 
     def padded(key: str) -> torch.Tensor | None:
         value = tu.get(output, key)
@@ -210,6 +213,22 @@ def _wrap_train_mini_batch(original):
     return train_mini_batch
 
 
+def _wrap_is_trl_available(original):
+    """verl's monkey patch (use_remove_padding) patches TRL's value-head model whenever TRL is importable; the TRL that
+    entropy-rl requires (1.16) has no such model, so the patch crashes every FSDP actor. Skip it where TRL lacks it."""
+
+    @functools.wraps(original)
+    def is_trl_available() -> bool:
+        if not original():
+            return False
+        with contextlib.suppress(ImportError):
+            importlib.import_module("trl.experimental.ppo")
+            return True
+        return hasattr(importlib.import_module("trl"), "AutoModelForCausalLMWithValueHead")
+
+    return is_trl_available
+
+
 def _wrap(owner: Any, name: str, make_wrapper) -> None:
     original = getattr(owner, name)
     if not getattr(original, WRAPPED, False):
@@ -230,3 +249,4 @@ def install() -> None:
         importlib.import_module(module).ppo_loss = verl_losses.ppo_loss
     _wrap(FSDPEngineWithLMHead, "prepare_model_outputs", _wrap_prepare_model_outputs)
     _wrap(TrainingWorker, "train_mini_batch", _wrap_train_mini_batch)
+    _wrap(monkey_patch, "is_trl_available", _wrap_is_trl_available)
