@@ -216,6 +216,15 @@ def test_policy_loss_config_is_generated_from_the_registry():
         losses.build_regularizer("steer", PolicyLossConfig(steer_mapping="cubic"))
 
 
+def test_docs_name_every_parameter_key():
+    text = (Path(__file__).parents[1] / "docs" / "verl.md").read_text()
+    extra = {f.name for f in dataclasses.fields(PolicyLossConfig)} - {
+        f.name for f in dataclasses.fields(VerlPolicyLossConfig)
+    }
+    assert extra and all(f"`{name}`" in text for name in extra), sorted(extra)
+    assert all(f"`{key}`" in text for key in losses.VERL_KEYS.values())
+
+
 def compose_actor(*overrides: str):
     """verl's own ppo_trainer.yaml with command-line overrides, converted as the actor worker converts it."""
     from hydra import compose, initialize_config_dir

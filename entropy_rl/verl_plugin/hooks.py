@@ -41,6 +41,7 @@ from .losses import (
     LossInputs,
     build_regularizer,
     is_plugin_mode,
+    missing_input_error,
     register_modes,
     spec_of,
 )
@@ -172,6 +173,9 @@ def _step_filter(worker: TrainingWorker, data: Any, spec: str, policy_loss: Any)
     mask = data["response_mask"]
     old = data["old_log_probs"].to(device)
     batch = TokenBatch(old, old, data["advantages"].to(device), mask.to(device), padded("entropy"), padded(NEC_KEY))
+    for field in sorted(reg.needs):
+        if getattr(batch, field) is None:  # an engine without the N hook
+            raise missing_input_error(spec, field)
     reducer = DistReducer(worker.engine.get_data_parallel_group(), device)
     edits = reg.edits(batch, reducer)
     shrunk = mask * edits.keep.to(mask.device, mask.dtype)

@@ -143,7 +143,8 @@ class LossInputs(NamedTuple):
 LOSS_INPUTS: contextvars.ContextVar[LossInputs | None] = contextvars.ContextVar("entropy_rl_loss_inputs", default=None)
 
 
-def _missing_error(spec: str, field: str) -> ConfigError:
+def missing_input_error(spec: str, field: str) -> ConfigError:
+    """For a mode whose regularizer needs H or N that verl did not compute: names the config that fixes it."""
     what = {"entropies": "the per-token entropy H", "nec": "N = sum_v p_v^2 (log p_v + H)"}[field]
     hint = HINT_ENTROPY if field == "entropies" else HINT_NEC
     return ConfigError(f"invalid config: loss_mode={MODE_PREFIX}{spec} needs {what} of the training forward: {hint}")
@@ -176,7 +177,7 @@ def make_policy_loss(spec: str):
         batch = TokenBatch(log_prob, old_log_prob, advantages, response_mask, inputs.entropies, inputs.nec, low, high)
         for field in sorted(reg.needs):
             if getattr(batch, field) is None:
-                raise _missing_error(spec, field)
+                raise missing_input_error(spec, field)
         edits = reg.edits(batch, LOCAL)  # generator None: the global RNG, as verl's clip_cov draws
         per_token = apply_edits(ppo_token_loss(batch, clip=reg.uses_ppo_clip), batch, edits)
         if rollout_is_weights is not None:
