@@ -370,4 +370,6 @@ def test_step_filter_same_on_one_and_two_processes(engine_results):
     one, two = engine_results["results"]["filters"], json.loads(out.read_text())["filters"]
     for name in one:
         assert one[name]["removed"] > 0 and one[name]["mask"] == two[name]["mask"], name
+        for result in (one[name], two[name]):  # the logged share, pooled over every rank
+            assert result["removed_frac"] == pytest.approx(result["removed"] / result["before"]), (name, result)
         assert abs(one[name]["loss"] - two[name]["loss"]) <= 1e-6, (name, one[name]["loss"], two[name]["loss"])

@@ -221,11 +221,12 @@ def to_verl(batch: dict, rows: slice, old_log_probs: torch.Tensor) -> object:
     return data
 
 
-def train(worker: TrainingWorker, data, policy_loss, seed: int) -> float:
+def train(worker: TrainingWorker, data, policy_loss, seed: int) -> tuple[float, dict]:
+    """One update of the step batch `data` (one mini-batch); its loss and the worker's metrics."""
     worker.set_loss_fn(partial(verl_losses.ppo_loss, config=actor_config(policy_loss)))
     torch.manual_seed(seed)  # Clip-Cov draws from the global RNG, in the engine and in the reference alike
-    output = worker.train_mini_batch(data)
-    return tu.get(output, "metrics")["loss"][0]
+    metrics = tu.get(worker.train_mini_batch(data), "metrics")
+    return metrics["loss"][0], metrics
 
 
 def engine_nec(worker: TrainingWorker, batch: dict, old: torch.Tensor) -> torch.Tensor:
@@ -289,7 +290,7 @@ def check_modes(model_dir: str) -> dict:
         results[f"nec_layout/rmpad={remove_padding}"] = float((n_engine - stats[2]).abs()[mask].max())
         for name, (mode, fields, _) in MODES.items():
             data = to_verl(batch, slice(None), old)
-            engine_loss = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
+            engine_loss, _ = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
             expected, keep = reference_loss(mode, fields, stats, batch, old, seed=3)
             same_mask = bool(torch.equal(data["response_mask"].bool(), keep))
             results[f"{name}/rmpad={remove_padding}"] = {"engine": engine_loss, "entropy_rl": expected,
@@ -311,11 +312,13 @@ def check_filters(model_dir: str) -> dict:
         mode, fields, _ = MODES[name]
         data = to_verl(batch, rows, old)
         before = int(batch["response_mask"].sum())
-        loss = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
+        loss, metrics = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
         masks = [None] * WORLD
         dist.all_gather_object(masks, data["response_mask"].tolist())
         mask = [row for part in masks for row in part]
-        results[name] = {"loss": loss, "mask": mask, "removed": before - sum(map(sum, mask))}
+        removed_frac = metrics[f"actor/entropy_rl/{mode.split('+')[0]}/removed_frac"]
+        results[name] = {"loss": loss, "mask": mask, "removed": before - sum(map(sum, mask)), "before": before,
+                         "removed_frac": removed_frac}  # fmt: skip
     return results
 
 
