@@ -113,38 +113,52 @@ def test_bit_identical_to_verl(method):
 
 @pytest.mark.parametrize("spec", [spec for spec in verl_plugin.MODES if "high_entropy_tokens" not in spec])
 def test_equals_entropy_rl(spec):
-    """Every other mode equals entropy-rl's own `policy_loss` (dp_size 1, every aggregation mode), given H and N as
-    the ppo_loss wrapper passes them. A step-level filter has already shrunk the response mask, as the step hook
-    does, with the filter's own edits over the batch: the composition is entropy-rl's (filters first)."""
+    """Every other mode equals entropy-rl's own `policy_loss` in every aggregation mode, given H and N as the
+    ppo_loss wrapper passes them. A step-level filter has already shrunk the response mask, as the step hook does,
+    with the filter's own edits: the composition is entropy-rl's (filters first). With data-parallel normalisation
+    (dp_size 2, global token / sequence counts) the loss is entropy-rl's rescaled from local to global counts."""
     fn = core_algos.get_policy_loss_fn(f"entropy_rl.{spec}")
     reg = get_regularizer(spec)
     filters = [REGISTRY[name]() for name in spec.split("+") if REGISTRY[name].step_level]
+    dp2 = {"dp_size": 2, "batch_num_tokens": 97, "global_batch_size": 12, "loss_scale_factor": 16}
     for seed in range(5):
         for mode in AGG_MODES:
-            b = make_batch(seed)
-            mask = b["mask"]
-            if filters:
-                batch = TokenBatch(b["old"], b["old"], b["adv"], mask, b["entropy"], b["nec"])
-                mask = mask & filters[0].edits(batch).keep
-            # verl's keys set to entropy-rl's defaults (left unset, kl_cov would take verl's: docs/verl.md)
-            kl_cov = REGISTRY["kl_cov"]
-            policy_loss = VerlPolicyLossConfig(
-                loss_mode=f"entropy_rl.{spec}", kl_cov_ratio=kl_cov.kl_cov_ratio, ppo_kl_coef=kl_cov.kl_cov_coef
-            )
-            config = actor_config(policy_loss)
-            token = losses.LOSS_INPUTS.set(losses.LossInputs(b["entropy"], b["nec"], bool(filters)))
-            try:
+            for info in (None, dp2):
+                b = make_batch(seed)
+                mask = b["mask"]
+                if filters:
+                    batch = TokenBatch(b["old"], b["old"], b["adv"], mask, b["entropy"], b["nec"])
+                    mask = mask & filters[0].edits(batch).keep
+                # verl's keys set to entropy-rl's defaults (left unset, kl_cov would take verl's: docs/verl.md)
+                kl_cov = REGISTRY["kl_cov"]
+                policy_loss = VerlPolicyLossConfig(
+                    loss_mode=f"entropy_rl.{spec}", kl_cov_ratio=kl_cov.kl_cov_ratio, ppo_kl_coef=kl_cov.kl_cov_coef
+                )
+                token = losses.LOSS_INPUTS.set(losses.LossInputs(b["entropy"], b["nec"], bool(filters)))
+                try:
+                    torch.manual_seed(seed)
+                    loss, metrics = call(fn, {**b, "mask": mask}, mode, actor_config(policy_loss, info))
+                finally:
+                    losses.LOSS_INPUTS.reset(token)
                 torch.manual_seed(seed)
-                loss, metrics = call(fn, {**b, "mask": mask}, mode, config)
-            finally:
-                losses.LOSS_INPUTS.reset(token)
-            torch.manual_seed(seed)
-            expected, _ = reg.policy_loss(
-                logps=b["logp"], old_logps=b["old"], advantages=b["adv"], mask=b["mask"], entropies=b["entropy"],
-                nec=b["nec"], clip_ratio_low=0.2, clip_ratio_high=0.28, loss_agg_mode=mode,
-            )  # fmt: skip
-            assert abs(loss.item() - expected.item()) <= 1e-6, (seed, mode, loss.item(), expected.item())
-            assert {"actor/ppo_kl", "actor/pg_clipfrac"} <= set(metrics)
+                expected, _ = reg.policy_loss(
+                    logps=b["logp"], old_logps=b["old"], advantages=b["adv"], mask=b["mask"],
+                    entropies=b["entropy"], nec=b["nec"], clip_ratio_low=0.2, clip_ratio_high=0.28, loss_agg_mode=mode,
+                )  # fmt: skip
+                if info:  # entropy-rl normalises by this batch's kept tokens / non-empty rows, verl by the global ones
+                    rows = int((mask.sum(-1) > 0).sum())
+                    local_to_global = {
+                        "token-mean": int(mask.sum()) / info["batch_num_tokens"],
+                        "seq-mean-token-mean": rows / info["global_batch_size"],
+                        "seq-mean-token-sum": rows / info["global_batch_size"],
+                        "seq-mean-token-sum-norm": rows
+                        / info["global_batch_size"]
+                        * mask.shape[-1]
+                        / info["loss_scale_factor"],
+                    }
+                    expected = expected * local_to_global[mode] * info["dp_size"]
+                assert abs(loss.item() - expected.item()) <= 1e-6, (seed, mode, info, loss.item(), expected.item())
+                assert {"actor/ppo_kl", "actor/pg_clipfrac"} <= set(metrics)
 
 
 def test_high_entropy_tokens_is_trls_mask():

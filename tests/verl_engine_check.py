@@ -316,7 +316,7 @@ def check_filters(model_dir: str) -> dict:
         masks = [None] * WORLD
         dist.all_gather_object(masks, data["response_mask"].tolist())
         mask = [row for part in masks for row in part]
-        removed_frac = metrics[f"actor/entropy_rl/{mode.split('+')[0]}/removed_frac"]
+        (removed_frac,) = metrics[f"actor/entropy_rl/{mode.split('+')[0]}/removed_frac"]
         results[name] = {"loss": loss, "mask": mask, "removed": before - sum(map(sum, mask)), "before": before,
                          "removed_frac": removed_frac}  # fmt: skip
     return results

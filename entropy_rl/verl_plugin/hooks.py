@@ -154,9 +154,9 @@ def _actor_config(worker: TrainingWorker) -> Any:
     return getattr(getattr(worker, "loss_fn", None), "keywords", {}).get("config", None)
 
 
-def _step_filter(worker: TrainingWorker, data: Any, spec: str, policy_loss: Any) -> dict[str, float]:
-    """Run the step-level filters of `spec` over this rank's step batch; shrink its masks; return pooled metrics."""
-    parts = [part for part in _parts(build_regularizer(spec, policy_loss)) if part.step_level]
+def _step_filter(worker: TrainingWorker, data: Any, spec: str, parts: list[Any]) -> dict[str, list[float]]:
+    """Run the step-level filters `parts` of `spec` over this rank's step batch; shrink its masks; return the
+    metrics pooled over every rank (as lists, the shape of the worker's other metrics)."""
     reg = parts[0] if len(parts) == 1 else Composite(parts)
     # One forward-only pass at the current weights, which are the rollout policy's before the first update.
     view = data.copy()
@@ -185,7 +185,7 @@ def _step_filter(worker: TrainingWorker, data: Any, spec: str, policy_loss: Any)
     pooled = {}
     for name, (num, den) in edits.metrics.items():
         num, den = reducer.sum(torch.stack([num, den])).tolist()
-        pooled[f"actor/entropy_rl/{name}"] = num / max(den, 1.0)
+        pooled[f"actor/entropy_rl/{name}"] = [num / max(den, 1.0)]
     return pooled
 
 
@@ -206,9 +206,8 @@ def _wrap_train_mini_batch(original):
             tu.assign_non_tensor(data, calculate_entropy=True)
         if "nec" in in_loss.needs:
             tu.assign_non_tensor(data, **{NEC_KEY: True})
-        filter_metrics = {}
-        if any(part.step_level for part in _parts(build_regularizer(spec, config.policy_loss))):
-            filter_metrics = _step_filter(self, data, spec, config.policy_loss)
+        step_parts = [part for part in _parts(build_regularizer(spec, config.policy_loss)) if part.step_level]
+        filter_metrics = _step_filter(self, data, spec, step_parts) if step_parts else {}
         output = original(self, data)
         if output is not None and filter_metrics:
             tu.get(output, "metrics").update(filter_metrics)

@@ -163,7 +163,7 @@ def make_policy_loss(spec: str):
         config: Any = None,
         rollout_is_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        # Outside ppo_loss (a direct call) there are no inputs: a step-level filter then spans the tensors given.
+        # Called directly, not through ppo_loss, the loss has no H or N: a mode that needs them is refused below.
         inputs = LOSS_INPUTS.get() or LossInputs(None, None, False)
         if has_step_filter and LOSS_INPUTS.get() is not None and not inputs.filtered:
             raise ConfigError(
