@@ -146,15 +146,12 @@ def test_equals_entropy_rl(spec):
                     entropies=b["entropy"], nec=b["nec"], clip_ratio_low=0.2, clip_ratio_high=0.28, loss_agg_mode=mode,
                 )  # fmt: skip
                 if info:  # entropy-rl normalises by this batch's kept tokens / non-empty rows, verl by the global ones
-                    rows = int((mask.sum(-1) > 0).sum())
+                    rows = int((mask.sum(-1) > 0).sum()) / info["global_batch_size"]
                     local_to_global = {
                         "token-mean": int(mask.sum()) / info["batch_num_tokens"],
-                        "seq-mean-token-mean": rows / info["global_batch_size"],
-                        "seq-mean-token-sum": rows / info["global_batch_size"],
-                        "seq-mean-token-sum-norm": rows
-                        / info["global_batch_size"]
-                        * mask.shape[-1]
-                        / info["loss_scale_factor"],
+                        "seq-mean-token-mean": rows,
+                        "seq-mean-token-sum": rows,
+                        "seq-mean-token-sum-norm": rows * mask.shape[-1] / info["loss_scale_factor"],
                     }
                     expected = expected * local_to_global[mode] * info["dp_size"]
                 assert abs(loss.item() - expected.item()) <= 1e-6, (seed, mode, info, loss.item(), expected.item())
