@@ -321,8 +321,10 @@ LOADED = (
 
 
 def test_entry_point_loads_on_import_verl():
-    out = run_python(LOADED, VERL_USE_EXTERNAL_PLUGINS="auto")
-    assert "LOADED True" in out.stdout, out.stderr[-2000:]
+    """`import verl` loads the plugin; it imports neither TRL nor entropy-rl's trainer (torch and verl only)."""
+    code = LOADED + "import sys\nprint('HEAVY', [m for m in ('trl', 'entropy_rl.trainer') if m in sys.modules])\n"
+    out = run_python(code, VERL_USE_EXTERNAL_PLUGINS="auto")
+    assert "LOADED True" in out.stdout and "HEAVY []" in out.stdout, out.stdout + out.stderr[-2000:]
 
 
 def test_broken_plugin_is_reported():
