@@ -217,8 +217,9 @@ def _wrap_train_mini_batch(original):
 
 
 def _wrap_is_trl_available(original):
-    """verl's monkey patch (use_remove_padding) patches TRL's value-head model whenever TRL is importable; the TRL that
-    entropy-rl requires (1.16) has no such model, so the patch crashes every FSDP actor. Skip it where TRL lacks it."""
+    """verl's apply_monkey_patch (every FSDP model) patches TRL's value-head model whenever TRL is importable; the TRL
+    that entropy-rl requires (1.16) has no such model, so the patch crashes every FSDP actor. Skip it where TRL lacks
+    it."""
 
     @functools.wraps(original)
     def is_trl_available() -> bool:
