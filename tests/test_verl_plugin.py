@@ -300,6 +300,11 @@ def test_contract():
 
     assert hasattr(worker.train_mini_batch, MAGIC_ATTR)
     assert params(padding.no_padding_2_padding) == ["tensor", "data"]
+    # verl's model patching still asks its module-level is_trl_available before touching TRL's value-head model
+    from verl.models.transformers import monkey_patch
+
+    assert getattr(monkey_patch.is_trl_available, hooks.WRAPPED)
+    assert "is_trl_available()" in inspect.getsource(monkey_patch.apply_monkey_patch)
     assert {"entropy_coeff", "clip_ratio_high", "calculate_entropy"} <= {
         f.name for f in dataclasses.fields(verl.workers.config.ActorConfig)
     }
