@@ -236,16 +236,16 @@ def engine_nec(worker: TrainingWorker, batch: dict, old: torch.Tensor) -> torch.
     return no_padding_2_padding(tu.get(output, hooks.NEC_KEY), data)
 
 
-MODES = {  # name: (loss_mode, extra PolicyLossConfig fields, entropy-rl spec, entropy-rl parameters)
-    "clip_cov": ("clip_cov", dict(clip_cov_ratio=0.2, clip_cov_lb=-1.0, clip_cov_ub=5.0), {}),
-    "kl_cov": ("kl_cov", dict(kl_cov_ratio=0.1, ppo_kl_coef=1.0), {}),
-    "steer": ("steer", {}, {}),
-    "steer_exact": ("steer", dict(steer_estimator="exact"), {}),
-    "clip_b": ("clip_b", dict(clip_b_mu=1.0), {}),
-    "clip_v": ("clip_v", dict(clip_v_mu=0.5, clip_v_max_frac=0.1), {}),
-    "clip_b+steer": ("clip_b+steer", dict(clip_b_mu=1.0), {}),
-    "clip_v+kl_cov": ("clip_v+kl_cov", dict(clip_v_mu=0.5, clip_v_max_frac=0.1, kl_cov_ratio=0.1, ppo_kl_coef=1.0), {}),
-    "high_entropy_tokens": ("high_entropy_tokens", dict(top_entropy_quantile=0.5), {}),
+MODES = {  # name: (loss_mode, PolicyLossConfig fields)
+    "clip_cov": ("clip_cov", dict(clip_cov_ratio=0.2, clip_cov_lb=-1.0, clip_cov_ub=5.0)),
+    "kl_cov": ("kl_cov", dict(kl_cov_ratio=0.1, ppo_kl_coef=1.0)),
+    "steer": ("steer", {}),
+    "steer_exact": ("steer", dict(steer_estimator="exact")),
+    "clip_b": ("clip_b", dict(clip_b_mu=1.0)),
+    "clip_v": ("clip_v", dict(clip_v_mu=0.5, clip_v_max_frac=0.1)),
+    "clip_b+steer": ("clip_b+steer", dict(clip_b_mu=1.0)),
+    "clip_v+kl_cov": ("clip_v+kl_cov", dict(clip_v_mu=0.5, clip_v_max_frac=0.1, kl_cov_ratio=0.1, ppo_kl_coef=1.0)),
+    "high_entropy_tokens": ("high_entropy_tokens", dict(top_entropy_quantile=0.5)),
 }
 
 
@@ -288,7 +288,7 @@ def check_modes(model_dir: str) -> dict:
         n_engine = engine_nec(worker, batch, old)
         mask = batch["response_mask"].bool()
         results[f"nec_layout/rmpad={remove_padding}"] = float((n_engine - stats[2]).abs()[mask].max())
-        for name, (mode, fields, _) in MODES.items():
+        for name, (mode, fields) in MODES.items():
             data = to_verl(batch, slice(None), old)
             engine_loss, _ = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
             expected, keep = reference_loss(mode, fields, stats, batch, old, seed=3)
@@ -309,7 +309,7 @@ def check_filters(model_dir: str) -> dict:
     rows = slice(RANK * share, (RANK + 1) * share)
     results = {}
     for name in ("clip_b", "clip_v", "clip_b+steer"):
-        mode, fields, _ = MODES[name]
+        mode, fields = MODES[name]
         data = to_verl(batch, rows, old)
         before = int(batch["response_mask"].sum())
         loss, metrics = train(worker, data, PolicyLossConfig(loss_mode=f"entropy_rl.{mode}", **fields), seed=3)
