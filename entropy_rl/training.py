@@ -331,9 +331,9 @@ def load_policy(model_args: ModelConfig, config: EntropyGRPOConfig) -> tuple[Any
         config.model_init_kwargs = _model_init_kwargs(model_args, config)
         return model_args.model_name_or_path, None
     _check_toy_model_args(model_args, config)
-    from .toy import load_toy, warm_start
+    from .toy import load_toy
 
-    model, tokenizer = load_toy(warm_start())
+    model, tokenizer = load_toy()  # the shipped warm-started policy
     if model_args.dtype not in (None, "auto", "float32"):
         import torch
 

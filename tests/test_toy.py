@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from entropy_rl.toy import (
+    POLICY_DIR,
     accuracy,
     arithmetic_reward,
     build_model,
@@ -181,13 +182,13 @@ def test_warm_start_is_deterministic(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings(NOT_REACHED)
 def test_concurrent_warm_starts_train_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real_train = warmup_module._train
+    real_train = warmup_module._train_in_child
 
     def counting_train(*args, **kwargs):
         calls.append(1)
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(warmup_module, "_train", counting_train)
+    monkeypatch.setattr(warmup_module, "_train_in_child", counting_train)
     paths: list[Path] = []
     threads = [threading.Thread(target=lambda: paths.append(warm_start(tmp_path, **QUICK))) for _ in range(2)]
     for thread in threads:
@@ -199,15 +200,41 @@ def test_concurrent_warm_starts_train_once(tmp_path: Path, monkeypatch: pytest.M
     assert not list(tmp_path.glob(".*.tmp-*"))
 
 
-@pytest.mark.slow
-def test_default_warm_start_leaves_room_to_improve(tmp_path: Path) -> None:
-    path = warm_start(tmp_path, show_progress=False)
-    record = json.loads((path / "warmup.json").read_text())
+def test_shipped_policy_leaves_room_to_improve_and_records_how_it_was_made() -> None:
+    """The shipped warm-up reached its target, is partly right, loads by default, and its recorded settings are those
+    the current recipe gives (a recipe change without `rebuild_policy()` fails here, before the slow test below)."""
+    record = json.loads((POLICY_DIR / "warmup.json").read_text())
+    assert record["settings"] == warmup_module.warmup_settings()
     assert record["reached_target"]
     assert 0.10 <= record["test_sampled_accuracy"] <= 0.70
-    model, tokenizer = load_toy(path)
+    assert sorted(p.name for p in POLICY_DIR.iterdir()) == sorted(warmup_module.POLICY_FILES)
+    assert (POLICY_DIR / "model.safetensors").stat().st_size < 4_000_000  # 797 056 float32 parameters
+    model, tokenizer = load_toy()
     sampled = accuracy(model, tokenizer, make_problems(300, "test", seed=1), greedy=False, seed=1)
     assert 0.10 <= sampled <= 0.70
+
+
+@pytest.mark.slow
+def test_shipped_policy_is_what_the_recorded_warm_up_produces(tmp_path: Path) -> None:
+    """Re-running the warm-up from the settings recorded next to the shipped weights gives them bit for bit."""
+    record = json.loads((POLICY_DIR / "warmup.json").read_text())
+    if record["versions"]["torch"] != torch.__version__:
+        pytest.skip(f"bit-identity holds for one torch build: shipped with {record['versions']['torch']}")
+    settings = record["settings"]
+    path = warm_start(
+        tmp_path,
+        target_accuracy=settings["target_accuracy"],
+        max_steps=settings["max_steps"],
+        seed=settings["seed"],
+        show_progress=False,
+    )
+    shipped, again = load_file(POLICY_DIR / "model.safetensors"), load_file(path / "model.safetensors")
+    assert shipped.keys() == again.keys()
+    assert all(torch.equal(shipped[k], again[k]) for k in shipped)
+    rerun = json.loads((path / "warmup.json").read_text())
+    assert rerun["history"] == record["history"] and rerun["test_greedy_accuracy"] == record["test_greedy_accuracy"]
+    for name in warmup_module.POLICY_FILES[1:-1]:  # config, tokenizer: as saved by the same code
+        assert (path / name).read_text() == (POLICY_DIR / name).read_text(), name
 
 
 def test_hard_problems_are_those_the_policy_gets_wrong_greedily(tmp_path: Path, monkeypatch) -> None:
@@ -220,7 +247,8 @@ def test_hard_problems_are_those_the_policy_gets_wrong_greedily(tmp_path: Path, 
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     pool = split_pairs("test")[:60]
-    monkeypatch.setattr(hard, "warm_start", lambda cache_dir=None, **kwargs: path)
+    monkeypatch.setattr(hard, "POLICY_DIR", path)
+    monkeypatch.setenv("ENTROPY_RL_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(hard, "split_pairs", lambda split: pool)
     # The selection must agree with decoding each prompt on its own (the hard set decodes them left-padded, batched).
     answers = {}
@@ -233,7 +261,7 @@ def test_hard_problems_are_those_the_policy_gets_wrong_greedily(tmp_path: Path, 
     assert set(pairs) <= set(pool) and len(pairs) > 50
     for pair, text in answers.items():
         assert (pair in pairs) == (text != str(sum(pair)))
-    assert (path / "hard_test.json").is_file()
+    assert len(list((tmp_path / "cache").glob("hard-*/hard_test.json"))) == 1
     monkeypatch.setattr(hard, "_greedy_wrong", lambda *args: pytest.fail("recomputed despite the cache"))
     problems = hard.make_hard_problems(70, "test", seed=1)
     assert len(problems) == 70 and {(p["prompt"], p["answer"]) for p in problems} == {

@@ -18,6 +18,9 @@ from transformers import (
 
 from entropy_rl.toy.task import arithmetic_reward
 
+# The default warm-up's result, shipped with the package (warmup.json beside it records how it was made).
+POLICY_DIR = Path(__file__).with_name("policy")
+
 
 def build_model(
     tokenizer: PreTrainedTokenizerBase, hidden_size: int = 128, num_layers: int = 3, seed: int = 0
@@ -50,8 +53,8 @@ def build_model(
     return model
 
 
-def load_toy(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Reload a saved toy model and tokenizer (safetensors only, float32)."""
+def load_toy(path: str | Path = POLICY_DIR) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Reload a saved toy model and tokenizer (safetensors only, float32); by default the shipped warm-started one."""
     model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

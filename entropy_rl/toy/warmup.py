@@ -1,4 +1,9 @@
-"""Supervised warm-up of the toy policy to a partial accuracy, cached on disk so GRPO runs start from it instantly."""
+"""Supervised warm-up of the toy policy to a partial accuracy: how the shipped policy (entropy_rl/toy/policy/) was made.
+
+The package ships the default warm-up's result, so no run waits for it. `warm_start()` re-runs it into a cache
+(bit-identical to the shipped weights on any x86-64 machine with AVX2, see PORTABLE_KERNELS) and `rebuild_policy()`
+rewrites the shipped folder from it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -22,13 +29,28 @@ from transformers import PreTrainedTokenizerBase
 
 from entropy_rl._version import __version__
 from entropy_rl.locks import file_lock
-from entropy_rl.toy.model import accuracy, build_model
+from entropy_rl.toy.model import POLICY_DIR, accuracy, build_model
 from entropy_rl.toy.task import make_problems, split_pairs
 from entropy_rl.toy.tokenizer import build_tokenizer
 
 # Bump when the saved layout or training recipe changes, so stale caches are never reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CACHE_ENV = "ENTROPY_RL_CACHE"
+# Float results depend on the kernels torch and MKL pick for the CPU (AVX-512 or AVX2 paths sum in different orders),
+# and the stop at the first accuracy check above the target turns a last-bit difference into a different checkpoint
+# (425, 475 or 525 steps, docs/toy.md). Pinned to their AVX2 paths, in a fresh process (both read these variables
+# when they first run), every x86-64 machine with AVX2 trains the same bits, at about 1.6x the time of AVX-512.
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+# The files of a saved warm-up, as the shipped folder holds them.
+POLICY_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "warmup.json",
+)
 RECIPE = {
     "hidden_size": 128,
     "num_layers": 3,
@@ -40,6 +62,7 @@ RECIPE = {
     "eval_every": 25,  # accuracy climbs ~0.25 per 50 steps near the target, so 50 would overshoot it
     "eval_problems": 300,
     "torch_threads": 1,
+    "kernels": PORTABLE_KERNELS,
 }
 
 
@@ -47,7 +70,8 @@ def default_cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "entropy-rl")
 
 
-def _settings(target_accuracy: float, max_steps: int, seed: int) -> dict:
+def warmup_settings(target_accuracy: float = 0.35, max_steps: int = 1500, seed: int = 0) -> dict:
+    """Everything that determines a warm-up's weights; warm_start's defaults give the shipped policy's."""
     return {
         "format_version": FORMAT_VERSION,
         # Normalised so that e.g. target 0 and 0.0 share one cache entry.
@@ -107,6 +131,7 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
         "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
@@ -170,6 +195,19 @@ def _train(settings: dict, out_dir: Path, show_progress: bool) -> None:
     (out_dir / "warmup.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _train_in_child(settings: dict, out_dir: Path, show_progress: bool) -> None:
+    """Run `_train` in a fresh interpreter whose torch and MKL start on the recorded kernels."""
+    code = "import sys; from entropy_rl.toy.warmup import _child; _child(sys.argv[1:])"
+    args = [json.dumps(settings), str(out_dir), str(int(show_progress))]
+    subprocess.run([sys.executable, "-c", code, *args], env={**os.environ, **settings["kernels"]}, check=True)
+
+
+def _child(argv: list[str]) -> None:
+    settings, out_dir, show_progress = json.loads(argv[0]), Path(argv[1]), argv[2] == "1"
+    with _torch_threads(settings["torch_threads"]):
+        _train(settings, out_dir, show_progress)
+
+
 def _build(settings: dict, root: Path, name: str, show_progress: bool) -> None:
     """Train into a temp dir and rename it into place; the caller holds the lock for `name`."""
     final = root / name
@@ -178,8 +216,7 @@ def _build(settings: dict, root: Path, name: str, show_progress: bool) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
-        with _torch_threads(settings["torch_threads"]):
-            _train(settings, tmp, show_progress)
+        _train_in_child(settings, tmp, show_progress)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,6 +233,9 @@ def warm_start(
 ) -> Path:
     """Path of a warmed-up toy checkpoint (model, tokenizer, warmup.json), training it on first use.
 
+    The defaults re-make the shipped policy (`load_toy()` loads that one without training): the same bits on any
+    x86-64 machine with AVX2, as training runs in a child process on PORTABLE_KERNELS with one thread.
+
     `cache_dir` is the cache root (default `$ENTROPY_RL_CACHE`, else `~/.cache/entropy-rl`); the checkpoint lives in
     `<root>/toy-<hash of settings>/`. Concurrent callers (e.g. every rank of a launch) serialise on a file lock, and
     the directory appears by atomic rename, so nobody ever sees a half-written checkpoint.
@@ -204,15 +244,15 @@ def warm_start(
         raise ValueError(f"target_accuracy must be in [0, 1], got {target_accuracy}")
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    settings = _settings(target_accuracy, max_steps, seed)
+    recorded = warmup_settings(target_accuracy, max_steps, seed)
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    name = _cache_name(settings)
+    name = _cache_name(recorded)
     final = root / name
     if not _is_complete(final):
         root.mkdir(parents=True, exist_ok=True)
         with file_lock(root / f".{name}.lock"):
             if not _is_complete(final):  # otherwise another process finished it while we waited
-                _build(settings, root, name, show_progress)
+                _build(recorded, root, name, show_progress)
     record = json.loads((final / "warmup.json").read_text())
     if not record["reached_target"]:  # warn on cache hits too: whoever loads it should know
         warnings.warn(
@@ -221,3 +261,14 @@ def warm_start(
             stacklevel=2,
         )
     return final
+
+
+def rebuild_policy(out_dir: str | Path = POLICY_DIR, cache_dir: str | Path | None = None) -> Path:
+    """Re-run the default warm-up (or take it from the cache) and write its files into `out_dir`, by default the
+    shipped folder: how entropy_rl/toy/policy/ was made, after a change to the warm-up recipe."""
+    source = warm_start(cache_dir, show_progress=True)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in POLICY_FILES:
+        shutil.copyfile(source / name, out / name)
+    return out
