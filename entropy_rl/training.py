@@ -383,9 +383,15 @@ def check_model_path(name: str | None) -> None:
 
 
 def train_run(
-    script_args: TrainScriptArguments, config: EntropyGRPOConfig, model_args: ModelConfig | None = None
+    script_args: TrainScriptArguments,
+    config: EntropyGRPOConfig,
+    model_args: ModelConfig | None = None,
+    progress: Any = None,
 ) -> Path:
-    """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model)."""
+    """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model).
+
+    `progress`, a TrainerCallback (the command's, entropy_rl/cli/progress.py), replaces transformers' progress bar.
+    """
     from .trainer import EntropyGRPOTrainer, check_start
 
     model_args = model_args or ModelConfig()
@@ -401,9 +407,20 @@ def train_run(
     if len(dataset) == 0:
         raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r} holds no training problem")
     model, tokenizer = load_policy(model_args, config)
+    callbacks = [progress] if progress is not None else None  # first: it runs before the trainer's own callbacks
     trainer = EntropyGRPOTrainer(
-        model=model, reward_funcs=rewards, args=config, train_dataset=dataset, processing_class=tokenizer, **extra
+        model=model,
+        reward_funcs=rewards,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        **extra,
     )
+    if progress is not None:
+        from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
+
+        trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)
     run_dir = Path(config.output_dir)
     trainer.saved_config = saved_settings(script_args, config, model_args)  # written when the first step is done
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -45,12 +45,34 @@ def _train(argv: list[str]) -> int:
     from entropy_rl.training import parse_train_args, train_run
 
     script_args, config, model_args = parse_train_args(argv)
-    run_dir = train_run(script_args, config, model_args)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    main_process = PartialState().is_main_process
+    if main_process:
+        print_plan(script_args, config, model_args)
+    run_dir = train_run(script_args, config, model_args, progress=progress_callback(config))
+    if main_process:
         report(run_dir)
     return 0
+
+
+def print_plan(script_args: Any, config: Any, model_args: Any) -> None:
+    """Before anything loads: what the run will do and where it writes."""
+    from entropy_rl.cli.progress import plan_lines
+
+    print("\n".join(plan_lines(script_args, config, model_args)), flush=True)
+
+
+def progress_callback(config: Any) -> Any:
+    """The command's one progress bar (None with --disable_tqdm); transformers' per-save bars are switched off."""
+    if config.disable_tqdm:
+        return None
+    from transformers.utils import logging
+
+    from entropy_rl.cli.progress import TrainProgress
+
+    logging.disable_progress_bar()  # "Writing model shards" at every checkpoint would break the one bar
+    return TrainProgress()
 
 
 def report(run_dir: Path) -> None:
