@@ -1,4 +1,4 @@
-"""Tests for the built-in toy task: tokenizer, problems, reward, model and the cached warm-up."""
+"""Tests for the built-in toy task: tokenizer, problems, reward, model, the shipped policy and its warm-up."""
 
 from __future__ import annotations
 
