@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -11,33 +13,34 @@ from entropy_rl.cli.train import report
 from entropy_rl.jsonl import append_row, read_rows
 from entropy_rl.rundir import write_config
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_run() -> dict:
+    """Written by perf/default_run.py: the default run's figures as ranges over kernel settings, with tolerance."""
+    return json.loads((REPO / "docs" / "results" / "default-run.json").read_text())
+
 
 @pytest.mark.slow
-def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
-    # The built-in default, shortened: warm-started tiny model (cached), GRPO on addition.
-    code = main(
-        [
-            "train",
-            "--max_steps",
-            "150",
-            "--output_dir",
-            str(tmp_path),
-            "--save_strategy",
-            "no",
-            "--disable_tqdm",
-            "true",
-            "--dynamics_every",
-            "5",
-        ]
-    )
-    assert code == 0
+def test_default_run_lands_in_the_documented_ranges(tmp_path, capsys):
+    """The built-in default cut to its first 150 steps (shipped policy, GRPO on addition): entropy falls, reward rises,
+    and both land inside the ranges docs/results/default-run.md gives for this shortened run."""
+    documented = default_run()
+    steps = documented["short_steps"]
+    argv = ["train", "--max_steps", str(steps), "--output_dir", str(tmp_path), "--save_strategy", "no"]
+    assert main([*argv, "--disable_tqdm", "true"]) == 0
     rows = read_rows(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in rows] == list(range(1, 151))
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
 
     def mean(part, key):
         return statistics.mean(r[key] for r in part)
 
-    first, last = rows[:40], rows[-40:]
+    window = steps // 10  # as `entropy-rl train` and perf/default_run.py summarise a run
+    first, last = rows[:window], rows[-window:]
+    for part, chunk in (("first", first), ("last", last)):
+        for name, key in (("entropy", "entropy/token_mean"), ("reward", "reward")):
+            low, high = documented["ranges"]["short"][part][name]
+            assert low <= mean(chunk, key) <= high, (part, name, mean(chunk, key), (low, high))
     assert mean(last, "entropy/token_mean") < mean(first, "entropy/token_mean") - 0.01
     assert mean(last, "reward") > mean(first, "reward") + 0.02
     assert mean(rows, "cov/logp_adv") > 0  # the sign that drives entropy down (Cui et al.)
@@ -54,6 +57,21 @@ def test_default_run_entropy_falls_and_reward_rises(tmp_path, capsys):
     assert "metrics.jsonl" in out and (tmp_path / "entropy_reward.png").stat().st_size > 0
     assert "parameter-space prediction vs measured entropy change: r = " in out
     assert (tmp_path / "dynamics.png").stat().st_size > 0
+
+
+def test_readme_and_the_results_page_quote_the_measured_ranges():
+    """The figures README.md gives for the default run are the ranges perf/default_run.py measured, not older ones."""
+    documented = default_run()
+    page = (REPO / "docs" / "results" / "default-run.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for length in ("full", "short"):
+        for part in ("first", "last"):
+            for name in ("entropy", "reward"):
+                low, high = documented["ranges"][length][part][name]
+                quoted = f"{low:.3f}–{high:.3f}"
+                assert quoted in page, (length, part, name, quoted)
+                if length == "full":
+                    assert quoted in readme, (part, name, quoted)
 
 
 @pytest.mark.parametrize(
@@ -170,3 +188,45 @@ def test_bad_launcher_flag_fails_with_the_command_error_line(tmp_path, capsys):
     assert main(["train", "--num_processes", "2", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("entropy-rl train: error: invalid config: --num_processes='2' without --accelerate_config")
+
+
+def test_the_plan_names_model_task_steps_evaluation_and_run_folder(tmp_path):
+    from entropy_rl.cli.progress import plan_lines
+    from entropy_rl.training import parse_train_args
+
+    lines = plan_lines(*parse_train_args(["--output_dir", str(tmp_path)]))
+    text = "\n".join(lines)
+    assert "the built-in toy policy (warm-started, shipped in " in text
+    assert "task:     arithmetic, reward arithmetic" in text
+    assert "GRPO, 500 steps of 64 completions per device (8 per prompt)" in text
+    assert "held-out: arithmetic every 50 steps and at the end" in text
+    assert lines[-1] == f"run:      {tmp_path}"
+    model_lines = plan_lines(*parse_train_args(["--output_dir", str(tmp_path), "--model_name_or_path", "org/model"]))
+    assert model_lines[0] == "model:    org/model"
+
+
+def test_progress_is_one_bar_that_names_evaluations_and_estimates_the_time_left(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from entropy_rl.cli import progress
+
+    args = SimpleNamespace(curve_benchmarks=["arithmetic"], curve_every=5)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=40, global_step=0)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: float(state.global_step))  # one second per step
+    callback = progress.TrainProgress()
+    callback.on_train_begin(args, state, None)
+    descriptions = []
+    for step in range(1, 13):
+        callback.on_step_begin(args, state, None)
+        state.global_step = step
+        callback.on_step_end(args, state, None)
+        descriptions.append(callback.bar.desc)
+    callback.on_log(args, state, None, logs={"reward": 0.5, "entropy/token_mean": 0.41})
+    assert callback.bar.n == 12 and callback.bar.postfix == "reward=0.500, entropy=0.410"
+    assert descriptions[4] == descriptions[9] == "evaluating held-out arithmetic"
+    assert descriptions[5] == descriptions[10] == "training"
+    callback.on_train_end(args, state, None)
+    out, err = capsys.readouterr()
+    # Timed over steps 2..11 (1 s each): 29 steps are left after step 11.
+    assert "about 29 s to go on this machine (1.00 s per step)" in out + err
+    assert "evaluating held-out arithmetic at the last step" in out
