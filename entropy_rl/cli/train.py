@@ -2,7 +2,7 @@
 
 With no arguments it runs the built-in default on CPU: a tiny model warm-started on two-operand addition, then GRPO.
 
-    entropy-rl train                                       # built-in task, ~1.5 min on 2 CPU cores
+    entropy-rl train                                       # built-in task: the shipped tiny policy, 500 GRPO steps
     entropy-rl train --config recipes/toy/grpo.yaml --learning_rate 5e-5
     entropy-rl train --config toy/clip_cov                 # a packaged recipe by name, from any directory
     entropy-rl train --list_recipes
