@@ -1,6 +1,6 @@
 """Time README.md's two commands as a new user runs them: a clean clone, a new venv, pip's cache bypassed.
 
-    python perf/readme_commands.py [--tests] [--doc docs/results/readme-commands.md]
+    python perf/readme_commands.py [--tests] [--doc PAGE]   # PAGE: readme-commands.md in docs/results by default
 
 Command 1 is `pip install torch==2.13.0 && pip install -e . && entropy-rl train` in a fresh virtual environment;
 command 2 (with --tests) is `pip install -e ".[dev]" && pytest` in another one. Each runs in its own clone of this
