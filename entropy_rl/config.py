@@ -142,9 +142,11 @@ class EntropyGRPOConfig(GRPOConfig):
     max_nan_reward_batches: int = field(
         default=3,
         metadata={
-            "help": "Stop the run with an error after this many rollout batches in a row in which every reward "
-            "function returned NaN or None for every completion (such a batch trains on zero advantages). Each row "
-            "of metrics.jsonl logs the fraction of unscorable completions as reward/nan_frac. 0 never stops."
+            "help": "Stop the run with an error after this many rollout batches in a row in which no completion got "
+            "a finite reward and each got a NaN or inf value (a broken reward; such a batch trains on zero "
+            "advantages). None, TRL's 'not applicable', never counts: TRL warns and goes on. Each row of "
+            "metrics.jsonl logs the fraction of completions without a finite reward as reward/nan_frac. 0 never "
+            "stops."
         },
     )
 

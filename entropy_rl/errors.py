@@ -23,4 +23,4 @@ def check(condition: bool, name: str, value: Any, allowed: str) -> None:
 
 
 class RewardError(EntropyRLError):
-    """The reward functions gave no usable reward for too long (every completion NaN/None, batch after batch)."""
+    """The reward functions gave no usable reward for too long (every completion NaN/inf, batch after batch)."""

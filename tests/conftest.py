@@ -20,6 +20,11 @@ def none_reward(completions, **kwargs) -> list[None]:
     return [None] * len(completions)
 
 
+def nan_reward(completions, **kwargs) -> list[float]:
+    """A broken reward function: a NaN value (not TRL's None) for every completion."""
+    return [float("nan")] * len(completions)
+
+
 def raising_reward(completions, **kwargs) -> list[float]:
     raise RuntimeError("reward service down")
 

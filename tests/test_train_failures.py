@@ -70,13 +70,25 @@ def test_rerun_into_a_finished_run_keeps_every_row(model_dir, tmp_path, capsys):
 def test_rewards_that_score_nothing_are_logged_then_stop_the_run(model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code = train(
-        model_dir, out, "--max_steps", "6", "--max_nan_reward_batches", "2", "--reward_funcs", "conftest.none_reward"
+        model_dir, out, "--max_steps", "6", "--max_nan_reward_batches", "2", "--reward_funcs", "conftest.nan_reward"
     )
     assert code == 2
     line = last_error_line(capsys)
-    assert "reward_funcs returned NaN/None for every completion in 2 rollout batches in a row (steps 1-2)" in line
+    assert "reward_funcs returned NaN/inf for every completion in 2 rollout batches in a row (steps 1-2)" in line
     rows = read_rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1] and rows[0]["reward/nan_frac"] == 1.0
+
+
+@pytest.mark.slow
+def test_none_rewards_follow_trl_and_never_stop_the_run(model_dir, tmp_path, caplog):
+    """None is TRL's 'not applicable': TRL warns and the completion gets advantage 0; the run goes on."""
+    out = tmp_path / "run"
+    argv = ["--max_steps", "3", "--max_nan_reward_batches", "1", "--reward_funcs", "conftest.none_reward"]
+    with caplog.at_level("WARNING"):
+        assert train(model_dir, out, *argv) == 0
+    assert "All reward functions returned None" in caplog.text  # TRL's own warning
+    rows = read_rows(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["reward/nan_frac"] == 1.0 for r in rows)
 
 
 @pytest.mark.slow

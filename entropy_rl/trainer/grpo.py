@@ -24,12 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import is_async_callable
 
 from .. import dynamics, onepass, rundir, stats
 from ..config import EntropyGRPOConfig
@@ -79,6 +81,31 @@ def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
     return upgraded
 
 
+def _noting_nones(func: Any, nones: torch.Tensor) -> Any:
+    """`func` as TRL calls it, setting `nones[j]` where it returned None for completion j; reward models (modules)
+    return tensors, never None, and stay as they are."""
+    if isinstance(func, torch.nn.Module):
+        return func
+
+    def note(output):
+        rows = [j for j, value in enumerate(output) if value is None and j < len(nones)]  # TRL checks the length
+        if rows:
+            nones[torch.tensor(rows, device=nones.device)] = 1.0
+        return output
+
+    if is_async_callable(func):
+
+        async def noted_async(**kwargs):
+            return note(await func(**kwargs))
+
+        return noted_async
+
+    def noted(**kwargs):
+        return note(func(**kwargs))
+
+    return noted
+
+
 class AcceleratorReducer:
     """Statistics over every rank of the step (the `Reducer` of entropy_rl.regularizers.base)."""
 
@@ -126,8 +153,40 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
     args: EntropyGRPOConfig
 
-    def __init__(self, model: Any, reward_funcs: Any, args: GRPOConfig | None = None, *rest: Any, **kwargs: Any):
-        super().__init__(model, reward_funcs, as_entropy_config(args, model), *rest, **kwargs)
+    # GRPOTrainer's parameters, names, order and defaults (tests/test_parity.py compares the two signatures).
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: GRPOConfig | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        tools: list[Callable] | None = None,
+        rollout_func: Callable | None = None,
+        environment_factory: Any = None,
+    ):
+        super().__init__(
+            model,
+            reward_funcs=reward_funcs,
+            args=as_entropy_config(args, model),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
         self.regularizer = self.args.build_regularizer()
         # Split the methods by when their statistics are taken: once per rollout batch over every rank (filters, and
         # everything under stat_scope=global), or per loss micro-batch (the authors' verl code).
@@ -250,35 +309,46 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept for dynamic sampling: TRL's rewards of every process (rows x functions), before any normalisation.
-        self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.model.training:
-            self._count_unscorable(self._round_rewards)  # gathered over every rank: each rank decides alike
+        if not self.model.training:
+            self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return self._round_rewards
+        # TRL turns None ("not applicable") into NaN; note where, so that only NaN/inf values count as broken.
+        nones = torch.zeros(len(prompts), len(self.reward_funcs), device=self.accelerator.device)
+        functions = self.reward_funcs
+        self.reward_funcs = [_noting_nones(func, nones[:, i]) for i, func in enumerate(functions)]
+        try:
+            self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        finally:
+            self.reward_funcs = functions
+        self._count_unscorable(self._round_rewards, self.accelerator.gather(nones).bool())  # every rank alike
         return self._round_rewards
 
-    def _count_unscorable(self, rewards_per_func: torch.Tensor) -> None:
-        """Count completions that no reward function scored (TRL gives them zero advantage); stop a run of such
-        batches, which would otherwise train to the end on nothing."""
-        unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    def _count_unscorable(self, rewards_per_func: torch.Tensor, nones: torch.Tensor) -> None:
+        """Count completions that no reward function scored (TRL gives them zero advantage), and stop a run of
+        batches in which every completion got a NaN or inf value (a broken reward, not TRL's None convention)."""
+        missing = ~torch.isfinite(rewards_per_func)
+        unscorable = missing.all(dim=1)
+        broken = unscorable & (missing & ~nones).any(dim=1)
         self._nan_frac = unscorable.float().mean().item()
         self._metrics["train"][NAN_FRAC_KEY].append(self._nan_frac)
-        if self._nan_frac < 1.0:
+        if not bool(broken.all()):
             self._nan_batches = []
             return
         self._nan_batches.append(self.state.global_step + 1)
         limit = self.args.max_nan_reward_batches
         logger.warning(
-            "step %d: every reward function returned NaN/None for all %d completions (%d such batches in a row%s)",
+            "step %d: the reward functions returned NaN/inf for all %d completions (%d such batches in a row%s)",
             self._nan_batches[-1],
-            unscorable.numel(),
+            broken.numel(),
             len(self._nan_batches),
             f"; the run stops at {limit}" if limit else "",
         )
         if limit and len(self._nan_batches) >= limit:
             raise RewardError(
-                f"reward_funcs returned NaN/None for every completion in {len(self._nan_batches)} rollout batches in "
+                f"reward_funcs returned NaN/inf for every completion in {len(self._nan_batches)} rollout batches in "
                 f"a row (steps {self._nan_batches[0]}-{self._nan_batches[-1]}); such batches train on zero "
                 "advantages. Check the reward functions and the dataset columns they read "
-                f"(max_nan_reward_batches={limit}; 0 never stops)"
+                f"(max_nan_reward_batches={limit}; 0 never stops; None, TRL's 'not applicable', never counts)"
             )
 
     def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
