@@ -7,9 +7,9 @@ The arguments are TRL's own, parsed as trl/scripts/grpo.py parses them: `(TrainS
 ModelConfig)` with TrlParser, so `--dataset_name` is a Hub id or a local file, `--model_name_or_path` comes with
 ModelConfig's dtype / attention / LoRA / 4- and 8-bit flags, and `--reward_funcs` names reward functions. A YAML recipe
 sets any field of the three; command-line flags override it. Two things differ from TRL's script, both additions:
-no arguments at all trains the built-in toy (a tiny model on addition, BUILTIN_DEFAULTS), and `--config` also takes a
-packaged recipe's name. The command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate hand-over, the
-exit codes and the report.
+naming neither a model nor a dataset trains the built-in toy (a tiny model on addition) on its own defaults
+(BUILTIN_DEFAULTS; any other command line starts from TRL's), and `--config` also takes a packaged recipe's name.
+The command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate hand-over, the exit codes and the report.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ REWARD_FACTORY_KWARGS = {"get_soft_overlong_punishment": {"max_completion_len": 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATASET = "arithmetic"
 
-# The built-in default, used when no --config is given: sized for 2 CPU cores (docs/results/default-run.md).
+# The built-in task: the toy model (no --model_name_or_path) on one of these datasets.
+BUILTIN_TASK_DATASETS = (BUILTIN_DATASET, "arithmetic_hard")
+# The built-in task's defaults, used only for it and without --config: sized for 2 CPU cores
+# (docs/results/default-run.md). A command line naming a model or another dataset starts from TRL's defaults.
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/toy-default",
     "max_steps": 500,
@@ -187,10 +190,40 @@ def _argparse_error(message: str) -> NoReturn:
     raise ConfigError(f"invalid config: {message} (see entropy-rl train --help)")
 
 
+def _has_config(argv: list[str]) -> bool:
+    return any(arg == "--config" or arg.startswith("--config=") for arg in argv)
+
+
+def builtin_task(argv: list[str]) -> bool:
+    """Whether `argv` trains the built-in task on its own defaults: no --config, no model, no dataset of one's own."""
+    import argparse
+
+    if _has_config(argv):
+        return False
+    names = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    names.add_argument("--model_name_or_path", "--model-name-or-path")
+    names.add_argument("--dataset_name", "--dataset-name", default=BUILTIN_DATASET)
+    known, _ = names.parse_known_args(argv)
+    return known.model_name_or_path is None and known.dataset_name in BUILTIN_TASK_DATASETS
+
+
+def defaults_used(argv: list[str]) -> str:
+    """Which defaults underlie the run's settings, in words (printed at the start of `entropy-rl train`)."""
+    if _has_config(argv):
+        return "the recipe's (--config), over TRL's GRPOConfig defaults and entropy-rl's own"
+    if builtin_task(argv):
+        return (
+            "the built-in task's (entropy_rl.training.BUILTIN_DEFAULTS; a model or dataset of your own starts from "
+            "TRL's)"
+        )
+    return "TRL's GRPOConfig defaults, as `trl grpo` parses them, plus entropy-rl's own fields"
+
+
 def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPOConfig, ModelConfig]:
     """(script_args, config, model_args) from `entropy-rl train` arguments, in trl/scripts/grpo.py's order.
 
-    Without --config, BUILTIN_DEFAULTS underlie them. Raises ConfigError for a missing or malformed --config file, an
+    BUILTIN_DEFAULTS underlie them only for the built-in task (`builtin_task`); otherwise the defaults are TRL's (and
+    a recipe's, with --config). Raises ConfigError for a missing or malformed --config file, an
     unknown or abbreviated flag or YAML key, a value argparse cannot convert and an invalid value. `--help` ends the
     process through argparse, as in any TRL script.
     """
@@ -201,7 +234,7 @@ def parse_train_args(argv: list[str]) -> tuple[TrainScriptArguments, EntropyGRPO
     # No prefix matching: `--learning_rat` must be an error, not silently `--learning_rate`.
     parser = TrlParser((TrainScriptArguments, EntropyGRPOConfig, ModelConfig), allow_abbrev=False)
     parser.error = _argparse_error  # one line instead of argparse's 200-line usage text and exit code 2
-    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv):
+    if builtin_task(argv):
         parser.set_defaults_with_config(**BUILTIN_DEFAULTS)
     try:
         script_args, config, model_args = parser.parse_args_and_config(args=resolved)

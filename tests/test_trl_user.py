@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import MISSING
 
 import pytest
 from conftest import TINY_GRPO
@@ -80,6 +81,56 @@ def test_a_plain_config_keeps_every_trl_field(tmp_path):
         as_entropy_config(object(), model=None)
 
 
+@pytest.mark.parametrize(
+    "named",
+    [
+        ["--model_name_or_path", "org/model"],
+        ["--dataset_name", "data/problems.jsonl"],
+        ["--dataset_name", "trl-lib/DeepMath-103K", "--reward_funcs", "accuracy_reward"],
+    ],
+)
+def test_a_command_line_naming_a_model_or_dataset_parses_field_for_field_as_trl_grpo(named, tmp_path):
+    """Not the built-in task: TRL's GRPOConfig defaults, exactly what `trl grpo` parses from the same flags (on CPU
+    TRL needs --use_cpu and --bf16 false to start at all; entropy-rl sets both itself there), ours at their own."""
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+    from trl.scripts.grpo import make_parser
+
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.training import builtin_task, defaults_used, parse_train_args
+
+    argv = [*named, "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
+    _, ours, _ = parse_train_args(argv)
+    _, trls, _, _ = make_parser().parse_args_and_config(args=argv)
+    for spec in fields(GRPOConfig):
+        assert getattr(ours, spec.name) == getattr(trls, spec.name), spec.name
+    assert ours.learning_rate == 1e-6 and ours.lr_scheduler_type == "linear" and ours.save_steps == 500
+    for spec in fields(EntropyGRPOConfig):
+        if spec.name not in {f.name for f in fields(GRPOConfig)}:
+            default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+            assert getattr(ours, spec.name) == default, spec.name  # no held-out toy curve, no toy settings
+    assert not builtin_task(argv) and defaults_used(argv).startswith("TRL's GRPOConfig defaults")
+
+
+@pytest.mark.parametrize("argv", [[], ["--max_steps", "3"], ["--dataset_name", "arithmetic_hard"]])
+def test_the_built_in_task_alone_takes_the_toy_defaults(argv):
+    from entropy_rl.training import BUILTIN_DEFAULTS, builtin_task, defaults_used, parse_train_args
+
+    _, config, _ = parse_train_args(argv)
+    assert builtin_task(argv) and defaults_used(argv).startswith("the built-in task's")
+    assert config.learning_rate == BUILTIN_DEFAULTS["learning_rate"] and config.curve_benchmarks == ["arithmetic"]
+    assert config.max_steps == (3 if argv[:1] == ["--max_steps"] else BUILTIN_DEFAULTS["max_steps"])
+    recipe = ["--config", "toy/grpo"]
+    assert not builtin_task(recipe) and defaults_used(recipe).startswith("the recipe's")
+
+
+def test_the_run_says_which_defaults_it_used(tmp_path, capsys):
+    argv = ["train", "--model_name_or_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "run")]
+    assert main(argv) == 2  # fails at the model, after the settings are known
+    assert "entropy-rl train: defaults: TRL's GRPOConfig defaults" in capsys.readouterr().out
+
+
 def test_model_init_kwargs_reach_from_pretrained(model_dir, train_dataset, tmp_path):
     """TRL's `--model_init_kwargs` (and ModelConfig's --dtype) load the named model; the user's keys win."""
     import torch
@@ -142,7 +193,16 @@ def test_dataset_file_and_reward_funcs_by_name_and_import_path(problems_file, tm
     monkeypatch.chdir(tmp_path)  # the module lies in the current directory, as TRL's script finds it
     out = tmp_path / "run"
     argv = ["train", "--dataset_name", str(problems_file), "--reward_funcs", "arithmetic", "my_rewards:counted"]
-    argv += ["--max_steps", "2", "--per_device_train_batch_size", "16", "--num_generations", "4"]
+    argv += [
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "16",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "8",
+    ]
     assert main([*argv, "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm", "true"]) == 0
     assert [row["step"] for row in read_rows(out / "metrics.jsonl")] == [1, 2]
     seen = calls.read_text().split("\n")[:-1]

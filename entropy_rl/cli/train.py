@@ -49,6 +49,7 @@ def _train(argv: list[str]) -> int:
 
     main_process = PartialState().is_main_process
     if main_process:
+        print_defaults(argv)
         print_plan(script_args, config, model_args)
     run_dir = train_run(script_args, config, model_args, progress=progress_callback(config))
     if main_process:
@@ -73,6 +74,13 @@ def progress_callback(config: Any) -> Any:
 
     logging.disable_progress_bar()  # "Writing model shards" at every checkpoint would break the one bar
     return TrainProgress()
+
+
+def print_defaults(argv: list[str]) -> None:
+    """Say at the start which defaults the run's settings come from (TRL's, a recipe's or the built-in task's)."""
+    from entropy_rl.training import defaults_used
+
+    print(f"entropy-rl train: defaults: {defaults_used(argv)}", flush=True)
 
 
 def report(run_dir: Path) -> None:
