@@ -232,20 +232,20 @@ class EntropyGRPOConfig(GRPOConfig):
         params = {name: getattr(self, name) for method in names for name in parameter_names(method)}
         return get_regularizer(self.regularizer, **params)
 
-    def _apply_native_regularizers(self, names: list[str]) -> None:
-        """Switch TRL's own option on for a native regularizer; refuse TRL options set without their flag."""
-        native = [method for method in REGISTRY.values() if issubclass(method, NativeRegularizer)]
-        for method in native:
-            name, option, is_set = method.name, method.trl_option, method.option_is_set(self)
-            if name in names and not is_set:
+    def _apply_native_regularizers(self) -> None:
+        """Switch TRL's own option on for a named native regularizer; name the method of a TRL option set by hand.
+
+        TRL's fields keep TRL's meaning (`entropy_coef=0.01` is TRL's entropy bonus, with or without the flag); the
+        name only labels the run by what it does."""
+        names = parse_names(self.regularizer)
+        for method in (m for m in REGISTRY.values() if issubclass(m, NativeRegularizer)):
+            is_set = method.option_is_set(self)
+            if method.name in names and not is_set:
                 for key, value in method.trl_defaults.items():
                     setattr(self, key, value)
-            elif name not in names and is_set and method.exclusive:
-                raise ConfigError(
-                    f"invalid config: {option}={getattr(self, option)!r} switches on TRL's {name} outside "
-                    f"--regularizer={self.regularizer!r}; allowed: add {name} to --regularizer (runs are labelled "
-                    "by it) or leave the option at its default"
-                )
+            elif method.name not in names and is_set and method.names_run:
+                names.append(method.name)
+        self.regularizer = "+".join(names) if names else "none"
 
     def __post_init__(self) -> None:
         # TRL defaults to bf16 even on CPU, where autocast shifts log-probs by up to 0.07 nats: only default it on GPU.
@@ -254,7 +254,7 @@ class EntropyGRPOConfig(GRPOConfig):
                 self.bf16 = False
             # Without it, accelerate on a CPU-only machine sets up a 2-process launch as two lone processes.
             self.use_cpu = True
-        self._apply_native_regularizers(parse_names(self.regularizer))
+        self._apply_native_regularizers()
         self._check_numbers()  # before TRL's own __post_init__, which divides by some of them
         super().__post_init__()
         self._validate()
@@ -265,7 +265,7 @@ class EntropyGRPOConfig(GRPOConfig):
 
         TRL's `__post_init__` is not run again (it has resolved fields such as steps_per_generation, which it would
         then refuse to see set twice); only our checks run. TRL's own entropy options (entropy_coef,
-        top_entropy_quantile) name the run's regularizer, as `--regularizer` would have switched them on.
+        top_entropy_quantile) name the run's regularizer, as in an EntropyGRPOConfig.
         """
         upgraded = copy.copy(args)
         upgraded.__class__ = cls
@@ -274,9 +274,7 @@ class EntropyGRPOConfig(GRPOConfig):
             if spec.name not in trl_fields:
                 default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
                 setattr(upgraded, spec.name, default)
-        native = [m for m in REGISTRY.values() if issubclass(m, NativeRegularizer) and m.exclusive]
-        names = [m.name for m in native if m.option_is_set(upgraded)]
-        upgraded.regularizer = "+".join(names) if names else "none"
+        upgraded._apply_native_regularizers()
         upgraded._validate()
         return upgraded
 
@@ -286,20 +284,7 @@ class EntropyGRPOConfig(GRPOConfig):
         self._check_unselected_parameters(names)
         self.build_regularizer()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
-        if any(REGISTRY[name].kind in ("loss", "filter") for name in names):
-            check(
-                self.loss_type in CLIP_LOSS_TYPES,
-                "loss_type",
-                self.loss_type,
-                f"one of {CLIP_LOSS_TYPES} with "
-                f"regularizer={self.regularizer!r} (token-level methods on the PPO-clip surrogate)",
-            )
-            check(
-                self.importance_sampling_level == "token",
-                "importance_sampling_level",
-                self.importance_sampling_level,
-                f"'token' with regularizer={self.regularizer!r}",
-            )
+        self._check_trl_options(names)
         self._check_off_policy(names)
         self._check_rollout_shaping()
         check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
@@ -387,6 +372,29 @@ class EntropyGRPOConfig(GRPOConfig):
                         f"regularizer={self.regularizer!r} does not select; allowed: add {method.name} to "
                         f"--regularizer, or leave {spec.name} at its default ({default!r})"
                     )
+
+    def _check_trl_options(self, names: list[str]) -> None:
+        """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table)."""
+        if self.loss_type not in CLIP_LOSS_TYPES:
+            no_clip = (
+                f"loss_type={self.loss_type!r}, which has no PPO clip (its own surrogate; cispo reads epsilon_high as "
+                "its IS-weight cap)"
+            )
+            if "kl_cov" in names:
+                raise ConfigError(
+                    f"invalid config: regularizer={self.regularizer!r} with {no_clip}: KL-Cov replaces the PPO-clip "
+                    f"surrogate by the unclipped -A r plus its penalty; allowed: loss_type in {CLIP_LOSS_TYPES}"
+                )
+            if "clip_higher" in names:
+                raise ConfigError(
+                    f"invalid config: regularizer={self.regularizer!r} with {no_clip}: clip_higher raises the PPO "
+                    f"clip's upper bound; allowed: loss_type in {CLIP_LOSS_TYPES}"
+                )
+        if "kl_cov" in names and self.epsilon_high is not None and self.epsilon_high != self.epsilon:
+            raise ConfigError(
+                f"invalid config: epsilon_high={self.epsilon_high!r} with regularizer={self.regularizer!r}: KL-Cov "
+                "uses no PPO clip, so epsilon_high would have no effect; allowed: leave epsilon_high unset"
+            )
 
     def _check_off_policy(self, names: list[str]) -> None:
         """Refuse a method that does nothing on-policy (KL-Cov) when every update is on-policy."""

@@ -59,6 +59,7 @@ class TokenBatch:
     nec: torch.Tensor | None = None
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
+    sequence_level: bool = False  # GSPO (TRL's importance_sampling_level="sequence"): one ratio per sequence
 
     def __post_init__(self) -> None:
         if self.advantages.dim() == 1:
@@ -68,7 +69,12 @@ class TokenBatch:
 
     @property
     def ratio(self) -> torch.Tensor:
-        return torch.exp(self.logps.detach() - self.old_logps)
+        log_ratio = self.logps.detach() - self.old_logps
+        if self.sequence_level:  # TRL's sequence level: the masked mean log-ratio of the row, for each of its tokens
+            mask = self.mask.to(log_ratio.dtype)
+            mean = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
+            log_ratio = mean.expand_as(log_ratio)
+        return torch.exp(log_ratio)
 
     def ppo_clipped(self) -> torch.Tensor:
         """Tokens whose clipped surrogate passes no gradient (the min picks the clipped branch)."""

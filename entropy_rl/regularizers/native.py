@@ -5,8 +5,8 @@
 - high_entropy_tokens: "Beyond the 80/20 rule", TRL's `top_entropy_quantile` 0.2 (policy loss on the top 20 %).
 
 Each class names the TRL option it switches on, the values it sets when the run leaves that option alone, and how to
-tell from a GRPOConfig that the option was set by hand (EntropyGRPOConfig refuses such a run unless the method is
-named in --regularizer, so that runs are labelled by what they do).
+tell from a GRPOConfig that the option was set by hand. TRL's options keep TRL's meaning without the flag: an option
+set by hand names its method in the run's regularizer (so runs are labelled by what they do), except clip_higher's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class NativeRegularizer(Regularizer):
     kind = "native"
     trl_option: ClassVar[str]  # the GRPOConfig field that turns the method on
     trl_defaults: ClassVar[dict[str, Any]]  # set on the config when the method is chosen and the option is unset
-    exclusive: ClassVar[bool] = True  # False: the option may also be set without naming the method
+    names_run: ClassVar[bool] = True  # setting the option by hand adds the method's name to the run's regularizer
 
     @classmethod
     def option_is_set(cls, config: Any) -> bool:
@@ -49,7 +49,7 @@ class ClipHigher(NativeRegularizer):
     name = "clip_higher"
     trl_option = "epsilon_high"
     trl_defaults = {"epsilon_high": 0.28}  # applied when epsilon_high is unset
-    exclusive = False  # an asymmetric clip on its own is an ordinary PPO setting
+    names_run = False  # an asymmetric clip on its own is an ordinary PPO setting
 
     @classmethod
     def option_is_set(cls, config: Any) -> bool:

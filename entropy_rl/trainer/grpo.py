@@ -34,7 +34,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import is_async_callable
 
 from .. import dynamics, onepass, rundir, stats
-from ..config import EntropyGRPOConfig
+from ..config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from ..errors import ConfigError, RewardError
 from ..regularizers import LOCAL, Composite, Edits, TokenBatch
 from ..regularizers.base import penalty_loss
@@ -361,6 +361,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
     # ---------------------------------------------------------------- regularizers
     def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
+        # The loss types without a PPO clip (cispo, sapo, vespo) stop no token's gradient by the ratio: no token counts
+        # as clipped for Clip-Cov's candidates or STEER's estimator there.
+        clipped = self.loss_type in CLIP_LOSS_TYPES
         return TokenBatch(
             logps=logps,
             old_logps=old_logps,
@@ -368,8 +371,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             mask=self._loss_mask(inputs),
             entropies=entropies,
             nec=nec,
-            epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high,
+            epsilon_low=self.epsilon_low if clipped else 1.0,
+            epsilon_high=self.epsilon_high if clipped else math.inf,
+            sequence_level=self.importance_sampling_level == "sequence",
         )
 
     def _apply_edits(self, logps, entropies, nec, inputs) -> None:
