@@ -292,18 +292,29 @@ def _spec_dataset(script_args: TrainScriptArguments):
     return Dataset.from_list(rows)
 
 
-def _trl_dataset(script_args: TrainScriptArguments):
-    """As trl/scripts/grpo.py: `load_dataset(dataset_name, dataset_config)[dataset_train_split]`; a file by suffix."""
+def _trl_dataset(script_args: TrainScriptArguments, field_name: str = "dataset_name"):
+    """As trl/scripts/grpo.py: `load_dataset(dataset_name, dataset_config)[dataset_train_split]`; a file by suffix.
+
+    `field_name="dataset_test_split"`: the eval set instead, a local file named by it or that split of the dataset.
+    """
     from datasets import load_dataset
 
-    name, split = script_args.dataset_name, script_args.dataset_train_split
-    path = Path(name).expanduser()
+    name = script_args.dataset_name
+    evaluating = field_name == "dataset_test_split"
+    split = script_args.dataset_test_split if evaluating else script_args.dataset_train_split
+    path = Path(split if evaluating and Path(split).expanduser().is_file() else name).expanduser()
+    value = split if evaluating else name
     try:
         if path.is_file():
             builder = LOCAL_FORMATS.get(path.suffix.lower())
             if builder is None:
                 suffix, allowed = path.suffix, sorted(LOCAL_FORMATS)
-                raise ConfigError(f"invalid config: dataset_name={name!r} has suffix {suffix!r}; allowed: {allowed}")
+                raise ConfigError(f"invalid config: {field_name}={value!r} has suffix {suffix!r}; allowed: {allowed}")
+            if evaluating and path != Path(split).expanduser():
+                raise ConfigError(
+                    f"invalid config: dataset_test_split={split!r} with the local file dataset_name={name!r} (one "
+                    "file is one split); allowed: the eval file itself as --dataset_test_split"
+                )
             # One file is one split: it is the training split whatever dataset_train_split says.
             streaming = script_args.dataset_streaming
             dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
@@ -315,15 +326,35 @@ def _trl_dataset(script_args: TrainScriptArguments):
         raise
     except Exception as err:  # unknown id, offline, missing split, unreadable file: one line, naming the field
         raise ConfigError(
-            f"invalid config: dataset_name={name!r} (config {script_args.dataset_config!r}, split {split!r}) could "
-            f"not be loaded: {type(err).__name__}: {err}"
+            f"invalid config: {field_name}={value!r} (dataset {name!r}, config {script_args.dataset_config!r}, split "
+            f"{split!r}) could not be loaded: {type(err).__name__}: {err}"
         ) from err
     if "prompt" not in (dataset.column_names or []):
         raise ConfigError(
-            f"invalid config: dataset_name={name!r} has no 'prompt' column (columns: {dataset.column_names}); "
+            f"invalid config: {field_name}={value!r} has no 'prompt' column (columns: {dataset.column_names}); "
             "allowed: a dataset in TRL's prompt-only format"
         )
     return dataset
+
+
+def build_eval_dataset(script_args: TrainScriptArguments, config: EntropyGRPOConfig, seed: int):
+    """TRL's eval set, when eval_strategy is not 'no' (as trl/scripts/grpo.py): `dataset_test_split` of the same
+    dataset, a local file named by it, or the built-in task's test split."""
+    if config.eval_strategy == "no":
+        return None
+    name, split = script_args.dataset_name, script_args.dataset_test_split
+    if name in BUILTIN_TASK_DATASETS and not Path(split).expanduser().is_file():
+        from datasets import Dataset
+
+        from .toy import make_problems
+
+        return Dataset.from_list(make_problems(config.per_device_eval_batch_size * 4, split="test", seed=seed))
+    if name is not None and name.endswith(YAML_SUFFIXES) and not Path(split).expanduser().is_file():
+        raise ConfigError(
+            f"invalid config: dataset_test_split={split!r} with the dataset spec dataset_name={name!r} (one set of "
+            "problems); allowed: a local file as --dataset_test_split"
+        )
+    return _trl_dataset(script_args, "dataset_test_split")
 
 
 def _model_init_kwargs(model_args: ModelConfig, config: EntropyGRPOConfig) -> dict[str, Any]:
@@ -439,6 +470,7 @@ def train_run(
     dataset = build_dataset(script_args, config.seed)
     if len(dataset) == 0:
         raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r} holds no training problem")
+    eval_dataset = build_eval_dataset(script_args, config, config.seed)
     model, tokenizer = load_policy(model_args, config)
     callbacks = [progress] if progress is not None else None  # first: it runs before the trainer's own callbacks
     trainer = EntropyGRPOTrainer(
@@ -446,6 +478,7 @@ def train_run(
         reward_funcs=rewards,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
         **extra,

@@ -258,3 +258,49 @@ def test_version_and_recipe_list(capsys):
     assert {"toy/grpo", "toy/clip_cov", "qwen2.5-math-7b/steer", "accelerate/cpu_2proc"} <= set(listed)
     assert main(["eval", "--list_benchmarks"]) == 0
     assert {"arithmetic", "gsm8k", "math500", "aime24", "amc23"} <= set(capsys.readouterr().out.split())
+
+
+def test_eval_dataset_as_trls_script_builds_it(problems_file, tmp_path):
+    """--dataset_test_split: a split of the dataset (a folder here, a Hub id alike), a local file, or the built-in
+    task's test split; nothing without eval_strategy; a local training file is one split."""
+    from entropy_rl.errors import ConfigError
+    from entropy_rl.training import build_eval_dataset, parse_train_args
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(problems_file.read_text())
+    (folder / "test.jsonl").write_text("".join(problems_file.read_text().splitlines(keepends=True)[:5]))
+
+    def eval_set(*argv):
+        script_args, config, _ = parse_train_args([*argv, "--output_dir", str(tmp_path / "run")])
+        return build_eval_dataset(script_args, config, seed=0)
+
+    steps = ["--eval_strategy", "steps", "--eval_steps", "1"]
+    assert eval_set("--dataset_name", str(folder)) is None
+    assert len(eval_set("--dataset_name", str(folder), *steps)) == 5  # dataset_test_split defaults to 'test'
+    assert (
+        len(eval_set("--dataset_name", str(problems_file), *steps, "--dataset_test_split", str(folder / "test.jsonl")))
+        == 5
+    )
+    builtin = eval_set(*steps)
+    assert len(builtin) > 0 and {"prompt", "answer"} <= set(builtin.column_names)
+    with pytest.raises(ConfigError, match="dataset_test_split='test' with the local file dataset_name="):
+        eval_set("--dataset_name", str(problems_file), *steps)
+    with pytest.raises(ConfigError, match="dataset_test_split='nope'"):
+        eval_set("--dataset_name", str(folder), *steps, "--dataset_test_split", "nope")
+
+
+@pytest.mark.slow
+def test_eval_strategy_evaluates_through_trl_with_the_diagnostics_under_eval(
+    model_dir, problems_file, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    argv = ["train", "--model_name_or_path", str(model_dir), "--dataset_name", str(problems_file)]
+    argv += ["--dataset_test_split", str(problems_file), "--eval_strategy", "steps", "--eval_steps", "2"]
+    argv += ["--max_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8"]
+    argv += ["--num_generations", "4", "--max_completion_length", "6", "--reward_funcs", "arithmetic"]
+    assert main([*argv, "--output_dir", str(out), "--save_strategy", "no", "--disable_tqdm", "true"]) == 0
+    printed = capsys.readouterr().out
+    for key in ("eval_loss", "eval_reward", "eval_entropy/token_mean", "eval_cov/logp_adv", "eval_tokens"):
+        assert f"'{key}'" in printed, key
+    assert [row["step"] for row in read_rows(out / "metrics.jsonl")] == [1, 2]  # eval rows are TRL's logs, not rows

@@ -267,6 +267,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         wants_nec = loss_time is not None and "nec" in loss_time.needs
         call = (model, input_ids, attention_mask, logits_to_keep, *args)
         if not is_loss_call:
+            if inputs is not None and kwargs.get("compute_entropy", False) and self.args.diagnostics:
+                return self._eval_call(call, kwargs, inputs)  # TRL's evaluation loss (prediction_step)
             return super()._get_per_token_logps_and_entropies(*call, **kwargs)
         token_stats = None
         if self.args.diagnostics or wants_nec:
@@ -281,6 +283,15 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         self._apply_edits(logps, entropies.detach(), None if token_stats is None else token_stats.nec, inputs)
         if self.args.diagnostics:
             self._record_micro_batch(logps.detach(), token_stats, advantages, inputs)
+        return (logps, entropies, *rest)
+
+    def _eval_call(self, call: tuple, kwargs: dict[str, Any], inputs: dict[str, Any]):
+        """TRL's log-probs of an eval batch, and the batch's diagnostics (all ranks), which TRL logs as eval_<key>,
+        averaged over the evaluation's batches."""
+        (logps, entropies, *rest), token_stats = self._one_pass(*call, **kwargs)
+        sums = self._token_sums(logps.detach(), token_stats, inputs["advantages"], inputs)
+        for key, value in stats.step_metrics(self.accelerator.reduce(sums, reduction="sum").tolist()).items():
+            self._metrics["eval"][key].append(value)
         return (logps, entropies, *rest)
 
     def _one_pass(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
@@ -461,8 +472,17 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         return inputs[VALID_KEY] if VALID_KEY in inputs else self._loss_mask(inputs)
 
     def _record_micro_batch(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> None:
-        """Sums of one micro-batch. H, S and N come from the one pass (shifted sums: precise at any logit size, and
-        S - N from one set of logits); log p is TRL's, the one the ratio and the update use."""
+        """Add one micro-batch's sums to the step's, and keep the batch on steps that measure the entropy change."""
+        sums = self._token_sums(logps, token_stats, advantages, inputs)
+        self._step_sums = sums if self._step_sums is None else self._step_sums + sums
+        if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
+            inputs[RAW_ADV_KEY] = stats.per_token(advantages, logps)
+            inputs[S_MINUS_N_KEY] = stats.discriminator(token_stats.logp, token_stats.entropy) - token_stats.nec
+            self._step_batches.append(inputs)
+
+    def _token_sums(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> torch.Tensor:
+        """stats.SUM_FIELDS of one micro-batch. H, S and N come from the one pass (shifted sums: precise at any logit
+        size, and S - N from one set of logits); log p is TRL's, the one the ratio and the update use."""
         mask = self._valid_mask(inputs).bool()
         advantages = stats.per_token(advantages, logps)
         old = inputs.get("old_per_token_logps")
@@ -485,11 +505,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             * self._loss_mask(inputs)
             * self._sampler_correction(inputs),
         )
-        self._step_sums = sums if self._step_sums is None else self._step_sums + sums
-        if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
-            inputs[RAW_ADV_KEY] = advantages
-            inputs[S_MINUS_N_KEY] = s - token_stats.nec
-            self._step_batches.append(inputs)
+        return sums
 
     def _measures_dynamics(self, step: int) -> bool:
         every = self.args.dynamics_every
