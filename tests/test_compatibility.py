@@ -10,6 +10,7 @@ from test_trainer_regularizers import METHODS, fixed_batch
 
 from entropy_rl.config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from entropy_rl.errors import ConfigError
+from entropy_rl.jsonl import read_rows
 from entropy_rl.trainer import EntropyGRPOTrainer
 
 LOSS_TYPES = (*CLIP_LOSS_TYPES, "cispo", "sapo", "vespo")
@@ -120,7 +121,14 @@ def test_every_accepted_cell_trains_through_trls_loss_with_the_method_acting(
         assert TRL_OPTION_ON[method](trainer)  # TRL applies its own option in the same loss
 
 
-PRE_LOSS = dict(scale_rewards="batch", mask_truncated_completions=True, num_iterations=2, steps_per_generation=2)
+# max_completion_length 24: a few random completions end before the limit, so masking the truncated ones leaves tokens.
+PRE_LOSS = dict(
+    scale_rewards="batch",
+    mask_truncated_completions=True,
+    max_completion_length=24,
+    num_iterations=2,
+    steps_per_generation=2,
+)
 
 
 @pytest.mark.slow
@@ -138,6 +146,8 @@ def test_methods_train_with_trls_rollout_options(methods, scale_rewards, make_tr
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    assert all(row["tokens"] > 0 for row in rows)
     for method in methods.split("+"):
-        if method in ACTS:
-            assert f"reg/{ACTS[method]}" in trainer.last_metrics_row, method
+        if method in ACTS:  # step-level filters report on the step that generates (steps_per_generation=2)
+            assert any(f"reg/{ACTS[method]}" in row for row in rows), method
