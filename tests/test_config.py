@@ -79,3 +79,21 @@ def test_a_parameter_clashing_with_a_trl_field_is_refused(monkeypatch):
         @with_regularizer_fields
         class Config(EntropyGRPOConfig):
             pass
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"entropy_coef": 0.01}, "entropy_bonus"),
+        ({"use_adaptive_entropy": True}, "entropy_bonus"),
+        ({"top_entropy_quantile": 0.2}, "high_entropy_tokens"),
+        ({"epsilon_high": 0.28}, "none"),
+    ],
+)
+def test_trls_own_options_keep_their_meaning_without_the_flag(option, named, tmp_path):
+    """As in GRPOConfig: the value is kept as given; the run is labelled by the method the option switches on."""
+    config = EntropyGRPOConfig(output_dir=str(tmp_path), report_to="none", **option)
+    assert all(getattr(config, key) == value for key, value in option.items())
+    assert config.regularizer == named
+    both = EntropyGRPOConfig(output_dir=str(tmp_path), report_to="none", regularizer="clip_cov", **option)
+    assert both.regularizer == "clip_cov" + ("" if named == "none" else f"+{named}")
