@@ -5,9 +5,10 @@ The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
 - `_get_per_token_logps_and_entropies`, when TRL calls it for the training loss, can (1) measure the tokens (entropy,
   Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, taking H, log p
   and N from the logits tiles of TRL's own fused LM head (entropy_rl.onepass), and (2) apply the
-  regularizer's edits before TRL reads the advantages: loss weights become per-token advantages (exact for the
-  PPO-clip surrogate, whose branch depends only on the sign of A), a KL-Cov penalty is added after TRL's loss with
-  TRL's own normaliser, and removed tokens leave the loss mask through TRL's `tool_mask`;
+  regularizer's edits before TRL reads the advantages: loss weights become per-token advantages (exact for every
+  loss type: each is linear in A for a given sign of A, the PPO clip's branch included), a KL-Cov penalty is added
+  after TRL's loss with TRL's own normaliser, and removed tokens leave the loss mask through TRL's `tool_mask`; on
+  TRL's evaluation batches it only measures, and TRL logs the measurements as `eval_<name>`;
 - `_generate_and_score_completions` computes step-level edits (Clip_B / Clip_V, and `stat_scope=global`) once per
   rollout batch over every rank;
 - one all-reduce per optimizer step (`_finish_step`, run from a callback after the optimizer step) turns the sums into
