@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -349,7 +350,12 @@ def peft_and_quantization(model_args: ModelConfig) -> dict[str, Any]:
         peft_config = get_peft_config(model_args)
     except ValueError as err:  # peft not installed
         raise ConfigError(f"invalid config: use_peft=True needs peft: pip install 'entropy-rl[peft]' ({err})") from err
-    return {"peft_config": peft_config, "quantization_config": get_quantization_config(model_args)}
+    try:
+        quantization_config = get_quantization_config(model_args)
+    except PackageNotFoundError as err:  # transformers 4.x reads bitsandbytes' version while building the config
+        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        raise ConfigError(f"invalid config: {flag}=True needs bitsandbytes: pip install bitsandbytes") from err
+    return {"peft_config": peft_config, "quantization_config": quantization_config}
 
 
 def check_model_path(name: str | None) -> None:

@@ -165,6 +165,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
         self._group_moments: dynamics.GroupMoments | None = None  # dynamics_momentum_groups' buffers
         self._check_param_dynamics()
+        self._record_clip_norm_on_transformers_4()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rows_started = False  # the first step of this train() call makes the run directory this run's
         self._start_step = 0  # the step train() started from (the resumed checkpoint's)
