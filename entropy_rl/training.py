@@ -14,7 +14,9 @@ exit codes and the report.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -25,16 +27,17 @@ from typing import Any, NoReturn
 
 from trl import ModelConfig, ScriptArguments
 
-from . import rundir
+from . import locks, rundir
 from .config import EntropyGRPOConfig
 from .errors import ConfigError, check
-from .resources import YAML_SUFFIXES, find_recipe
+from .resources import YAML_SUFFIXES, find_recipe, read_yaml_mapping
 
 # Reward functions usable by name in `reward_funcs`: ours, then TRL's (trl.rewards, as trl/scripts/grpo.py names
 # them). Anything else is an import path, `package.module:function` or TRL's dotted `package.module.function`.
 REWARDS = {
     "arithmetic": "entropy_rl.toy:arithmetic_reward",
-    "math": "entropy_rl.rewards:math_reward",  # final \boxed{} only, math-verify (the papers' reward)
+    "math": "entropy_rl.rewards:math_reward",  # the final \boxed{} only, boxes must agree, math-verify
+    "math_last_box": "entropy_rl.rewards:math_last_box_reward",  # the last \boxed{}, as verl's scorers
     "math_loose": "entropy_rl.rewards:math_loose_reward",  # the evaluator's fallbacks too (GSM8K-style data)
     "accuracy_reward": "trl.rewards:accuracy_reward",
     "reasoning_accuracy_reward": "trl.rewards:reasoning_accuracy_reward",
@@ -46,6 +49,8 @@ REWARD_FACTORY_KWARGS = {"get_soft_overlong_punishment": {"max_completion_len": 
 # Local data files `--dataset_name` accepts, by suffix -> the `datasets` builder that reads them.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATASET = "arithmetic"
+# Held while a run trains in output_dir; next to it, not in it, so that a refused start writes nothing into a run.
+TRAIN_LOCK = ".{name}.train.lock"
 
 # The built-in default, used when no --config is given: sized for 2 CPU cores (docs/results/default-run.md).
 BUILTIN_DEFAULTS: dict[str, Any] = {
@@ -135,14 +140,48 @@ def resolve_reward(name: str) -> Callable[..., list[float]]:
     return function
 
 
+# Keyword arguments TRL 1.16's _calculate_rewards passes every reward function, next to the dataset's other columns.
+REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+# Dataset columns TRL does not pass on to reward functions (it passes them as prompts / completions instead).
+NOT_PASSED_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+def check_reward_signature(name: str, function: Callable[..., Any], columns: list[str] | None) -> None:
+    """Refuse, before any model loads, a reward function TRL could not call: TRL calls it with keywords only,
+    REWARD_CALL_KEYS plus the dataset's columns (`columns`; None for a stream whose columns are unknown)."""
+    allowed = (
+        "a function f(prompts, completions, **kwargs) returning one float (or None) per completion, called with "
+        "TRL's reward keywords (prompts, completions, completion_ids, trainer_state, log_extra, log_metric and the "
+        "dataset's columns)"
+    )
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"invalid config: reward_funcs entry {name!r} has no Python signature to call; allowed: {allowed}"
+        ) from None
+    keys = [*REWARD_CALL_KEYS, *(c for c in columns or [] if c not in NOT_PASSED_COLUMNS)]
+    try:
+        (signature.bind if columns is not None else signature.bind_partial)(**dict.fromkeys(keys))
+    except TypeError as err:
+        raise ConfigError(
+            f"invalid config: reward_funcs entry {name!r} takes {signature} and cannot be called with TRL's reward "
+            f"arguments ({err}); allowed: {allowed}"
+        ) from None
+
+
 def build_rewards(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> list[Callable[..., Any]]:
-    """The reward functions of `reward_funcs`, plus TRL's soft overlong punishment when overlong_buffer_len > 0."""
+    """The reward functions of `reward_funcs`, plus the soft overlong punishment when overlong_buffer_len > 0."""
     rewards: list[Callable[..., Any]] = [resolve_reward(name) for name in script_args.reward_funcs]
     if config.overlong_buffer_len > 0:
-        from trl.rewards import get_soft_overlong_punishment
+        from .rewards import soft_overlong_punishment
 
-        # DAPO Eq. 13, TRL's implementation: L_max = max_completion_length, L_cache = overlong_buffer_len.
-        rewards.append(get_soft_overlong_punishment(config.max_completion_length, config.overlong_buffer_len))
+        # DAPO Eq. 13: L_max = max_completion_length, L_cache = overlong_buffer_len, times verl's penalty_factor.
+        rewards.append(
+            soft_overlong_punishment(
+                config.max_completion_length, config.overlong_buffer_len, config.overlong_penalty_factor
+            )
+        )
     return rewards
 
 
@@ -159,29 +198,12 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
 
 def check_config_file(argv: list[str]) -> None:
     """A `--config` file that is missing or not YAML: one line with file and line, before TRL opens it."""
-    import yaml
-
     if "--config" not in argv:
         return
     index = argv.index("--config") + 1
     if index >= len(argv):
         raise ConfigError("invalid config: --config needs a YAML file")
-    path = Path(argv[index])
-    if not path.is_file():
-        raise ConfigError(f"invalid config: --config {str(path)!r}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid config: --config {where}: not valid YAML ({problem})") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"invalid config: --config {str(path)!r} cannot be read ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"invalid config: --config {path}: expected a mapping of field: value, got {type(data).__name__}"
-        )
+    read_yaml_mapping(Path(argv[index]), "--config")
 
 
 def _argparse_error(message: str) -> NoReturn:
@@ -272,6 +294,8 @@ def _trl_dataset(script_args: TrainScriptArguments):
             if builder is None:
                 suffix, allowed = path.suffix, sorted(LOCAL_FORMATS)
                 raise ConfigError(f"invalid config: dataset_name={name!r} has suffix {suffix!r}; allowed: {allowed}")
+            if path.stat().st_size < 2**20 and not path.read_bytes().strip():  # `datasets` says only "StopIteration"
+                raise ConfigError(f"invalid config: dataset_name={name!r} is empty; allowed: a file of training rows")
             # One file is one split: it is the training split whatever dataset_train_split says.
             streaming = script_args.dataset_streaming
             dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
@@ -393,25 +417,64 @@ def train_run(
     config: EntropyGRPOConfig,
     model_args: ModelConfig | None = None,
     progress: Any = None,
+    checked: Callable[[], None] | None = None,
 ) -> Path:
     """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model).
 
     `progress`, a TrainerCallback (the command's, entropy_rl/cli/progress.py), replaces transformers' progress bar.
+    `checked` is called once the input has passed every check, before the model loads. A second train_run on the
+    same output_dir while this one runs is refused (a lock file next to it, TRAIN_LOCK).
     """
-    from .trainer import EntropyGRPOTrainer, check_start
-
     model_args = model_args or ModelConfig()
     # Cheap checks first: a typo, a broken checkpoint or a finished run in the way should not wait for a model.
     rundir.check_writable(config.output_dir)
+    with contextlib.ExitStack() as held:
+        if config.process_index == 0:  # one lock per run; the other ranks of a launch are its own processes
+            run_dir = Path(config.output_dir).resolve()
+            lock = run_dir.parent / TRAIN_LOCK.format(name=run_dir.name)
+            refusal = (
+                f"invalid config: output_dir={config.output_dir!r} is being trained by another entropy-rl train "
+                f"process (it holds {lock}); allowed: another --output_dir, or wait until that run ends"
+            )
+            held.enter_context(locks.lock_or_refuse(lock, refusal))
+        return _train_checked(script_args, config, model_args, progress, checked)
+
+
+def _train_checked(
+    script_args: TrainScriptArguments,
+    config: EntropyGRPOConfig,
+    model_args: ModelConfig,
+    progress: Any,
+    checked: Callable[[], None] | None,
+) -> Path:
+    """train_run's body, under the output folder's lock."""
+    from .trainer import EntropyGRPOTrainer, check_start
+
     checkpoint = check_start(config, config.resume_from_checkpoint)
     check_model_path(model_args.model_name_or_path)
-    rewards: list[Any] = build_rewards(script_args, config)
-    if script_args.reward_model_name_or_path:
-        rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
+    functions = build_rewards(script_args, config)
     extra = peft_and_quantization(model_args)
     dataset = build_dataset(script_args, config.seed)
     if len(dataset) == 0:
         raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r} holds no training problem")
+    for name, function in zip(script_args.reward_funcs, functions, strict=False):
+        check_reward_signature(name, function, dataset.column_names)
+    if config.curve_benchmarks:  # an unknown or unreadable benchmark is refused now, not after the model loads
+        from .training_curve import load_curve_benchmarks
+
+        load_curve_benchmarks(config)
+    rewards: list[Any] = list(functions)
+    if script_args.reward_model_name_or_path:
+        rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
+    if config.dynamic_sampling:  # a metric no reward function has is refused now, not after the model loads
+        from trl.trainer.utils import get_callable_name
+
+        from .dynamic_sampling import metric_column
+
+        names = [r.split("/")[-1] if isinstance(r, str) else get_callable_name(r) for r in rewards]
+        metric_column(config.dynamic_sampling_metric, names)
+    if checked is not None:
+        checked()
     model, tokenizer = load_policy(model_args, config)
     callbacks = [progress] if progress is not None else None  # first: it runs before the trainer's own callbacks
     trainer = EntropyGRPOTrainer(

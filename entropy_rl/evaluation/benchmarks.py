@@ -19,7 +19,7 @@ import yaml
 
 from entropy_rl.errors import ConfigError, EntropyRLError
 from entropy_rl.grading import after_hashes, last_boxed, normalize_number
-from entropy_rl.resources import benchmark_dir, find_recipe
+from entropy_rl.resources import benchmark_dir, find_recipe, yaml_error_text
 
 # eval/benchmarks/ in a checkout, the packaged copy in a wheel install (entropy_rl/resources.py).
 BENCHMARK_DIR = benchmark_dir()
@@ -94,7 +94,7 @@ def _read_spec(path: Path) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise BenchmarkError(f"{path}: invalid YAML: {error}") from error
+        raise BenchmarkError(yaml_error_text(path, error)) from error
     if not isinstance(spec, dict):
         raise BenchmarkError(f"{path}: a benchmark spec must be a mapping")
     if missing := _REQUIRED_KEYS - set(spec):

@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from .. import dynamics, onepass, rundir, stats
+from .. import dynamic_sampling, dynamics, onepass, rundir, stats
 from ..config import EntropyGRPOConfig
 from ..errors import ConfigError, RewardError
 from ..regularizers import LOCAL, Composite, Edits, TokenBatch
@@ -184,6 +184,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
                 f"invalid config: dynamic_sampling=True with a {type(self.train_dataset).__name__} train_dataset; "
                 "allowed: a map-style dataset (datasets.Dataset or any dataset with __len__ and __getitem__)"
             )
+        if self.args.dynamic_sampling:
+            dynamic_sampling.metric_column(self.args.dynamic_sampling_metric, self.reward_func_names)
         if self.args.curve_benchmarks:
             from ..training_curve import CurveCallback
 
