@@ -19,7 +19,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
@@ -298,7 +298,8 @@ def _trl_dataset(script_args: TrainScriptArguments):
                 raise ConfigError(f"invalid config: dataset_name={name!r} is empty; allowed: a file of training rows")
             # One file is one split: it is the training split whatever dataset_train_split says.
             streaming = script_args.dataset_streaming
-            dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
+            with _quiet_datasets():  # a local file: no "Generating train split" bar before a one-line error
+                dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
         else:
             dataset = load_dataset(
                 name, name=script_args.dataset_config, split=split, streaming=script_args.dataset_streaming
@@ -306,9 +307,12 @@ def _trl_dataset(script_args: TrainScriptArguments):
     except ConfigError:
         raise
     except Exception as err:  # unknown id, offline, missing split, unreadable file: one line, naming the field
+        # `datasets` wraps a parse error of a local file in "An error occurred while generating the dataset".
+        cause = err.__cause__ or err.__context__
+        reason = _first_line(err) + (f" ({_first_line(cause)})" if cause is not None else "")
         raise ConfigError(
             f"invalid config: dataset_name={name!r} (config {script_args.dataset_config!r}, split {split!r}) could "
-            f"not be loaded: {type(err).__name__}: {err}"
+            f"not be loaded: {reason}"
         ) from err
     if "prompt" not in (dataset.column_names or []):
         raise ConfigError(
@@ -316,6 +320,28 @@ def _trl_dataset(script_args: TrainScriptArguments):
             "allowed: a dataset in TRL's prompt-only format"
         )
     return dataset
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` without its progress bars and logs for the duration (restored after): its failure to parse a file
+    is logged, then raised; the raised error is the one line reported."""
+    from datasets.utils import logging as datasets_logging
+
+    shown, verbosity = datasets_logging.is_progress_bar_enabled(), datasets_logging.get_verbosity()
+    datasets_logging.disable_progress_bar()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+        if shown:
+            datasets_logging.enable_progress_bar()
 
 
 def _model_init_kwargs(model_args: ModelConfig, config: EntropyGRPOConfig) -> dict[str, Any]:
