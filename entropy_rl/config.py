@@ -45,6 +45,7 @@ NUMERIC_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "num_iterations": (lambda v: v >= 1, "an integer >= 1"),
     "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 (train for num_train_epochs)"),
     "max_nan_reward_batches": (lambda v: v >= 0, "an integer >= 0 (0 never stops)"),
+    "num_generations": (lambda v: v >= 2, "an integer >= 2 (a group needs two completions to compare)"),
     "overlong_penalty_factor": (lambda v: v >= 0, "a finite number >= 0"),
 }
 
@@ -415,7 +416,11 @@ class EntropyGRPOConfig(GRPOConfig):
                 check(False, spec.name, value, "a finite number")
         for name, (test, allowed) in NUMERIC_RANGES.items():
             value = getattr(self, name)
-            check(test(value), name, value, allowed)
+            try:
+                ok = test(value)
+            except TypeError:  # None (a command line's "None") where a number is needed: TRL would fail on it later
+                ok = False
+            check(ok, name, value, allowed)
         if self.save_strategy == "steps":
             check(self.save_steps > 0, "save_steps", self.save_steps, "a number > 0 with save_strategy='steps'")
 
