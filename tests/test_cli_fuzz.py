@@ -259,8 +259,8 @@ def eval_targets(ws: Workspace) -> st.SearchStrategy[Item]:
 def fit_plot_items(ws: Workspace, command: str) -> st.SearchStrategy[Item]:
     ranges = {"smooth": ["0", "-1"], "entropy_window": ["0", "-3"]}
     if command == "fit":
-        ranges |= {"fit_fraction": ["0", "1", "1.5", "nan", "-0.2"], "bootstrap": ["-1"]}
-    integers = ["smooth", "entropy_window", *(["bootstrap", "seed"] if command == "fit" else [])]
+        ranges |= {"fit_fraction": ["0", "1", "1.5", "nan", "-0.2"]}
+    integers = ["smooth", "entropy_window"]
     return st.one_of(
         number_items(ranges, integers),
         flag_item("metric", WORD),
@@ -297,7 +297,7 @@ def study_items(ws: Workspace) -> st.SearchStrategy[Item]:
 GOOD = {  # valid arguments drawn next to the bad ones
     "train": [["--max_steps", "2"], ["--regularizer", "clip_cov"], ["--learning_rate", "1e-5"], ["--seed", "3"]],
     "eval": [["--limit", "2"], ["--seed", "1"], ["--no_progress"], ["--temperature", "0"]],
-    "fit": [["--smooth", "2"], ["--bootstrap", "0"], ["--metric", "reward"]],
+    "fit": [["--smooth", "2"], ["--entropy_window", "2"], ["--metric", "reward"]],
     "plot": [["--smooth", "2"], ["--metric", "reward"]],
     "study": [["--steps", "90"], ["--seeds", "1"], ["--dry_run"], ["--eval_problems", "4"]],
 }

@@ -197,6 +197,7 @@ def test_unknown_dynamic_sampling_metric_is_refused_before_the_model_loads(tmp_p
     assert "dynamic_sampling_metric='score'" in err and "['arithmetic_reward']" in err
 
 
+@pytest.mark.slow
 def test_no_warning_is_printed_before_the_error_line(tmp_path):
     # A real process: TRL's config raises a FutureWarning (gradient_checkpointing) while the arguments are parsed;
     # it waits until the checks pass and is dropped when they fail.
