@@ -36,6 +36,7 @@ from ..config import EntropyGRPOConfig
 from ..errors import ConfigError, RewardError
 from ..regularizers import LOCAL, Composite, Edits, TokenBatch
 from ..regularizers.base import penalty_loss
+from ..regularizers.common import DrawStream
 from .checkpoints import CheckpointsMixin
 from .metrics_file import MetricsFileMixin
 from .param_dynamics import RAW_ADV_KEY, S_MINUS_N_KEY, ParamDynamicsMixin
@@ -92,6 +93,8 @@ class AcceleratorReducer:
         return self.accelerator.gather(x.reshape(1)).max()
 
     def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.accelerator.num_processes == 1:
+            return x, 0  # nothing to gather, and the sizes below would be read on the host
         sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
         as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
         padded = self.accelerator.pad_across_processes(as_float, dim=0)
@@ -150,7 +153,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
             self.epsilon_low, self.epsilon_high = 1.0, math.inf
         # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
-        self._generator = torch.Generator().manual_seed(self.args.seed)
+        # Its draws are read on the device and the generator advanced at the step's one synchronisation.
+        self._generator = DrawStream(torch.Generator().manual_seed(self.args.seed))
         self._reducer = AcceleratorReducer(self.accelerator)
 
         self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
@@ -172,6 +176,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
         self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
         self._nan_frac = 0.0  # of the latest rollout batch
+        self._unscorable: list[torch.Tensor] = []  # [unscorable, completions] per reward round, read at the step end
         self._nan_batches: list[int] = []  # steps of the current streak of wholly unscorable rollout batches
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
@@ -246,7 +251,6 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
             self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
-            self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
@@ -259,20 +263,28 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         return self._round_rewards
 
     def _count_unscorable(self, rewards_per_func: torch.Tensor) -> None:
-        """Count completions that no reward function scored (TRL gives them zero advantage); stop a run of such
-        batches, which would otherwise train to the end on nothing."""
+        """Count completions that no reward function scored (TRL gives them zero advantage); read with the step's
+        other sums at its end (`_check_unscorable`), so that counting them never waits for the device."""
         unscorable = torch.isnan(rewards_per_func).all(dim=1)
-        self._nan_frac = unscorable.float().mean().item()
+        counts = torch.full((2,), float(unscorable.numel()), dtype=torch.float64, device=unscorable.device)
+        counts[0] = unscorable.sum()
+        self._unscorable.append(counts)
+
+    def _check_unscorable(self, unscorable: float, completions: float) -> None:
+        """Log one reward round's unscorable share; stop a run of wholly unscorable batches, which would otherwise
+        train to the end on nothing."""
+        self._nan_frac = unscorable / completions if completions else 0.0
         self._metrics["train"][NAN_FRAC_KEY].append(self._nan_frac)
+        self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
         if self._nan_frac < 1.0:
             self._nan_batches = []
             return
-        self._nan_batches.append(self.state.global_step + 1)
+        self._nan_batches.append(self.state.global_step)
         limit = self.args.max_nan_reward_batches
         logger.warning(
             "step %d: every reward function returned NaN/None for all %d completions (%d such batches in a row%s)",
             self._nan_batches[-1],
-            unscorable.numel(),
+            completions,
             len(self._nan_batches),
             f"; the run stops at {limit}" if limit else "",
         )
@@ -443,7 +455,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         """After each optimizer step: one all-reduce of the step's sums, then log and append a metrics row."""
         if not self._rows_started:
             self._start_rows()
-        if not (self.args.diagnostics or self._reg_sums):
+        rounds, self._unscorable = self._unscorable, []
+        draws = self._generator.consumed
+        if not (self.args.diagnostics or self._reg_sums or rounds or draws is not None):
             return
         step = self.state.global_step
         device = self.accelerator.device
@@ -460,9 +474,24 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             param_values = parts[-1].numel()  # longer with the momentum groups' parts
         reg_names = sorted(self._reg_sums)
         parts.extend(self._reg_sums[name].to(device) for name in reg_names)
+        # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
+        # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        parts.extend(part.to(device) for part in rounds)
+        own_draws = torch.zeros(world, dtype=torch.float64, device=device)
+        if draws is not None:
+            own_draws[rank] = draws.to(device)
+        parts.append(own_draws)
         self._step_sums, self._step_batches, self._reg_sums = None, [], {}
         # One host synchronisation per step: everything below is plain Python floats.
         totals = self.accelerator.reduce(torch.cat(parts), reduction="sum").tolist()
+        self._generator.settle(round(totals[-world + rank]))
+        after_regs = len(totals) - world - 2 * len(rounds)
+        for i in range(len(rounds)):
+            counted = totals[after_regs + 2 * i : after_regs + 2 * i + 2]
+            self._check_unscorable(*(round(x / world) for x in counted))
+        if not (self.args.diagnostics or reg_names):
+            return
 
         row: dict[str, float] = {}
         offset = 0
