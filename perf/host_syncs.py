@@ -50,26 +50,30 @@ INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, 
 METHOD_OVERRIDES = {"kl_cov": {"num_iterations": 2}}
 
 
-def transparent(path: str) -> bool:
-    """Frames that only pass a call on: torch, the standard library (not its site-packages) and the measuring
-    scripts in perf/."""
+def library(path: str) -> str | None:
+    """Who a frame's file belongs to: entropy_rl, a library (trl, transformers, accelerate, ...) or None for the
+    frames that only pass a call on (torch, the standard library outside site-packages, the scripts in perf/)."""
     if path.startswith(("<", TORCH_DIR, PERF_DIR)):
-        return True
-    return path.startswith(STDLIB) and "site-packages" not in Path(path).parts
+        return None
+    if path.startswith(PACKAGE_DIR):
+        return "entropy_rl"
+    parts = Path(path).parts
+    if path.startswith(STDLIB) and "site-packages" not in parts:
+        return None
+    return next((p for p in ("trl", "transformers", "accelerate") if p in parts), Path(path).name)
+
+
+_LIBRARY: dict[str, str | None] = {}  # file -> library(file): every operation walks the stack, so it is cached
 
 
 def owner() -> tuple[str, str]:
-    """('entropy_rl' or the library, 'file:line') of the innermost frame outside torch, the stdlib and this file."""
+    """(library, 'file:line') of the innermost frame that is not torch, the stdlib or perf/."""
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not transparent(path):
-            where = f"{Path(path).name}:{frame.f_lineno}"
-            if path.startswith(PACKAGE_DIR):
-                return "entropy_rl", where
-            parts = Path(path).parts
-            library = next((p for p in ("trl", "transformers", "accelerate") if p in parts), Path(path).name)
-            return library, where
+        who = _LIBRARY[path] if path in _LIBRARY else _LIBRARY.setdefault(path, library(path))
+        if who is not None:
+            return who, f"{Path(path).name}:{frame.f_lineno}"
         frame = frame.f_back
     return "unknown", "?"
 
