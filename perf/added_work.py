@@ -6,7 +6,7 @@
     python perf/added_work.py --plot docs/performance/cost-curves.json                  # its figure (PNG beside it)
 
 Each configuration of perf/overhead.py trains the benchmark's random model (one prompt's group per step) for two
-steps (two rollout cycles off-policy): the first runs under torch.profiler for its memory, the second under an
+steps (two rollout cycles off-policy): the first is measured for its peak memory, the second runs under an
 operation timer: every aten operation dispatched on the training thread is timed by the thread's CPU clock (one
 torch thread, so it is the operation's own work, whatever else the machine runs) and filed under the code that
 called it, the innermost Python frame outside torch (perf/host_syncs.py's rule): entropy_rl, trl, transformers, ...
@@ -16,9 +16,8 @@ pass (entropy_rl.onepass) replaces TRL's chunked log-prob forward, the TRL opera
 (the same step of plain TRL), so the net addition is entropy_rl's time minus what left TRL's column.
 Gradients of entropy-rl's own [B, T] loss terms are computed inside TRL's backward call and counted there.
 
-Memory: the peak of the allocations minus frees recorded by the profiler over the step (CPU: above the step's start;
-CUDA: torch.cuda.max_memory_allocated above the step's start), and the largest tensor an entropy_rl operation
-created (no [tokens x vocabulary] tensor should appear there).
+Memory: the step's peak above its start (CPU: peak resident set size; CUDA: max_memory_allocated), and the
+largest tensor an entropy_rl operation created (no [tokens x vocabulary] tensor should appear there).
 
 `--curves` sweeps tokens per step, vocabulary and hidden size (one at a time, around a middle point) for plain TRL
 and the diagnostics; `--plot` draws the cost curves from that JSON.
@@ -39,7 +38,6 @@ import torch
 from datasets import Dataset
 from host_syncs import owner
 from overhead import CONFIGS, build_tokenizer, build_trainer
-from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import PrinterCallback, TrainerCallback
 
@@ -77,29 +75,39 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: its peak since the last reset)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
 class Phases(TrainerCallback):
-    """`cycle` steps profiled for memory, then `cycle` steps under the operation timer."""
+    """`cycle` steps measured for peak memory, then `cycle` steps under the operation timer. CPU memory: the peak
+    resident set size above the steps' start (Linux resets the peak through /proc/self/clear_refs; tensors of a
+    tile's size are mapped and unmapped whole, so they show there as they live); CUDA: max_memory_allocated."""
 
     def __init__(self, cycle: int, cuda: bool):
         self.cycle, self.cuda = cycle, cuda
         self.timer = OpTimer()
         self.peak = 0
-        self._profiler: profile | None = None
 
     def phase(self, step: int) -> str:
         return ("memory", "timing")[min((step - 1) // self.cycle, 1)]
 
     def on_step_begin(self, args, state, control, **kwargs):
         step = state.global_step + 1
-        if self.phase(step) == "memory" and (step - 1) % self.cycle == 0:
+        if (step - 1) % self.cycle:
+            return
+        if self.phase(step) == "memory":
             if self.cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 self._base = torch.cuda.memory_allocated()
             else:
-                self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-                self._profiler.__enter__()
-        if self.phase(step) == "timing" and (step - 1) % self.cycle == 0:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current resident size
+                self._base = status_bytes("VmRSS:")
+        else:
             self.timer.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -107,17 +115,8 @@ class Phases(TrainerCallback):
         if step % self.cycle:
             return
         if self.phase(step) == "memory":
-            if self.cuda:
-                self.peak = torch.cuda.max_memory_allocated() - self._base
-            else:
-                self._profiler.__exit__(None, None, None)
-                events = sorted(self._profiler.events(), key=lambda e: e.time_range.start)
-                live = peak = 0
-                for event in events:
-                    live += event.self_cpu_memory_usage
-                    peak = max(peak, live)
-                self.peak = peak
-        elif self.phase(step) == "timing":
+            self.peak = (torch.cuda.max_memory_allocated() if self.cuda else status_bytes("VmHWM:")) - self._base
+        else:
             self.timer.__exit__(None, None, None)
 
 

@@ -238,7 +238,10 @@ def report(names: list[str], steps: int, device: str | None = None) -> dict[str,
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = ["| method | entropy-rl syncs per optimizer step | where |", "| --- | ---: | --- |"]
+    lines = [
+        "| method | entropy-rl syncs per optimizer step | where (all counted steps together) |",
+        "| --- | ---: | --- |",
+    ]
     for name, r in results.items():
         sites = ", ".join(f"`{site}` ×{n}" for site, n in sorted(r["entropy_rl_sites"].items()))
         lines.append(f"| {name} | {r['max_per_step']} | {sites} |")
