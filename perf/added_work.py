@@ -1,8 +1,9 @@
 """The work entropy-rl adds to a GRPO step, counted operation by operation, and the step's peak memory.
 
-    python perf/added_work.py --vocab 32768,152064 --length 256,1024 --output docs/performance/added-work.json \
-        --markdown docs/performance/added-work.md
-    python perf/added_work.py --curves --output docs/performance/cost-curves.json      # growth with size
+    python perf/added_work.py --vocab 32768 --length 256 --output docs/performance/added-work-32k.json \
+        --markdown docs/performance/added-work-32k.md
+    python perf/added_work.py --curves --vocab 4096,16384,65536 --hidden 32,64,128 --length 32,128,512 --batch 2 \
+        --output docs/performance/cost-curves.json      # growth with size, and its figure
     python perf/added_work.py --plot docs/performance/cost-curves.json                  # its figure (PNG beside it)
 
 Each configuration of perf/overhead.py trains the benchmark's random model (one prompt's group per step) for two
@@ -43,6 +44,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 ONE_PASS = {"diagnostics", "clip_v"}  # configurations whose step runs the one pass instead of TRL's forward
 TRL_HEAD = "chunked_logprob.py"  # TRL's chunked log-prob function, which the one pass takes over
+KEYS = ("vocab", "hidden", "length", "batch", "off_policy")  # rows with the same values are the same step shape
 
 
 class OpTimer(TorchDispatchMode):
@@ -159,17 +161,18 @@ def measure(name: str, vocab: int, hidden: int, layers: int, batch: int, length:
 
 def with_net(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Net added time (one pass: minus the TRL forward it took over) and memory ratio, against plain TRL's row."""
-    keys = ("vocab", "hidden", "length", "batch", "off_policy")
-    base = {tuple(r[k] for k in keys): r for r in rows if r["config"] == "trl"}
+    base = {tuple(r[k] for k in KEYS): r for r in rows if r["config"] == "trl"}
     for row in rows:
-        trl = base.get(tuple(row[k] for k in keys))
+        trl = base.get(tuple(row[k] for k in KEYS))
         if trl is None:
             continue
         replaced = max(trl["trl_head_ms"] - row["trl_head_ms"], 0.0) if row["config"] in ONE_PASS else 0.0
         row["replaced_trl_ms"] = replaced
         row["net_added_ms"] = row["entropy_rl_ms"] - replaced
         row["net_added_fraction"] = row["net_added_ms"] / max(trl["step_ms"] * row["steps_timed"], 1e-9)
-        row["memory_ratio"] = row["peak_memory_bytes"] / max(trl["peak_memory_bytes"], 1)
+        # Below a MiB of peak the resident set did not grow (the allocator reused pages): no ratio to give.
+        big = (trl["peak_memory_bytes"] or 0) >= 2**20 and row["peak_memory_bytes"] is not None
+        row["memory_ratio"] = row["peak_memory_bytes"] / trl["peak_memory_bytes"] if big else None
     return rows
 
 
@@ -188,19 +191,22 @@ def grid(args) -> list[tuple[int, int, int]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| vocabulary | completion tokens | configuration | step ops (ms) | entropy-rl ops (ms) | share of the rest "
-        "| TRL forward taken over (ms) | net added | peak memory (MiB) | memory ratio | largest entropy-rl tensor |",
-        "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| vocabulary | width | completions × tokens | configuration | step ops (ms) | entropy-rl ops (ms) "
+        "| share of the rest | TRL forward taken over (ms) | net added | peak memory (MiB) | memory ratio "
+        "| largest entropy-rl tensor |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         largest = r["largest_tensor"].get("entropy_rl")
         tensor = f"{largest['bytes'] / 2**10:.0f} KiB (`{largest['site']}`)" if largest else "none"
         net = f"{100 * r['net_added_fraction']:+.2f} %" if "net_added_fraction" in r else ""
+        ratio = "–" if r.get("memory_ratio") is None else f"{r['memory_ratio']:.3f}"
+        peak = "–" if r["peak_memory_bytes"] is None else f"{r['peak_memory_bytes'] / 2**20:.1f}"
         name = r["config"] + (" (off-policy)" if r["off_policy"] else "")
         lines.append(
-            f"| {r['vocab']:,} | {r['tokens_per_step']:,} | {name} | {r['step_ms']:.0f} | "
+            f"| {r['vocab']:,} | {r['hidden']} | {r['batch']} × {r['length']:,} | {name} | {r['step_ms']:.0f} | "
             f"{r['entropy_rl_ms']:.1f} | {100 * r['added_fraction']:.2f} % | {r.get('replaced_trl_ms', 0):.1f} | "
-            f"{net} | {r['peak_memory_bytes'] / 2**20:.1f} | {r.get('memory_ratio', 1):.3f} | {tensor} |"
+            f"{net} | {peak} | {ratio} | {tensor} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -224,7 +230,7 @@ def plot(path: Path) -> Path:
         ax = axes[0][col]
         ax.plot(xs, [r["entropy_rl_ms"] for r in line], "o-", label="entropy-rl operations (gross)")
         ax.plot(xs, [r["net_added_ms"] for r in line], "s--", label="net of the TRL forward taken over")
-        ax.plot(xs, [r["step_ms"] / 100 for r in line], "k:", label="1 % of the plain-TRL-like step")
+        ax.plot(xs, [r["step_ms"] / 100 for r in line], "k:", label="1 % of the step")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("CPU ms per step")
@@ -232,7 +238,10 @@ def plot(path: Path) -> Path:
         ax = axes[1][col]
         ax.plot(xs, [r["largest_tensor"].get("entropy_rl", {"bytes": 0})["bytes"] / 2**20 for r in line], "o-",
                 label="largest entropy-rl tensor")  # fmt: skip
-        ax.plot(xs, [r["peak_memory_bytes"] / 2**20 / 100 for r in line], "k:", label="1 % of the step's peak")
+        trl = [
+            next(t for t in report["rows"] if t["config"] == "trl" and all(t[k] == r[k] for k in KEYS)) for r in line
+        ]
+        ax.plot(xs, [t["largest_tensor"]["trl"]["bytes"] / 2**20 for t in trl], "k:", label="largest TRL tensor")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("MiB")
