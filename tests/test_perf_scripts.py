@@ -20,7 +20,7 @@ SMOKE: dict[str, list[str]] = {
                       "--batch", "4", "--output", "{tmp}/curves.json", "--markdown", "{tmp}/out.md"],
     "gpu_check.py": ["--dry-run", "--output-dir", "{tmp}/check"],
     "host_syncs.py": ["--methods", "none,clip_v", "--steps", "1", "--device", "cpu", "--output", "{tmp}/out.json"],
-    "fit_small_n.py": ["--trials", "5", "--bootstrap", "20", "--sizes", "3,5"],
+    "fit_small_n.py": ["--trials", "5", "--sizes", "3,5"],
     "dynamics_overhead.py": ["--steps", "3", "--every", "2", "--markdown", "{tmp}/out.md"],
     "dynamics_step_size.py": ["--methods", "grpo", "--learning_rates", "1e-4", "--steps", "6", "--workers", "1",
                               "--markdown", "{tmp}/out.md"],
@@ -29,7 +29,7 @@ SMOKE: dict[str, list[str]] = {
     "default_run.py": ["--help"],
     "readme_commands.py": ["--help"],
     "momentum_attribution.py": ["--help"],
-    "sigkill_campaign.py": ["--kills", "1", "--in_save", "0", "--max_steps", "8", "--save_steps", "2",
+    "sigkill_campaign.py": ["--kills", "1", "--in_save", "0", "--max_steps", "12", "--save_steps", "2",
                             "--work", "{tmp}/work", "--out", "{tmp}/out.json"],
 }  # fmt: skip
 
