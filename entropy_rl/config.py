@@ -45,6 +45,17 @@ NUMERIC_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "num_iterations": (lambda v: v >= 1, "an integer >= 1"),
     "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 (train for num_train_epochs)"),
     "max_nan_reward_batches": (lambda v: v >= 0, "an integer >= 0 (0 never stops)"),
+    "num_generations": (lambda v: v >= 2, "an integer >= 2 (a group needs two completions to compare)"),
+    "overlong_penalty_factor": (lambda v: v >= 0, "a finite number >= 0"),
+}
+
+# TRL 1.16's string options with a fixed set of values (grpo_trainer.py), refused here instead of at the first step.
+TRL_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss_type": ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "vllm_mode": ("server", "colocate"),
 }
 
 __all__ = ["ConfigError", "EntropyGRPOConfig", "regularizer_fields", "with_regularizer_fields"]
@@ -167,26 +178,51 @@ class EntropyGRPOConfig(GRPOConfig):
     dynamic_sampling: bool = field(
         default=False,
         metadata={
-            "help": "DAPO's dynamic sampling (filter_groups, arXiv:2503.14476): drop the groups whose rewards are all "
-            "equal (no GRPO signal) and generate more prompts until the rollout batch is full again, over every "
-            "process. Logs dynamic_sampling/rounds and dynamic_sampling/kept_fraction."
+            "help": "DAPO's dynamic sampling (verl's algorithm.filter_groups, arXiv:2503.14476): drop the groups whose "
+            "dynamic_sampling_metric is equal for every completion (no GRPO signal) and generate from the next prompts "
+            "of the data loader's order until the rollout batch is full again, over every process. Logs "
+            "dynamic_sampling/rounds and dynamic_sampling/kept_fraction."
+        },
+    )
+    dynamic_sampling_metric: str = field(
+        default="acc",
+        metadata={
+            "help": "What groups are filtered on (verl's filter_groups.metric; 'acc' in DAPO's and Cui et al.'s "
+            "scripts): 'acc' the first reward function (the task's accuracy reward: in entropy-rl train the first of "
+            "reward_funcs), 'reward' the weighted sum of all reward functions TRL normalises (overlong punishment "
+            "included, as verl's seq_reward), or the name of one reward function (as in rewards/<name>/mean)."
         },
     )
     dynamic_sampling_max_rounds: int = field(
         default=10,
         metadata={
-            "help": "Most generation rounds for one rollout batch under dynamic_sampling, the first included (DAPO's "
-            "max_num_gen_batches). When they are spent, the step trains on the groups kept so far (the batch cut to "
-            "a size every process and micro-batch divides), or on the last round as it is when none was kept."
+            "help": "Most generation rounds for one rollout batch under dynamic_sampling, the first included; 0: no "
+            "cap (verl's filter_groups.max_num_gen_batches; 10 generation batches of 3 x the training batch in the "
+            "DAPO and Cui et al. scripts, where a round here is one training batch: 30 is that budget)."
+        },
+    )
+    dynamic_sampling_at_cap: str = field(
+        default="error",
+        metadata={
+            "help": "When dynamic_sampling_max_rounds are spent before the batch is full: 'error' stops the run with "
+            "one line, as verl does; 'train' trains the groups kept so far (cut to a size every process and "
+            "micro-batch divides; the last round as it is when none was kept) and logs a warning."
         },
     )
     overlong_buffer_len: int = field(
         default=0,
         metadata={
-            "help": "DAPO's soft overlong punishment (Eq. 13): responses longer than max_completion_length - this "
-            "lose up to 1 reward linearly, reaching -1 at max_completion_length (TRL's "
-            "trl.rewards.get_soft_overlong_punishment, added to reward_funcs and logged as "
-            "rewards/soft_overlong_punishment_reward/mean). 0 disables it."
+            "help": "DAPO's soft overlong punishment (Eq. 13; verl's reward_model.overlong_buffer.len): responses "
+            "longer than max_completion_length - this lose up to overlong_penalty_factor reward linearly, the whole "
+            "factor at max_completion_length (TRL's trl.rewards.get_soft_overlong_punishment times the factor, added "
+            "to reward_funcs and logged as rewards/soft_overlong_punishment_reward/mean). 0 disables it."
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=1.0,
+        metadata={
+            "help": "The largest overlong punishment, at max_completion_length (verl's "
+            "reward_model.overlong_buffer.penalty_factor; 1.0 in the DAPO scripts)."
         },
     )
 
@@ -198,7 +234,8 @@ class EntropyGRPOConfig(GRPOConfig):
             "every "
             "eval_steps (else save_steps) and at the end of training, with the evaluator's grading, avg@k, pass@k "
             "and response entropy, data-parallel over the training processes; one row per benchmark is appended to "
-            "OUTPUT_DIR/curve.jsonl next to the training entropy of that step. Empty: no evaluation during training."
+            "OUTPUT_DIR/curve.jsonl next to the training entropy of that step. Empty (--curve_benchmarks '' on the "
+            "command line, [] in a recipe): no evaluation during training."
         },
     )
     curve_limit: int | None = field(
@@ -284,6 +321,8 @@ class EntropyGRPOConfig(GRPOConfig):
         self._check_unselected_parameters(names)
         self.build_regularizer()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
+        for name, allowed in TRL_CHOICES.items():  # TRL checks these only when the trainer (and the model) is built
+            check(getattr(self, name) in allowed, name, getattr(self, name), f"one of {allowed}")
         self._check_trl_options(names)
         self._check_off_policy(names)
         self._check_rollout_shaping()
@@ -309,11 +348,21 @@ class EntropyGRPOConfig(GRPOConfig):
 
     def _check_rollout_shaping(self) -> None:
         """Dynamic sampling, overlong shaping and the curve's settings."""
+        # `--curve_benchmarks ''` is how a command line says "none" (argparse wants a value after the flag).
+        self.curve_benchmarks = [name for name in self.curve_benchmarks if str(name).strip()]
         check(
-            self.dynamic_sampling_max_rounds >= 1,
+            self.dynamic_sampling_max_rounds >= 0,
             "dynamic_sampling_max_rounds",
             self.dynamic_sampling_max_rounds,
-            "an integer >= 1 (the first generation round counts)",
+            "an integer >= 1 (the first generation round counts), or 0 for no cap",
+        )
+        at_cap = self.dynamic_sampling_at_cap
+        check(at_cap in ("error", "train"), "dynamic_sampling_at_cap", at_cap, "'error' or 'train'")
+        check(
+            bool(self.dynamic_sampling_metric),
+            "dynamic_sampling_metric",
+            self.dynamic_sampling_metric,
+            "'acc', 'reward' or the name of a reward function",
         )
         check(
             0 <= self.overlong_buffer_len < self.max_completion_length,
@@ -354,7 +403,11 @@ class EntropyGRPOConfig(GRPOConfig):
                 check(False, spec.name, value, "a finite number")
         for name, (test, allowed) in NUMERIC_RANGES.items():
             value = getattr(self, name)
-            check(test(value), name, value, allowed)
+            try:
+                ok = test(value)
+            except TypeError:  # None (a command line's "None") where a number is needed: TRL would fail on it later
+                ok = False
+            check(ok, name, value, allowed)
         if self.save_strategy == "steps":
             check(self.save_steps > 0, "save_steps", self.save_steps, "a number > 0 with save_strategy='steps'")
 

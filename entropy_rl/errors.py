@@ -24,3 +24,7 @@ def check(condition: bool, name: str, value: Any, allowed: str) -> None:
 
 class RewardError(EntropyRLError):
     """The reward functions gave no usable reward for too long (every completion NaN/inf, batch after batch)."""
+
+
+class DynamicSamplingError(EntropyRLError):
+    """Dynamic sampling spent its generation rounds before the batch was full (dynamic_sampling_at_cap='error')."""

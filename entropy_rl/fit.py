@@ -112,6 +112,11 @@ def _candidate_points(
 ) -> tuple[str | None, str, np.ndarray, np.ndarray, np.ndarray, int]:
     """(benchmark, where R comes from, steps, H, R, curve steps without a metrics row), NaNs not yet dropped."""
     if not CURVE_METRIC.fullmatch(metric):
+        if benchmark is not None:  # it would be ignored: R is then a training metric, not a benchmark score
+            raise LawFitError(
+                f"--benchmark {benchmark!r} with --metric {metric!r}, a {run.metrics_path.name} column; allowed: "
+                f"--benchmark only with a {CURVE_FILE} metric (avg@k, pass@N, pass@k)"
+            )
         return None, f"R = {metric} ({run.metrics_path.name})", run.steps, entropy_column, run.column(metric), 0
     bench, series = _curve_series(run, metric, benchmark)
     entropy = dict(zip(run.steps.tolist(), entropy_column.tolist(), strict=True))

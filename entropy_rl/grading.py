@@ -38,7 +38,7 @@ DEFAULT_TAIL_CHARS = 6000
 MAX_ANSWER_CHARS = 1000
 
 Status = Literal["ok", "no_answer", "timeout", "error"]
-Extraction = Literal["final_answer", "boxed"]
+Extraction = Literal["final_answer", "boxed", "last_boxed"]
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####([^\n]*)")
@@ -108,12 +108,23 @@ def boxed_contents(text: str) -> list[str]:
 def extract_boxed(response: str, tail_chars: int = DEFAULT_TAIL_CHARS) -> str | None:
     """The final ``\\boxed{}`` answer of ``response``'s last ``tail_chars`` characters, and nothing else: None when
     there is no box, or when the boxes disagree ("\\boxed{12} or maybe \\boxed{42}" is a list of candidates, and
-    grading only the last one would reward hedging). Used by the training reward, as the papers' graders do."""
+    grading only the last one would reward hedging). Used by the `math` training reward; verl's scorers grade the
+    last box instead (extract_last_boxed)."""
     boxes = {normalize_number(box) for box in boxed_contents(response[-tail_chars:]) if box}
     if len(boxes) != 1:
         return None
     answer = boxes.pop()
     return answer if len(answer) <= MAX_ANSWER_CHARS else None
+
+
+def extract_last_boxed(response: str, tail_chars: int = DEFAULT_TAIL_CHARS) -> str | None:
+    """The last ``\\boxed{}`` of ``response``'s last ``tail_chars`` characters, whatever earlier boxes say (the
+    policy of verl's math_verify, prime_math and DAPO strict-box scorers): a response that corrects itself in a later
+    box is graded on its correction, and one that hedges over several boxes on the last of them. None without a box."""
+    answer = last_boxed(response[-tail_chars:])
+    if not answer or len(answer) > MAX_ANSWER_CHARS:
+        return None
+    return normalize_number(answer)
 
 
 def after_hashes(text: str) -> str | None:
@@ -277,8 +288,9 @@ class _Worker:
 class Grader:
     """Grades (response, gold) pairs; each math-verify call is limited to ``timeout_s`` seconds of wall-clock time.
 
-    ``extraction`` picks how the final answer is found: ``"final_answer"`` (extract_answer, the evaluator's rules)
-    or ``"boxed"`` (extract_boxed: only an unambiguous final ``\\boxed{}``). Holds ``workers`` worker processes
+    ``extraction`` picks how the final answer is found: ``"final_answer"`` (extract_answer, the evaluator's rules),
+    ``"boxed"`` (extract_boxed: only an unambiguous final ``\\boxed{}``) or ``"last_boxed"`` (extract_last_boxed: the
+    last box, whatever earlier ones say). Holds ``workers`` worker processes
     (spawned, so safe next to CUDA and torch threads), started lazily and reused; use as a context manager or call
     ``close()``.
     """
@@ -293,10 +305,10 @@ class Grader:
     ) -> None:
         check(0 < timeout_s < math.inf, "timeout_s", timeout_s, "seconds > 0")
         check(workers >= 1, "workers", workers, "an integer >= 1")
-        allowed = ("final_answer", "boxed")
-        check(extraction in allowed, "extraction", extraction, f"one of {allowed}")
-        # final_answer: extract_answer's rules (the evaluator's); boxed: extract_boxed (the training reward's).
-        self._extract = extract_boxed if extraction == "boxed" else extract_answer
+        extractors = {"final_answer": extract_answer, "boxed": extract_boxed, "last_boxed": extract_last_boxed}
+        check(extraction in extractors, "extraction", extraction, f"one of {tuple(extractors)}")
+        # final_answer: the evaluator's rules; boxed: the `math` reward's; last_boxed: verl's scorers' box policy.
+        self._extract = extractors[extraction]
         self.timeout_s = timeout_s
         self.num_workers = workers
         self.tail_chars = tail_chars

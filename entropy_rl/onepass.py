@@ -89,7 +89,7 @@ def _fold_tiles(hidden, weight, bias, targets, chunk_size, compute_dtype, kernel
     if fold_on_gpu:
         from .triton_fold import fold_tile  # Triton is imported only where it runs
     else:
-        scratch = _Scratch(*mm_buf.shape, device)
+        scratch = _Scratch(mm_buf.shape[0], min(chunk_size, vocab), device)  # no wider than the widest tile
     for token_start in range(0, n_rows, TOKEN_CHUNK_SIZE):
         token_end = min(token_start + TOKEN_CHUNK_SIZE, n_rows)
         hidden_chunk = hidden[token_start:token_end].to(compute_dtype)

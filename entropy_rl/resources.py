@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -65,3 +66,31 @@ def find_recipe(value: str) -> Path:
         f"invalid config: --config {value!r} is neither a file nor a recipe name; allowed: a YAML path or one of "
         f"{list_recipes()} (in {root}; `entropy-rl train --list_recipes`)"
     )
+
+
+def yaml_error_text(path: Path, err: Exception) -> str:
+    """PyYAML's multi-line report as one line: `FILE:LINE:COLUMN: not valid YAML (problem)`."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{where}: not valid YAML ({problem})"
+
+
+def read_yaml_mapping(path: Path, flag: str) -> dict[str, Any]:
+    """The YAML mapping in `path`, or a ConfigError naming `flag`, the file and, for a syntax error, its line and
+    column (one line, not PyYAML's multi-line report)."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"invalid config: {flag} {str(path)!r}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid config: {flag} {yaml_error_text(path, err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"invalid config: {flag} {str(path)!r} cannot be read ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid config: {flag} {path}: expected a mapping of field: value, got {type(data).__name__}"
+        )
+    return data

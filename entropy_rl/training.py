@@ -14,26 +14,30 @@ The command `entropy-rl train` (entropy_rl/cli/train.py) adds the accelerate han
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 from typing import Any, NoReturn
 
 from trl import ModelConfig, ScriptArguments
 
-from . import rundir
+from . import locks, rundir
 from .config import EntropyGRPOConfig
 from .errors import ConfigError, check
-from .resources import YAML_SUFFIXES, find_recipe
+from .resources import YAML_SUFFIXES, find_recipe, read_yaml_mapping
 
 # Reward functions usable by name in `reward_funcs`: ours, then TRL's (trl.rewards, as trl/scripts/grpo.py names
 # them). Anything else is an import path, `package.module:function` or TRL's dotted `package.module.function`.
 REWARDS = {
     "arithmetic": "entropy_rl.toy:arithmetic_reward",
-    "math": "entropy_rl.rewards:math_reward",  # final \boxed{} only, math-verify (the papers' reward)
+    "math": "entropy_rl.rewards:math_reward",  # the final \boxed{} only, boxes must agree, math-verify
+    "math_last_box": "entropy_rl.rewards:math_last_box_reward",  # the last \boxed{}, as verl's scorers
     "math_loose": "entropy_rl.rewards:math_loose_reward",  # the evaluator's fallbacks too (GSM8K-style data)
     "accuracy_reward": "trl.rewards:accuracy_reward",
     "reasoning_accuracy_reward": "trl.rewards:reasoning_accuracy_reward",
@@ -45,6 +49,8 @@ REWARD_FACTORY_KWARGS = {"get_soft_overlong_punishment": {"max_completion_len": 
 # Local data files `--dataset_name` accepts, by suffix -> the `datasets` builder that reads them.
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 BUILTIN_DATASET = "arithmetic"
+# Held while a run trains in output_dir; next to it, not in it, so that a refused start writes nothing into a run.
+TRAIN_LOCK = ".{name}.train.lock"
 
 # The built-in task: the toy model (no --model_name_or_path) on one of these datasets.
 BUILTIN_TASK_DATASETS = (BUILTIN_DATASET, "arithmetic_hard")
@@ -137,14 +143,48 @@ def resolve_reward(name: str) -> Callable[..., list[float]]:
     return function
 
 
+# Keyword arguments TRL 1.16's _calculate_rewards passes every reward function, next to the dataset's other columns.
+REWARD_CALL_KEYS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+# Dataset columns TRL does not pass on to reward functions (it passes them as prompts / completions instead).
+NOT_PASSED_COLUMNS = ("prompt", "completion", "completion_ids")
+
+
+def check_reward_signature(name: str, function: Callable[..., Any], columns: list[str] | None) -> None:
+    """Refuse, before any model loads, a reward function TRL could not call: TRL calls it with keywords only,
+    REWARD_CALL_KEYS plus the dataset's columns (`columns`; None for a stream whose columns are unknown)."""
+    allowed = (
+        "a function f(prompts, completions, **kwargs) returning one float (or None) per completion, called with "
+        "TRL's reward keywords (prompts, completions, completion_ids, trainer_state, log_extra, log_metric and the "
+        "dataset's columns)"
+    )
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"invalid config: reward_funcs entry {name!r} has no Python signature to call; allowed: {allowed}"
+        ) from None
+    keys = [*REWARD_CALL_KEYS, *(c for c in columns or [] if c not in NOT_PASSED_COLUMNS)]
+    try:
+        (signature.bind if columns is not None else signature.bind_partial)(**dict.fromkeys(keys))
+    except TypeError as err:
+        raise ConfigError(
+            f"invalid config: reward_funcs entry {name!r} takes {signature} and cannot be called with TRL's reward "
+            f"arguments ({err}); allowed: {allowed}"
+        ) from None
+
+
 def build_rewards(script_args: TrainScriptArguments, config: EntropyGRPOConfig) -> list[Callable[..., Any]]:
-    """The reward functions of `reward_funcs`, plus TRL's soft overlong punishment when overlong_buffer_len > 0."""
+    """The reward functions of `reward_funcs`, plus the soft overlong punishment when overlong_buffer_len > 0."""
     rewards: list[Callable[..., Any]] = [resolve_reward(name) for name in script_args.reward_funcs]
     if config.overlong_buffer_len > 0:
-        from trl.rewards import get_soft_overlong_punishment
+        from .rewards import soft_overlong_punishment
 
-        # DAPO Eq. 13, TRL's implementation: L_max = max_completion_length, L_cache = overlong_buffer_len.
-        rewards.append(get_soft_overlong_punishment(config.max_completion_length, config.overlong_buffer_len))
+        # DAPO Eq. 13: L_max = max_completion_length, L_cache = overlong_buffer_len, times verl's penalty_factor.
+        rewards.append(
+            soft_overlong_punishment(
+                config.max_completion_length, config.overlong_buffer_len, config.overlong_penalty_factor
+            )
+        )
     return rewards
 
 
@@ -161,29 +201,12 @@ def _resolve_config_flag(argv: list[str]) -> list[str]:
 
 def check_config_file(argv: list[str]) -> None:
     """A `--config` file that is missing or not YAML: one line with file and line, before TRL opens it."""
-    import yaml
-
     if "--config" not in argv:
         return
     index = argv.index("--config") + 1
     if index >= len(argv):
         raise ConfigError("invalid config: --config needs a YAML file")
-    path = Path(argv[index])
-    if not path.is_file():
-        raise ConfigError(f"invalid config: --config {str(path)!r}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid config: --config {where}: not valid YAML ({problem})") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"invalid config: --config {str(path)!r} cannot be read ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"invalid config: --config {path}: expected a mapping of field: value, got {type(data).__name__}"
-        )
+    read_yaml_mapping(Path(argv[index]), "--config")
 
 
 def _argparse_error(message: str) -> NoReturn:
@@ -315,9 +338,12 @@ def _trl_dataset(script_args: TrainScriptArguments, field_name: str = "dataset_n
                     f"invalid config: dataset_test_split={split!r} with the local file dataset_name={name!r} (one "
                     "file is one split); allowed: the eval file itself as --dataset_test_split"
                 )
+            if path.stat().st_size < 2**20 and not path.read_bytes().strip():  # `datasets` says only "StopIteration"
+                raise ConfigError(f"invalid config: {field_name}={value!r} is empty; allowed: a file of rows")
             # One file is one split: it is the training split whatever dataset_train_split says.
             streaming = script_args.dataset_streaming
-            dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
+            with _quiet_datasets():  # a local file: no "Generating train split" bar before a one-line error
+                dataset = load_dataset(builder, data_files=str(path), split="train", streaming=streaming)
         else:
             dataset = load_dataset(
                 name, name=script_args.dataset_config, split=split, streaming=script_args.dataset_streaming
@@ -325,9 +351,12 @@ def _trl_dataset(script_args: TrainScriptArguments, field_name: str = "dataset_n
     except ConfigError:
         raise
     except Exception as err:  # unknown id, offline, missing split, unreadable file: one line, naming the field
+        # `datasets` wraps a parse error of a local file in "An error occurred while generating the dataset".
+        cause = err.__cause__ or err.__context__
+        reason = _first_line(err) + (f" ({_first_line(cause)})" if cause is not None else "")
         raise ConfigError(
             f"invalid config: {field_name}={value!r} (dataset {name!r}, config {script_args.dataset_config!r}, split "
-            f"{split!r}) could not be loaded: {type(err).__name__}: {err}"
+            f"{split!r}) could not be loaded: {reason}"
         ) from err
     if "prompt" not in (dataset.column_names or []):
         raise ConfigError(
@@ -355,6 +384,28 @@ def build_eval_dataset(script_args: TrainScriptArguments, config: EntropyGRPOCon
             "problems); allowed: a local file as --dataset_test_split"
         )
     return _trl_dataset(script_args, "dataset_test_split")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """`datasets` without its progress bars and logs for the duration (restored after): its failure to parse a file
+    is logged, then raised; the raised error is the one line reported."""
+    from datasets.utils import logging as datasets_logging
+
+    shown, verbosity = datasets_logging.is_progress_bar_enabled(), datasets_logging.get_verbosity()
+    datasets_logging.disable_progress_bar()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+        if shown:
+            datasets_logging.enable_progress_bar()
 
 
 def _model_init_kwargs(model_args: ModelConfig, config: EntropyGRPOConfig) -> dict[str, Any]:
@@ -413,7 +464,12 @@ def peft_and_quantization(model_args: ModelConfig) -> dict[str, Any]:
         peft_config = get_peft_config(model_args)
     except ValueError as err:  # peft not installed
         raise ConfigError(f"invalid config: use_peft=True needs peft: pip install 'entropy-rl[peft]' ({err})") from err
-    return {"peft_config": peft_config, "quantization_config": get_quantization_config(model_args)}
+    try:
+        quantization_config = get_quantization_config(model_args)
+    except PackageNotFoundError as err:  # transformers 4.x reads bitsandbytes' version while building the config
+        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        raise ConfigError(f"invalid config: {flag}=True needs bitsandbytes: pip install bitsandbytes") from err
+    return {"peft_config": peft_config, "quantization_config": quantization_config}
 
 
 def check_model_path(name: str | None) -> None:
@@ -451,26 +507,65 @@ def train_run(
     config: EntropyGRPOConfig,
     model_args: ModelConfig | None = None,
     progress: Any = None,
+    checked: Callable[[], None] | None = None,
 ) -> Path:
     """Train and return the run directory (its metrics file, saved config, checkpoints and final/ model).
 
     `progress`, a TrainerCallback (the command's, entropy_rl/cli/progress.py), replaces transformers' progress bar.
+    `checked` is called once the input has passed every check, before the model loads. A second train_run on the
+    same output_dir while this one runs is refused (a lock file next to it, TRAIN_LOCK).
     """
-    from .trainer import EntropyGRPOTrainer, check_start
-
     model_args = model_args or ModelConfig()
     # Cheap checks first: a typo, a broken checkpoint or a finished run in the way should not wait for a model.
     rundir.check_writable(config.output_dir)
+    with contextlib.ExitStack() as held:
+        if config.process_index == 0:  # one lock per run; the other ranks of a launch are its own processes
+            run_dir = Path(config.output_dir).resolve()
+            lock = run_dir.parent / TRAIN_LOCK.format(name=run_dir.name)
+            refusal = (
+                f"invalid config: output_dir={config.output_dir!r} is being trained by another entropy-rl train "
+                f"process (it holds {lock}); allowed: another --output_dir, or wait until that run ends"
+            )
+            held.enter_context(locks.lock_or_refuse(lock, refusal))
+        return _train_checked(script_args, config, model_args, progress, checked)
+
+
+def _train_checked(
+    script_args: TrainScriptArguments,
+    config: EntropyGRPOConfig,
+    model_args: ModelConfig,
+    progress: Any,
+    checked: Callable[[], None] | None,
+) -> Path:
+    """train_run's body, under the output folder's lock."""
+    from .trainer import EntropyGRPOTrainer, check_start
+
     checkpoint = check_start(config, config.resume_from_checkpoint)
     check_model_path(model_args.model_name_or_path)
-    rewards: list[Any] = build_rewards(script_args, config)
-    if script_args.reward_model_name_or_path:
-        rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
+    functions = build_rewards(script_args, config)
     extra = peft_and_quantization(model_args)
     dataset = build_dataset(script_args, config.seed)
     if len(dataset) == 0:
         raise ConfigError(f"invalid config: dataset_name={script_args.dataset_name!r} holds no training problem")
     eval_dataset = build_eval_dataset(script_args, config, config.seed)
+    for name, function in zip(script_args.reward_funcs, functions, strict=False):
+        check_reward_signature(name, function, dataset.column_names)
+    if config.curve_benchmarks:  # an unknown or unreadable benchmark is refused now, not after the model loads
+        from .training_curve import load_curve_benchmarks
+
+        load_curve_benchmarks(config)
+    rewards: list[Any] = list(functions)
+    if script_args.reward_model_name_or_path:
+        rewards.insert(0, script_args.reward_model_name_or_path)  # TRL loads it, as in its script
+    if config.dynamic_sampling:  # a metric no reward function has is refused now, not after the model loads
+        from trl.trainer.utils import get_callable_name
+
+        from .dynamic_sampling import metric_column
+
+        names = [r.split("/")[-1] if isinstance(r, str) else get_callable_name(r) for r in rewards]
+        metric_column(config.dynamic_sampling_metric, names)
+    if checked is not None:
+        checked()
     model, tokenizer = load_policy(model_args, config)
     callbacks = [progress] if progress is not None else None  # first: it runs before the trainer's own callbacks
     trainer = EntropyGRPOTrainer(

@@ -1,6 +1,7 @@
 """Cost of the parameter-space entropy prediction (`dynamics_param`) on the built-in default run.
 
-    python perf/dynamics_overhead.py [--steps 500] [--pairs 1] [--markdown docs/performance/dynamics-param.md]
+    python perf/dynamics_overhead.py [--steps 500] [--pairs 1] [--every 10]
+                                     [--markdown docs/performance/dynamics-param.md]
                                      [--option dynamics_momentum_groups]
 
 `--option dynamics_momentum_groups` measures that option instead (on and off, dynamics_param on in both): it works on
@@ -25,8 +26,9 @@ from pathlib import Path
 from entropy_rl.jsonl import read_rows
 
 
-def run_default(out: Path, steps: int, param: bool, option: str = "dynamics_param") -> list[dict]:
+def run_default(out: Path, steps: int, param: bool, option: str = "dynamics_param", every: int = 10) -> list[dict]:
     command = [sys.executable, "-m", "entropy_rl.cli", "train", "--output_dir", str(out), "--max_steps", str(steps)]
+    command += ["--dynamics_every", str(every)]
     command += [f"--{option}", str(param).lower(), "--save_strategy", "no", "--disable_tqdm", "true"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return read_rows(out / "metrics.jsonl")
@@ -88,13 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--option", choices=("dynamics_param", "dynamics_momentum_groups"), default="dynamics_param")
+    parser.add_argument("--every", type=int, default=10, help="dynamics_every (10: the default run's)")
     args = parser.parse_args(argv)
-    every = 10  # the default dynamics_every (BUILTIN_DEFAULTS leave EntropyGRPOConfig's default)
+    every = args.every
     on, off = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
-            on.append(run_default(Path(tmp) / f"on{i}", args.steps, True, args.option))
-            off.append(run_default(Path(tmp) / f"off{i}", args.steps, False, args.option))
+            on.append(run_default(Path(tmp) / f"on{i}", args.steps, True, args.option, every))
+            off.append(run_default(Path(tmp) / f"off{i}", args.steps, False, args.option, every))
     text = markdown(summarise(on, off, every), args.steps, args.pairs, every, args.option)
     print(text)
     if args.markdown:

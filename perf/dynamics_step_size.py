@@ -43,7 +43,7 @@ def row(method: str, lr: str, measured_rows: list[dict]) -> str:
     cells = [f"`{method}`", lr, str(len(measured))]
     for key in ("dynamics/predicted_dH", "dynamics/predicted_dH_param"):
         fit = agreement([r[key] for r in measured_rows], measured, WINDOW)
-        cells += [f"{fit['r']:.2f}", f"{fit['r_window']:.2f}"]
+        cells += ["–" if r is None else f"{r:.2f}" for r in (fit["r"], fit["r_window"])]  # None: too few steps
     return "| " + " | ".join(cells) + " |"
 
 

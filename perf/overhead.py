@@ -22,9 +22,12 @@ replaced, and the fold of one logits tile by TRL and by the one pass (no project
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
+import random
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -86,14 +89,15 @@ def build_model(vocab: int, hidden: int, layers: int) -> LlamaForCausalLM:
         num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 32),
         num_key_value_heads=max(1, hidden // 32),
-        max_position_embeddings=128,
+        max_position_embeddings=4096,
         tie_word_embeddings=True,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a 1B model initialises in seconds on a GPU
+        return LlamaForCausalLM(config)
 
 
 def spread_reward(completions, **kwargs) -> list[float]:
@@ -172,7 +176,7 @@ def build_trainer(name: str, overrides: dict[str, Any] | None, args, vocab: int,
         max_steps=args.steps,
         learning_rate=1e-5,
         per_device_train_batch_size=args.batch,
-        num_generations=8,
+        num_generations=args.generations,
         max_completion_length=args.length,
         temperature=1.0,
         beta=0.0,
@@ -202,18 +206,36 @@ def per_cycle(times: list[float], args) -> list[float]:
 
 
 def run_block(name: str, args, vocab: int, tokenizer, dataset) -> Block:
-    trainer = build_trainer(name, CONFIGS[name], args, vocab, tokenizer, dataset, args.workdir)
-    timer = StepTimer()
-    trainer.add_callback(timer)
-    trainer.remove_callback(PrinterCallback)
-    with PeakMemory() as memory:
-        trainer.train()
+    # A fresh output folder per block: entropy-rl refuses to overwrite an earlier run's folder, and each block is a
+    # new run.
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as out:
+        trainer = build_trainer(name, CONFIGS[name], args, vocab, tokenizer, dataset, Path(out))
+        timer = StepTimer()
+        trainer.add_callback(timer)
+        trainer.remove_callback(PrinterCallback)
+        with PeakMemory() as memory:
+            trainer.train()
+    del trainer
+    gc.collect()  # the next block's model, optimizer and peak start from an empty device
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     cpu, wall = (per_cycle(t[args.warmup :], args) for t in (timer.cpu, timer.wall))
     return Block(statistics.median(cpu), statistics.median(wall), memory.peak, len(cpu))
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def spread(values: list[float], resamples: int = 4000) -> dict[str, Any]:
+    """Mean with its 95 % percentile-bootstrap interval (resampling the blocks), median, range and the values."""
+    rng = random.Random(0)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return {
+        "mean": statistics.fmean(values),
+        "ci95": [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]],
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
 
 
 def sweep(vocab: int, names: list[str], args) -> list[dict[str, Any]]:
@@ -227,6 +249,14 @@ def sweep(vocab: int, names: list[str], args) -> list[dict[str, Any]]:
             block = run_block(name, args, vocab, tokenizer, dataset)
             blocks[name].append(block)
             print(f"V={vocab} block {round_ + 1}/{args.blocks} {name:28s} cpu {block.cpu_s * 1000:8.1f} ms/step")
+        if args.output:  # every round: a long run cut short keeps the rounds it measured
+            partial = {"partial": True, "vocab": vocab, "rounds": round_ + 1, "rows": ratio_rows(blocks, names)}
+            args.output.write_text(json.dumps(partial, indent=2))
+    return ratio_rows(blocks, names)
+
+
+def ratio_rows(blocks: dict[str, list[Block]], names: list[str]) -> list[dict[str, Any]]:
+    """Per configuration: median step times, and its per-block ratios to plain TRL of the same round."""
     base = blocks["trl"]
     rows = []
     for name in names:
@@ -235,6 +265,7 @@ def sweep(vocab: int, names: list[str], args) -> list[dict[str, Any]]:
             {
                 "config": name,
                 "cpu_step_ms": statistics.median(b.cpu_s for b in mine) * 1000,
+                "wall_step_ms": statistics.median(b.wall_s for b in mine) * 1000,
                 "cpu_ratio": spread([b.cpu_s / t.cpu_s for b, t in zip(mine, base, strict=True)]),
                 "wall_ratio": spread([b.wall_s / t.wall_s for b, t in zip(mine, base, strict=True)]),
                 "peak_memory_mb": statistics.median(b.peak for b in mine) / 2**20,
@@ -245,13 +276,15 @@ def sweep(vocab: int, names: list[str], args) -> list[dict[str, Any]]:
     return rows
 
 
-def ratio_cell(r: dict[str, float]) -> str:
-    return f"{r['median']:.3f} [{r['min']:.2f}, {r['max']:.2f}]"
+def ratio_cell(r: dict[str, Any]) -> str:
+    """Mean [95 % bootstrap interval] (range)."""
+    lo, hi = r["ci95"]
+    return f"{r['mean']:.3f} [{lo:.3f}, {hi:.3f}] ({r['min']:.2f}–{r['max']:.2f})"
 
 
 def sweep_table(vocab: int, rows: list[dict[str, Any]]) -> list[str]:
     table = [
-        f"Vocabulary {vocab:,}: ratio to plain TRL, median [min, max] over blocks",
+        f"Vocabulary {vocab:,}: ratio to plain TRL, mean [95 % bootstrap interval over blocks] (range over blocks)",
         "",
         "| configuration | CPU ms/step | CPU-time ratio | wall-time ratio | peak memory (MiB) | memory ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -341,7 +374,8 @@ def micro_row(vocab: int, tokens: int, times: dict[str, list[float]]) -> dict[st
 
 def micro_lines(row: dict[str, Any]) -> list[str]:
     lines = [
-        f"Vocabulary {row['vocab']:,}, {row['tokens']:,} tokens: CPU time, ratio median [min, max] over repetitions",
+        f"Vocabulary {row['vocab']:,}, {row['tokens']:,} tokens: CPU time, ratio mean [95 % bootstrap interval] "
+        "(range) over repetitions",
         "",
         "| case | CPU ms | ratio | to |",
         "| --- | ---: | ---: | --- |",
@@ -357,7 +391,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--vocab", type=ints, default=[76], help="vocabulary size(s), comma-separated: one sweep each")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=64, help="completions per step (8 per prompt)")
+    parser.add_argument("--batch", type=int, default=64, help="completions per step")
+    parser.add_argument("--generations", type=int, default=8, help="completions per prompt")
     parser.add_argument("--length", type=int, default=16, help="max completion tokens")
     parser.add_argument("--steps", type=int, default=14, help="steps per block")
     parser.add_argument("--warmup", type=int, default=2, help="first steps of each block not timed")

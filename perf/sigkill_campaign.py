@@ -229,10 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         command = train_command(model_dir, victim, args.max_steps, args.save_steps, *restart)
         attempts.append(attempt(command, victim, kill, rng))
         print(json.dumps(attempts[-1]), flush=True)
-    command = train_command(model_dir, victim, args.max_steps, args.save_steps, *how_to_restart(victim))
-    final = subprocess.run(command, env=environment(), capture_output=True, text=True)
-    if final.returncode != 0:
-        sys.exit(f"the last attempt failed: {final.stderr.strip().splitlines()[-1:]}")
+    if not (victim / rundir.FINAL_DIR).is_dir():  # else the last killed attempt ran to the end before its kill
+        command = train_command(model_dir, victim, args.max_steps, args.save_steps, *how_to_restart(victim))
+        final = subprocess.run(command, env=environment(), capture_output=True, text=True)
+        if final.returncode != 0:
+            sys.exit(f"the last attempt failed: {final.stderr.strip().splitlines()[-1:]}")
     result = {
         "settings": {k: str(v) for k, v in vars(args).items() if k not in ("work", "out")},  # no machine paths
         "reference_wall_s": round(reference_s, 1),

@@ -6,8 +6,11 @@ import os
 import sys
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `pytest --hypothesis-profile=long`: the long fuzzing campaign of tests/test_cli_fuzz.py (docs/reliability.md).
+settings.register_profile("long", max_examples=1000, deadline=None)
 
 
 def length_parity_reward(completions, **kwargs) -> list[float]:

@@ -22,7 +22,7 @@ def position_reward(completions, flat, **kwargs) -> list[float]:
     return [0.0 if is_flat else float(i % 2) for i, is_flat in enumerate(flat)]
 
 
-def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
+def main(out_dir: str, regularizer: str, max_rounds: str, at_cap: str) -> None:
     from datasets import Dataset
 
     from entropy_rl.config import EntropyGRPOConfig
@@ -50,6 +50,7 @@ def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
         regularizer=regularizer,
         dynamic_sampling=True,
         dynamic_sampling_max_rounds=int(max_rounds),
+        dynamic_sampling_at_cap=at_cap,
         per_device_train_batch_size=GLOBAL_ROWS // processes,  # the same global batch on 1 and 2 processes
         num_generations=GROUP,
         max_completion_length=4,
@@ -79,4 +80,4 @@ def main(out_dir: str, regularizer: str, max_rounds: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])

@@ -60,17 +60,29 @@ def test_join_rows_pads_prompts_left_and_completions_right():
     assert joined["advantages"].tolist() == [1.0, 2.0]
 
 
-def test_config_refuses_zero_rounds():
+def test_config_takes_zero_rounds_as_no_cap_and_refuses_unknown_cap_behaviour():
     from entropy_rl.config import EntropyGRPOConfig
 
-    with pytest.raises(ConfigError, match="dynamic_sampling_max_rounds"):
-        EntropyGRPOConfig(output_dir="unused", dynamic_sampling=True, dynamic_sampling_max_rounds=0, report_to="none")
+    common = {"output_dir": "unused", "dynamic_sampling": True, "report_to": "none"}
+    assert EntropyGRPOConfig(**common, dynamic_sampling_max_rounds=0).dynamic_sampling_max_rounds == 0
+    with pytest.raises(ConfigError, match="dynamic_sampling_max_rounds=-1"):
+        EntropyGRPOConfig(**common, dynamic_sampling_max_rounds=-1)
+    with pytest.raises(ConfigError, match="dynamic_sampling_at_cap='skip'; allowed: 'error' or 'train'"):
+        EntropyGRPOConfig(**common, dynamic_sampling_at_cap="skip")
+    with pytest.raises(ConfigError, match="overlong_penalty_factor=-1.0"):
+        EntropyGRPOConfig(**common, overlong_penalty_factor=-1.0)
 
 
-def run(out: Path, processes: int, regularizer: str = "none", max_rounds: int = 10) -> list[dict]:
+def launch(out: Path, processes: int, regularizer: str, max_rounds: int, at_cap: str) -> subprocess.CompletedProcess:
     launcher = TWO_PROCESSES if processes == 2 else [sys.executable]
-    command = [*launcher, str(SCRIPT), str(out), regularizer, str(max_rounds)]
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    command = [*launcher, str(SCRIPT), str(out), regularizer, str(max_rounds), at_cap]
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def run(
+    out: Path, processes: int, regularizer: str = "none", max_rounds: int = 10, at_cap: str = "error"
+) -> list[dict]:
+    done = launch(out, processes, regularizer, max_rounds, at_cap)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text())["batches"] for r in range(processes)]
 
@@ -103,7 +115,7 @@ def test_one_and_two_processes_keep_the_same_groups_and_fill_the_batch(tmp_path)
 
 @pytest.mark.slow
 def test_capped_rounds_train_on_what_was_kept_with_step_level_regularizers_and_diagnostics(tmp_path):
-    first, second = run(tmp_path / "two", 2, regularizer="clip_b+steer", max_rounds=1)
+    first, second = run(tmp_path / "two", 2, regularizer="clip_b+steer", max_rounds=1, at_cap="train")
     rows = metrics(tmp_path / "two")
     assert any(row["dynamic_sampling/kept_fraction"] > 0 for row in rows), "the fixed seed keeps some groups"
     for rank0, rank1, row in zip(first, second, rows, strict=True):
@@ -114,3 +126,11 @@ def test_capped_rounds_train_on_what_was_kept_with_step_level_regularizers_and_d
             assert all(a != 0 for a in kept) and len(kept) < 16
         assert any(key.startswith("reg/clip_b") for key in row) and any(key.startswith("reg/steer") for key in row)
         assert "entropy/token_mean" in row and "dynamics/measured_dH" in row
+
+
+@pytest.mark.slow
+def test_the_round_cap_stops_the_run_by_default_as_verl(tmp_path):
+    # One round and a third of the prompts with spread: the batch of 4 groups cannot fill in one round.
+    done = launch(tmp_path / "one", 1, "none", max_rounds=1, at_cap="error")
+    assert done.returncode != 0
+    assert "DynamicSamplingError: dynamic sampling: 1 generation rounds (dynamic_sampling_max_rounds=1)" in done.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from entropy_rl.grading import boxed_contents, extract_boxed
-from entropy_rl.rewards import math_loose_reward, math_reward
+from entropy_rl.grading import boxed_contents, extract_boxed, extract_last_boxed
+from entropy_rl.rewards import math_last_box_reward, math_loose_reward, math_reward
 from entropy_rl.training import TrainScriptArguments, build_rewards
 
 GOLD = "42"
@@ -30,6 +30,36 @@ def test_boxed_only_reward_refuses_answers_outside_the_box_and_lists_of_candidat
     answers = [GOLD] * len(CASES)
     assert math_reward([""] * len(CASES), completions, answers) == [case[1] for case in CASES]
     assert math_loose_reward([""] * len(CASES), completions, answers) == [case[2] for case in CASES]
+
+
+# (completion, `math_last_box`): the last box, whatever earlier ones say, as verl's math_verify / prime_math box policy
+LAST_BOX_CASES = [
+    (r"\boxed{12}. Wait, that is wrong: \boxed{42}", 1.0),  # corrected in a later box: `math` pays 0
+    (r"\boxed{42}. Hmm, or \boxed{12}", 0.0),  # the last box decides, also against the right answer
+    (r"It is \boxed{12} or maybe \boxed{42}", 1.0),  # hedging over boxes is paid on the last one, as in verl
+    (r"\boxed{\frac{84}{2}}", 1.0),
+    ("The answer is 42.", 0.0),  # no box
+    (r"\boxed{42", 0.0),  # never closed
+    (r"first \boxed{7}, then \boxed{\boxed{42}}", 1.0),  # the last box's content, nested
+]
+
+
+def test_last_box_reward_grades_the_final_box_as_verls_scorers():
+    completions = [case[0] for case in LAST_BOX_CASES]
+    expected = [case[1] for case in LAST_BOX_CASES]
+    assert math_last_box_reward([""] * len(completions), completions, [GOLD] * len(completions)) == expected
+    # `math` on the same answers: only an unambiguous box counts
+    assert math_reward([""] * len(completions), completions, [GOLD] * len(completions)) == [
+        0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0,
+    ]  # fmt: skip
+    assert extract_last_boxed(r"\boxed{1\,000} then \boxed{70,000}") == "70000"
+    assert extract_last_boxed("\\boxed{" * 50_000) is None  # unclosed boxes in untrusted output: one pass
+
+
+def test_last_box_is_a_reward_name():
+    from entropy_rl.training import resolve_reward
+
+    assert resolve_reward("math_last_box") is math_last_box_reward
 
 
 def test_boxed_reward_reads_conversational_completions():

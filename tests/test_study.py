@@ -129,7 +129,7 @@ def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(t
         (["--methods", "none,clip_kov"], "--methods='none,clip_kov'"),
         (["--steps", "7"], "save_steps=2; allowed: a divisor of 7"),
         (["--seeds", "0"], "seeds=0"),
-        (["--eval_k", "0"], "k >= 1"),
+        (["--eval_k", "0"], "eval.k=0; allowed: an integer >= 1"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, capsys):

@@ -150,3 +150,63 @@ def test_resuming_a_finished_run_is_refused(tmp_path, capsys):
         ["--output_dir", str(tmp_path), "--max_steps", "4", "--resume_from_checkpoint", "latest"], capsys
     )
     assert "is at step 4 and max_steps=4: the run is finished" in err
+
+
+@pytest.mark.parametrize(
+    "entry,shown",
+    [
+        ("os:system", "takes (command)"),  # a callable, but not with TRL's reward signature
+        ("builtins:print", "unexpected keyword argument 'prompts'"),
+        ("math_loose:nothing", "cannot be imported"),
+    ],
+)
+def test_reward_function_that_trl_could_not_call_is_refused_at_start(tmp_path, capsys, entry, shown):
+    err = one_line_error(["--reward_funcs", entry, "--output_dir", str(tmp_path / "r")], capsys)
+    assert f"reward_funcs entry {entry!r}" in err and shown in err
+
+
+def test_reward_function_missing_a_dataset_column_is_refused_at_start(tmp_path, capsys):
+    # TRL's accuracy_reward reads a `solution` column; the built-in task has `answer`.
+    err = one_line_error(["--reward_funcs", "accuracy_reward", "--output_dir", str(tmp_path / "r")], capsys)
+    assert "'accuracy_reward'" in err and "missing a required argument: 'solution'" in err
+
+
+def test_unknown_curve_benchmark_is_refused_before_the_model_loads(tmp_path, capsys):
+    err = one_line_error(["--curve_benchmarks", "UNKNOWN", "--output_dir", str(tmp_path / "r")], capsys)
+    assert "curve_benchmarks entry 'UNKNOWN': unknown benchmark 'UNKNOWN'; known: " in err
+
+
+def test_empty_curve_benchmarks_means_no_curve_as_help_says():
+    _, config, _ = training.parse_train_args(["--curve_benchmarks", "", "--output_dir", "unused"])
+    assert config.curve_benchmarks == []
+    help_text = training.EntropyGRPOConfig.__dataclass_fields__["curve_benchmarks"].metadata["help"]
+    assert "--curve_benchmarks ''" in help_text and "no evaluation during training" in help_text
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_jsonl_dataset_says_it_is_empty(tmp_path, capsys, content):
+    data = tmp_path / "train.jsonl"
+    data.write_text(content)
+    err = one_line_error(["--dataset_name", str(data), "--output_dir", str(tmp_path / "r")], capsys)
+    assert f"dataset_name={str(data)!r} is empty" in err and "StopIteration" not in err
+
+
+def test_unknown_dynamic_sampling_metric_is_refused_before_the_model_loads(tmp_path, capsys):
+    argv = ["--dynamic_sampling", "true", "--dynamic_sampling_metric", "score", "--output_dir", str(tmp_path / "r")]
+    err = one_line_error(argv, capsys)
+    assert "dynamic_sampling_metric='score'" in err and "['arithmetic_reward']" in err
+
+
+@pytest.mark.slow
+def test_no_warning_is_printed_before_the_error_line(tmp_path):
+    # A real process: TRL's config raises a FutureWarning (gradient_checkpointing) while the arguments are parsed;
+    # it waits until the checks pass and is dropped when they fail.
+    import subprocess
+    import sys
+
+    argv = ["--curve_benchmarks", "UNKNOWN", "--output_dir", str(tmp_path / "r")]
+    done = subprocess.run(
+        [sys.executable, "-m", "entropy_rl.cli", "train", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("entropy-rl train: error: ") and done.stderr.count("\n") == 1, done.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any
+from typing import Any, NoReturn
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -21,11 +21,16 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._format_action_invocation(action)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """Reports a bad flag in one line, as every other bad input (argparse prints its usage text first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def command_parser(command: str, description: str) -> argparse.ArgumentParser:
     """The parser of `entropy-rl COMMAND`."""
-    return argparse.ArgumentParser(
-        prog=f"entropy-rl {command}", description=description, formatter_class=_HelpFormatter
-    )
+    return _OneLineErrors(prog=f"entropy-rl {command}", description=description, formatter_class=_HelpFormatter)
 
 
 def add_option(parser: Any, name: str, **kwargs: Any) -> argparse.Action:

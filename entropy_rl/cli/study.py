@@ -23,6 +23,7 @@ from typing import Any
 
 from entropy_rl.cli.common import run_command
 from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.errors import ConfigError
 from entropy_rl.resources import find_recipe
 from entropy_rl.study.spec import (
     DEFAULT_CONFIG,
@@ -136,6 +137,8 @@ def _study(argv: list[str], started: float) -> int:
     from entropy_rl.study.plan import plan_runs
 
     args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise ConfigError(f"invalid config: workers={args.workers}; allowed: an integer >= 1")
     study, data = load_study(args)
     benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
     settings = eval_settings(study, benchmark)

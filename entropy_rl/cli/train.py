@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from entropy_rl.cli.common import run_command
+from entropy_rl.cli.common import HeldWarnings, run_command
 from entropy_rl.cli.launch import maybe_relaunch
 
 COMMAND = "train"
@@ -44,14 +44,15 @@ def _train(argv: list[str]) -> int:
         return code
     from entropy_rl.training import parse_train_args, train_run
 
-    script_args, config, model_args = parse_train_args(argv)
-    from accelerate import PartialState
+    with HeldWarnings() as held:  # shown once the input has passed the checks, before the model loads
+        script_args, config, model_args = parse_train_args(argv)
+        from accelerate import PartialState
 
-    main_process = PartialState().is_main_process
-    if main_process:
-        print_defaults(argv)
-        print_plan(script_args, config, model_args)
-    run_dir = train_run(script_args, config, model_args, progress=progress_callback(config))
+        main_process = PartialState().is_main_process
+        if main_process:
+            print_defaults(argv)
+            print_plan(script_args, config, model_args)
+        run_dir = train_run(script_args, config, model_args, progress=progress_callback(config), checked=held.release)
     if main_process:
         report(run_dir)
     return 0

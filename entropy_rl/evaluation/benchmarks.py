@@ -19,7 +19,7 @@ import yaml
 
 from entropy_rl.errors import ConfigError, EntropyRLError
 from entropy_rl.grading import after_hashes, last_boxed, normalize_number
-from entropy_rl.resources import benchmark_dir, find_recipe
+from entropy_rl.resources import benchmark_dir, find_recipe, yaml_error_text
 
 # eval/benchmarks/ in a checkout, the packaged copy in a wheel install (entropy_rl/resources.py).
 BENCHMARK_DIR = benchmark_dir()
@@ -94,7 +94,9 @@ def _read_spec(path: Path) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise BenchmarkError(f"{path}: invalid YAML: {error}") from error
+        raise BenchmarkError(yaml_error_text(path, error)) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise BenchmarkError(f"{path}: cannot be read as text ({error})") from error
     if not isinstance(spec, dict):
         raise BenchmarkError(f"{path}: a benchmark spec must be a mapping")
     if missing := _REQUIRED_KEYS - set(spec):
@@ -114,20 +116,29 @@ def _read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file; a byte sequence that is not UTF-8 is a BenchmarkError naming the file."""
     with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                # Without its line end: json would place an error at the end of a cut line at "line 2 column 1".
-                row = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as error:
-                raise BenchmarkError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from error
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+        try:
+            yield from handle
+        except UnicodeDecodeError as error:
+            byte = error.object[error.start]
+            raise BenchmarkError(f"{path}: not UTF-8 text ({error.reason}: byte {byte:#x})") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for line_number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            # Without its line end: json would place an error at the end of a cut line at "line 2 column 1".
+            row = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as error:
+            raise BenchmarkError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from error
+        if not isinstance(row, dict):
+            raise BenchmarkError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
 
 
 def _read_hub(name: str, source: dict[str, Any], local: str) -> Iterator[tuple[str, dict[str, Any]]]:

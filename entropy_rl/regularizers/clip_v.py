@@ -15,7 +15,7 @@ import torch
 from ..errors import check
 from ..stats import discriminator
 from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
-from .common import DEGENERATE_STD, scatter_valid, spread
+from .common import DEGENERATE_STD, spread, top_ranked
 
 
 @register
@@ -40,16 +40,13 @@ class ClipV(Regularizer):
         d = batch.nec - discriminator(batch.old_logps, batch.entropies)
         _, std = spread(d, mask, reduce)
         violates = mask & (d > self.clip_v_mu * std) & (adv <= 0) & (std >= DEGENERATE_STD)
-        # Both global counts in one reduction and one host synchronisation (the branch below needs them on the host).
-        n_valid, n_violates = (int(x) for x in reduce.sum(torch.stack([mask.sum(), violates.sum()])).tolist())
-        removed = violates
-        if n_violates > self.clip_v_max_frac * n_valid:
-            budget = max(int(self.clip_v_max_frac * n_valid), 1)
-            negative = violates & (adv < 0)
-            flat, offset = reduce.cat(torch.where(negative, d, -torch.inf)[mask])
-            top = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-            top[torch.topk(flat, min(budget, flat.numel())).indices] = True
-            top &= torch.isfinite(flat)
-            removed = (violates & (adv == 0)) | scatter_valid(top[offset : offset + int(mask.sum())], mask)
+        n_valid, n_violates = reduce.sum(torch.stack([mask.sum(), violates.sum()]))
+        # Over budget, only the top-`budget` negative-advantage violators by D go (zero-advantage ones always do);
+        # both branches are computed and chosen on the device.
+        budget = torch.floor(self.clip_v_max_frac * n_valid).long().clamp(min=1)
+        flat, offset = reduce.cat(torch.where(violates & (adv < 0), d, -torch.inf).flatten())
+        top = top_ranked(flat, budget, max(int(self.clip_v_max_frac * flat.numel()), 1)) & torch.isfinite(flat)
+        capped = (violates & (adv == 0)) | top[offset : offset + mask.numel()].view_as(mask)
+        removed = torch.where(n_violates > self.clip_v_max_frac * n_valid, capped, violates)
         metrics = by_advantage_sign(removed, mask, adv, "clip_v/removed_frac")
         return Edits(keep=~removed, metrics=metrics)

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import check
 from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
-from .common import scatter_valid, token_covariance
+from .common import token_covariance, top_ranked
 
 
 @register
@@ -37,11 +37,10 @@ class KLCov(Regularizer):
 
     def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
         mask = batch.mask
-        flat, offset = reduce.cat(token_covariance(batch, reduce)[mask])
-        top = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-        if flat.numel():
-            k = max(1, int(flat.numel() * self.kl_cov_ratio))
-            top[torch.topk(flat, k).indices] = True
-        selected = scatter_valid(top[offset : offset + int(mask.sum())], mask)
+        cov = torch.where(mask, token_covariance(batch, reduce), -torch.inf)
+        flat, offset = reduce.cat(cov.flatten())  # every position of every rank; padding ranks last
+        k = torch.floor(reduce.sum(mask.sum()) * self.kl_cov_ratio).long().clamp(min=1)
+        top = top_ranked(flat, k, max(1, int(flat.numel() * self.kl_cov_ratio))) & (flat > -torch.inf)
+        selected = top[offset : offset + mask.numel()].view_as(mask)
         metrics = by_advantage_sign(selected, mask, batch.advantages, "kl_cov/penalized_frac")
         return Edits(penalty=selected, penalty_coef=self.kl_cov_coef, metrics=metrics)

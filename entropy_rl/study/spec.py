@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from entropy_rl.errors import ConfigError, check
+from entropy_rl.resources import read_yaml_mapping
 
 DEFAULT_CONFIG = "recipes/toy/study.yaml"
 
@@ -128,7 +127,11 @@ def build_study(data: dict[str, Any], base: Path) -> Study:
     # The last checkpoint must be the final model, so that the table's final accuracy is the trained policy's.
     check(data["steps"] % data["save_steps"] == 0, "save_steps", data["save_steps"], f"a divisor of {data['steps']}")
     evaluation = EvalSpec(**_keys(data["eval"], EVAL_KEYS, set(), "eval"))
-    check(evaluation.problems >= 1, "eval.problems", evaluation.problems, "an integer >= 1")
+    for key in ("problems", "k", "batch_size", "grading_workers"):
+        value = getattr(evaluation, key)
+        check(isinstance(value, int) and value >= 1, f"eval.{key}", value, "an integer >= 1")
+    temperature = evaluation.temperature
+    check(isinstance(temperature, int | float) and temperature >= 0, "eval.temperature", temperature, "a number >= 0")
     fit = FitSpec(**_keys(data["fit"], FIT_KEYS, set(), "fit"))
     check(0 < fit.early_fraction < 1, "fit.early_fraction", fit.early_fraction, "strictly between 0 and 1")
     check(0 < fit.window <= 0.5, "fit.window", fit.window, "in (0, 0.5]")
@@ -157,11 +160,7 @@ def build_study(data: dict[str, Any], base: Path) -> Study:
 
 def read_study_file(path: Path) -> dict[str, Any]:
     """The study YAML as a mapping (not yet validated: overrides come first)."""
-    if not path.is_file():
-        raise ConfigError(f"invalid config: --config {path}: file not found")
-    data = yaml.safe_load(path.read_text())
-    check(isinstance(data, dict), "--config", str(path), "a YAML mapping")
-    return data
+    return read_yaml_mapping(path, "--config")
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> None:

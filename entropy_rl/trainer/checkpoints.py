@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+try:  # transformers 5: a function; 4.x has only the Trainer method (the same rule), used below when this is None
+    from transformers.trainer_utils import rotate_checkpoints
+except ImportError:
+    rotate_checkpoints = None
 
 from .. import rundir
 from ..config import EntropyGRPOConfig
@@ -126,14 +131,17 @@ class CheckpointsMixin:
             self._staging = False
         if self.args.should_save:
             limit, best = self.args.save_total_limit, self.state.best_model_checkpoint
-            rotate_checkpoints(
-                output_dir=str(run_dir), save_total_limit=limit, best_model_checkpoint=best, use_mtime=True
-            )
+            if rotate_checkpoints is None:
+                self._rotate_checkpoints(use_mtime=True, output_dir=str(run_dir))
+            else:
+                rotate_checkpoints(
+                    output_dir=str(run_dir), save_total_limit=limit, best_model_checkpoint=best, use_mtime=True
+                )
         self.accelerator.wait_for_everyone()
 
     def _save_own_state(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"generator": self._generator.get_state()}
+        state = {"generator": self._generator.get_state(), "prompts_drawn": self._prompts_drawn}
         torch.save(state, folder / rundir.STATE_FILE.format(rank=self.accelerator.process_index))
 
     def _repoint_best_checkpoint(self, staged: Path, final: Path) -> None:
@@ -180,3 +188,4 @@ class CheckpointsMixin:
                 path = Path(checkpoint) / rundir.STATE_FILE.format(rank=self.accelerator.process_index)
                 state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
                 self._generator.set_state(state["generator"])
+                self._prompts_drawn = state.get("prompts_drawn", 0)  # dynamic sampling's place in the prompt order

@@ -34,11 +34,12 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import is_async_callable
 
-from .. import dynamics, onepass, rundir, stats
+from .. import dynamic_sampling, dynamics, onepass, rundir, stats
 from ..config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from ..errors import ConfigError, RewardError
 from ..regularizers import LOCAL, Composite, Edits, TokenBatch
 from ..regularizers.base import penalty_loss
+from ..regularizers.common import DrawStream
 from .checkpoints import CheckpointsMixin
 from .metrics_file import MetricsFileMixin
 from .param_dynamics import RAW_ADV_KEY, S_MINUS_N_KEY, ParamDynamicsMixin
@@ -120,6 +121,8 @@ class AcceleratorReducer:
         return self.accelerator.gather(x.reshape(1)).max()
 
     def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.accelerator.num_processes == 1:
+            return x, 0  # nothing to gather, and the sizes below would be read on the host
         sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
         as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
         padded = self.accelerator.pad_across_processes(as_float, dim=0)
@@ -210,7 +213,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
             self.epsilon_low, self.epsilon_high = 1.0, math.inf
         # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
-        self._generator = torch.Generator().manual_seed(self.args.seed)
+        # Its draws are read on the device and the generator advanced at the step's one synchronisation.
+        self._generator = DrawStream(torch.Generator().manual_seed(self.args.seed))
         self._reducer = AcceleratorReducer(self.accelerator)
 
         self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
@@ -225,12 +229,14 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
         self._group_moments: dynamics.GroupMoments | None = None  # dynamics_momentum_groups' buffers
         self._check_param_dynamics()
+        self._record_clip_norm_on_transformers_4()
         self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
         self._rows_started = False  # the first step of this train() call makes the run directory this run's
         self._start_step = 0  # the step train() started from (the resumed checkpoint's)
         self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
         self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
         self._nan_frac = 0.0  # of the latest rollout batch
+        self._unscorable: list[torch.Tensor] = []  # [unscorable, broken, completions] per round
         self._nan_batches: list[int] = []  # steps of the current streak of wholly unscorable rollout batches
         self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
         self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
@@ -243,6 +249,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
                 f"invalid config: dynamic_sampling=True with a {type(self.train_dataset).__name__} train_dataset; "
                 "allowed: a map-style dataset (datasets.Dataset or any dataset with __len__ and __getitem__)"
             )
+        if self.args.dynamic_sampling:
+            dynamic_sampling.metric_column(self.args.dynamic_sampling_metric, self.reward_func_names)
         if self.args.curve_benchmarks:
             from ..training_curve import CurveCallback
 
@@ -314,7 +322,6 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
             self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
-            self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
@@ -336,22 +343,31 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         return self._round_rewards
 
     def _count_unscorable(self, rewards_per_func: torch.Tensor, nones: torch.Tensor) -> None:
-        """Count completions that no reward function scored (TRL gives them zero advantage), and stop a run of
-        batches in which every completion got a NaN or inf value (a broken reward, not TRL's None convention)."""
+        """Count completions that no reward function scored (TRL gives them zero advantage), and those among them that
+        got a NaN or inf value (a broken reward, not TRL's None convention); read with the step's other sums at its
+        end (`_check_unscorable`), so that counting them never waits for the device."""
         missing = ~torch.isfinite(rewards_per_func)
         unscorable = missing.all(dim=1)
         broken = unscorable & (missing & ~nones).any(dim=1)
-        self._nan_frac = unscorable.float().mean().item()
+        counts = torch.full((3,), float(unscorable.numel()), dtype=torch.float64, device=unscorable.device)
+        counts[0], counts[1] = unscorable.sum(), broken.sum()
+        self._unscorable.append(counts)
+
+    def _check_unscorable(self, unscorable: float, broken: float, completions: float) -> None:
+        """Log one reward round's unscorable share; stop a run of batches in which every completion got a NaN or inf
+        value, which would otherwise train to the end on nothing."""
+        self._nan_frac = unscorable / completions if completions else 0.0
         self._metrics["train"][NAN_FRAC_KEY].append(self._nan_frac)
-        if not bool(broken.all()):
+        self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
+        if broken < completions or not completions:
             self._nan_batches = []
             return
-        self._nan_batches.append(self.state.global_step + 1)
+        self._nan_batches.append(self.state.global_step)
         limit = self.args.max_nan_reward_batches
         logger.warning(
             "step %d: the reward functions returned NaN/inf for all %d completions (%d such batches in a row%s)",
             self._nan_batches[-1],
-            broken.numel(),
+            completions,
             len(self._nan_batches),
             f"; the run stops at {limit}" if limit else "",
         )
@@ -531,7 +547,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         """After each optimizer step: one all-reduce of the step's sums, then log and append a metrics row."""
         if not self._rows_started:
             self._start_rows()
-        if not (self.args.diagnostics or self._reg_sums):
+        rounds, self._unscorable = self._unscorable, []
+        draws = self._generator.consumed
+        if not (self.args.diagnostics or self._reg_sums or rounds or draws is not None):
             return
         step = self.state.global_step
         device = self.accelerator.device
@@ -548,9 +566,24 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             param_values = parts[-1].numel()  # longer with the momentum groups' parts
         reg_names = sorted(self._reg_sums)
         parts.extend(self._reg_sums[name].to(device) for name in reg_names)
+        # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
+        # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        parts.extend(part.to(device) for part in rounds)
+        own_draws = torch.zeros(world, dtype=torch.float64, device=device)
+        if draws is not None:
+            own_draws[rank] = draws.to(device)
+        parts.append(own_draws)
         self._step_sums, self._step_batches, self._reg_sums = None, [], {}
         # One host synchronisation per step: everything below is plain Python floats.
         totals = self.accelerator.reduce(torch.cat(parts), reduction="sum").tolist()
+        self._generator.settle(round(totals[-world + rank]))
+        after_regs = len(totals) - world - 3 * len(rounds)
+        for i in range(len(rounds)):
+            counted = totals[after_regs + 3 * i : after_regs + 3 * i + 3]
+            self._check_unscorable(*(round(x / world) for x in counted))
+        if not (self.args.diagnostics or reg_names):
+            return
 
         row: dict[str, float] = {}
         offset = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import Trainer
 
 from .. import dynamics, stats
 from ..config import CLIP_LOSS_TYPES
@@ -52,6 +53,19 @@ class ParamDynamicsMixin:
         # The clip factor scales each group's share of the update (dynamics.clip_factor).
         self._grad_norm = super()._clip_grad_norm(model)
         return self._grad_norm
+
+    def _record_clip_norm_on_transformers_4(self) -> None:
+        """transformers 4.x clips inline in its training loop, with no `_clip_grad_norm` to wrap: record the pre-clip
+        norm from the accelerator call it makes there instead."""
+        if hasattr(Trainer, "_clip_grad_norm"):
+            return
+        clip = self.accelerator.clip_grad_norm_
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            self._grad_norm = clip(*args, **kwargs)
+            return self._grad_norm
+
+        self.accelerator.clip_grad_norm_ = recording
 
     def _param_forward(
         self, model, inputs: dict[str, Any], *, compute_entropy: bool = True

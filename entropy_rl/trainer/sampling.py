@@ -1,41 +1,56 @@
-"""Dynamic sampling (DAPO's filter_groups) inside EntropyGRPOTrainer's rollout: keep the groups whose rewards
-differ and refill the batch with more generation rounds; the selection logic is entropy_rl.dynamic_sampling."""
+"""Dynamic sampling (DAPO's filter_groups) inside EntropyGRPOTrainer's rollout: keep the groups whose metric differs
+and refill the batch with more generation rounds from the data loader's next prompts; the selection logic is
+entropy_rl.dynamic_sampling."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
+from trl.trainer.grpo_trainer import RepeatSampler
 
 from .. import dynamic_sampling
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class DynamicSamplingMixin:
-    """The rollout-side half of dynamic sampling: generation rounds, the refill prompts and the rows each rank keeps."""
+    """The rollout-side half of dynamic sampling: generation rounds, the prompt stream and the rows each rank keeps."""
+
+    # Prompts drawn so far by dynamic sampling's rounds (saved with the regularizer state: a resume goes on from it).
+    _prompts_drawn: int = 0
+    _prompt_stream: dynamic_sampling.PromptStream | None = None
 
     def _dynamically_sampled(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        """TRL's rollout batch with only groups whose rewards differ, refilled by more generation rounds (at most
-        dynamic_sampling_max_rounds); every process takes the same decisions from the global rewards."""
+        """A rollout batch of groups whose metric differs, generated round by round from the data loader's order (at
+        most dynamic_sampling_max_rounds); every process takes the same decisions from the global rewards."""
         group, processes, local_rows = self.num_generations, self.accelerator.num_processes, len(inputs)
         target = processes * local_rows
+        column = dynamic_sampling.metric_column(self.args.dynamic_sampling_metric, self.reward_func_names)
         outputs: list[dict[str, Any]] = []
-        spreads: list[torch.Tensor] = []
-        batch = inputs
-        for round_index in range(self.args.dynamic_sampling_max_rounds):
-            if round_index:
-                batch = self._refill_inputs(local_rows, round_index)
-            output = super()._generate_and_score_completions(batch)
+
+        def next_round() -> torch.Tensor:
+            # Every round, the first too, reads the stream: the next step starts where this one stopped, as in verl.
+            output = super(DynamicSamplingMixin, self)._generate_and_score_completions(self._stream_inputs(local_rows))
             dynamic_sampling.check_keys(output)
+            rewards, weights = self._round_rewards, self.reward_weights
             per_function = self.multi_objective_aggregation == "normalize_then_sum"
-            spreads.append(
-                dynamic_sampling.groups_with_spread(self._round_rewards, self.reward_weights, group, per_function).cpu()
-            )
+            if column is not None:
+                rewards, weights, per_function = rewards[:, column : column + 1], weights[column : column + 1], True
             outputs.append(output)
-            if int(sum(spread.sum() for spread in spreads)) * group >= target:
-                break
-        capped = int(sum(spread.sum() for spread in spreads)) * group < target
+            return dynamic_sampling.groups_with_spread(rewards, weights, group, per_function).cpu()
+
+        max_rounds = self.args.dynamic_sampling_max_rounds
+        spreads, capped = dynamic_sampling.collect_rounds(next_round, group, target, max_rounds)
         divisor = processes * self.args.steps_per_generation
         selection = dynamic_sampling.select_rows(spreads, group, target, divisor, capped)
+        if capped:
+            error = dynamic_sampling.cap_error(selection, target, group, self.args.dynamic_sampling_metric, max_rounds)
+            if self.args.dynamic_sampling_at_cap == "error":
+                raise error
+            logger.warning("step %d: %s; training %d rows", self.state.global_step + 1, error, len(selection.rows))
         output = self._gather_rows(outputs, selection.rows, local_rows)
         # DAPO-style losses divide by the global count of loss tokens: count those of the batch actually kept.
         output["num_items_in_batch"] = self.accelerator.gather(self._loss_mask(output).sum()).sum()
@@ -46,17 +61,25 @@ class DynamicSamplingMixin:
         metrics["dynamic_sampling/capped"].append(float(selection.capped))
         return output
 
-    def _refill_inputs(self, local_rows: int, round_index: int) -> list[dict[str, Any]]:
-        """This process's share of a fresh global batch: random training prompts, each repeated num_generations times
-        in a row as TRL's sampler lays them out. The draw depends on (seed, step, round) only, so every process and
-        every process count sees the same global batch, and a resumed run draws the same prompts."""
+    def _stream_inputs(self, local_rows: int) -> list[dict[str, Any]]:
+        """This process's share of the next global batch of the data loader's order (TRL's RepeatSampler with the
+        same seed: its permutations, epoch after epoch), each prompt repeated num_generations times in a row as TRL's
+        sampler lays them out. Every process reads the same stream, so all see the same global batch."""
         group, processes = self.num_generations, self.accelerator.num_processes
-        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 1_009 + round_index
-        generator = torch.Generator().manual_seed(seed)
-        groups = processes * local_rows // group
-        size = len(self.train_dataset)
-        draws = torch.cat([torch.randperm(size, generator=generator) for _ in range(-(-groups // size))])[:groups]
-        rows = [int(index) for index in draws for _ in range(group)]
+        prompts = processes * local_rows // group
+        if self._prompt_stream is None:
+            if len(self.train_dataset) < prompts:
+                raise ConfigError(
+                    f"invalid config: dynamic_sampling=True with {len(self.train_dataset)} training prompts; allowed: "
+                    f"at least one batch ({prompts} prompts)"
+                )
+            order = RepeatSampler(
+                self.train_dataset, 1, batch_size=prompts, shuffle=self.shuffle_dataset, seed=self.args.seed
+            )
+            self._prompt_stream = dynamic_sampling.PromptStream(order, self._prompts_drawn)
+        indices = self._prompt_stream.take(prompts)
+        self._prompts_drawn = self._prompt_stream.position
+        rows = [index for index in indices for _ in range(group)]
         rank = self.accelerator.process_index
         return [self.train_dataset[index] for index in rows[rank * local_rows : (rank + 1) * local_rows]]
 
