@@ -143,7 +143,7 @@ def test_rewards_that_turn_nan_mid_run_stop_it_and_keep_the_rows_before(tmp_path
     argv += ["--max_nan_reward_batches", "2", "--save_steps", "2", "--curve_benchmarks", ""]
     assert main(argv) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("entropy-rl train: error:")]
-    assert len(lines) == 1 and "NaN/None for every completion in 2 rollout batches in a row (steps 3-4)" in lines[0]
+    assert len(lines) == 1 and "NaN/inf for every completion in 2 rollout batches in a row (steps 3-4)" in lines[0]
     from entropy_rl.jsonl import read_rows
 
     kept = read_rows(run / "metrics.jsonl")
