@@ -16,7 +16,6 @@ import datetime
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ TORCH = "torch==2.13.0"  # README.md's first install step
 
 
 def machine(venv: Path) -> str:
-    """The CPU, its cores and the clone's torch build (this script runs without torch: a new user's machine has none)."""
+    """The CPU, its cores and the clone's torch build (this script runs without torch, as on a new machine)."""
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
     probe = "import torch; print(torch.__version__, torch.backends.cpu.get_cpu_capability())"
