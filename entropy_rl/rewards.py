@@ -10,7 +10,7 @@ DAPO's math_dapo reads the last "Answer:" line and pays +1 / -1 (docs/evaluation
 `math_loose_reward` keeps the evaluator's fallbacks (`####`, "the answer is", the last number) for GSM8K-style data
 whose completions are not boxed. All grade under the same hard time limit as the evaluator
 (entropy_rl.grading.Grader). DAPO's soft overlong punishment is TRL's own (`trl.rewards.get_soft_overlong_punishment`)
-times verl's penalty factor, switched on by `overlong_buffer_len` (entropy_rl.training).
+times verl's penalty factor, switched on by `overlong_buffer_len` (entropy_rl.training.build_rewards).
 """
 
 from __future__ import annotations

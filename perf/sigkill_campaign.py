@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from entropy_rl import rundir
+from entropy_rl import checkpoint_files, rundir
 from entropy_rl.jsonl import read_rows
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -66,13 +66,13 @@ def environment() -> dict[str, str]:
 
 
 def resume_step(out: Path) -> int:
-    checkpoint, _ = rundir.latest_checkpoint(out)
+    checkpoint, _ = checkpoint_files.latest_checkpoint(out)
     return int(checkpoint.name.split("-")[1]) if checkpoint else 0
 
 
 def how_to_restart(out: Path) -> list[str]:
     """What a job script passes to continue the run in `out`."""
-    checkpoint, _ = rundir.latest_checkpoint(out)
+    checkpoint, _ = checkpoint_files.latest_checkpoint(out)
     if checkpoint is not None:
         return ["--resume_from_checkpoint", "latest"]
     return ["--overwrite_output_dir", "true"] if rundir.run_contents(out) else []
@@ -81,7 +81,7 @@ def how_to_restart(out: Path) -> list[str]:
 def save_in_progress(out: Path, since: float) -> list[str]:
     """Files of a checkpoint this attempt is writing (staging entries newer than `since`; older ones are leftovers
     of an earlier kill, cleared by the next save)."""
-    staging = out / rundir.STAGING_DIR
+    staging = out / checkpoint_files.STAGING_DIR
     if not staging.is_dir():
         return []
     try:

@@ -138,7 +138,8 @@ def metrics(out: Path) -> list[dict]:
 
 def main(model_dir: str, work: Path) -> None:
     import entropy_rl.cli.train  # noqa: F401  (imports torch, transformers, trl before any fork)
-    from entropy_rl.rundir import checkpoint_problem, latest_checkpoint, list_checkpoints
+    from entropy_rl.checkpoint_files import checkpoint_problem, latest_checkpoint
+    from entropy_rl.rundir import list_checkpoints
     from entropy_rl.trainer import EntropyGRPOTrainer  # noqa: F401
 
     reference = work / "reference"

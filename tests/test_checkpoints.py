@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from entropy_rl import rundir
-from entropy_rl.rundir import CheckpointError
+from entropy_rl import checkpoint_files, rundir
+from entropy_rl.checkpoint_files import CheckpointError
 
 
 def make_checkpoint(run_dir, step: int, world_size: int = 1, manifest: bool = True):
@@ -21,10 +21,10 @@ def make_checkpoint(run_dir, step: int, world_size: int = 1, manifest: bool = Tr
     torch.save({"state": {0: {"exp_avg": torch.ones(64)}}}, folder / "optimizer.pt")
     torch.save({"last_epoch": step}, folder / "scheduler.pt")
     (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    for name in rundir.rank_files(world_size):
+    for name in checkpoint_files.rank_files(world_size):
         torch.save({"generator": torch.Generator().get_state()}, folder / name)
     if manifest:
-        rundir.write_manifest(folder, step, world_size)
+        checkpoint_files.write_manifest(folder, step, world_size)
     return folder
 
 
@@ -35,10 +35,10 @@ def truncate(path, keep: float = 0.5) -> None:
 
 def test_a_written_checkpoint_is_complete(tmp_path):
     folder = make_checkpoint(tmp_path, 4, world_size=2)
-    assert rundir.checkpoint_problem(folder) is None
-    manifest = json.loads((folder / rundir.MANIFEST_FILE).read_text())
+    assert checkpoint_files.checkpoint_problem(folder) is None
+    manifest = json.loads((folder / checkpoint_files.MANIFEST_FILE).read_text())
     assert manifest["world_size"] == 2 and "rng_state_1.pth" in manifest["files"]
-    assert rundir.verify_checkpoint(folder) == folder
+    assert checkpoint_files.verify_checkpoint(folder) == folder
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_truncated_file_is_named_and_the_previous_checkpoint_offered(tmp_path, n
     folder = make_checkpoint(tmp_path, 4)
     truncate(folder / name)
     with pytest.raises(CheckpointError) as err:
-        rundir.verify_checkpoint(folder)
+        checkpoint_files.verify_checkpoint(folder)
     message = str(err.value)
     assert "\n" not in message and f"{name} is " in message and "truncated" in message
     assert f"resume from {previous} instead" in message
@@ -61,9 +61,9 @@ def test_truncated_file_is_named_and_the_previous_checkpoint_offered(tmp_path, n
 def test_truncated_file_without_a_manifest_is_found_by_its_format(tmp_path, name):
     # A checkpoint of plain TRL or an older entropy-rl has no manifest: the file formats themselves show the cut.
     folder = make_checkpoint(tmp_path, 4, manifest=False)
-    assert rundir.checkpoint_problem(folder) is None
+    assert checkpoint_files.checkpoint_problem(folder) is None
     truncate(folder / name)
-    assert rundir.checkpoint_problem(folder).startswith(name)
+    assert checkpoint_files.checkpoint_problem(folder).startswith(name)
 
 
 @pytest.mark.parametrize("name", ["rng_state.pth", "entropy_rl_state_rank0.pt", "trainer_state.json"])
@@ -72,13 +72,13 @@ def test_missing_rng_or_regularizer_state_is_refused(tmp_path, name):
     for manifest in (True, False):
         folder = make_checkpoint(tmp_path / str(manifest), 4, manifest=manifest)
         (folder / name).unlink()
-        assert rundir.checkpoint_problem(folder) == f"{name} is missing"
+        assert checkpoint_files.checkpoint_problem(folder) == f"{name} is missing"
 
 
 def test_missing_rank_file_of_a_two_process_run(tmp_path):
     folder = make_checkpoint(tmp_path, 4, world_size=2)
     (folder / "entropy_rl_state_rank1.pt").unlink()
-    assert rundir.checkpoint_problem(folder) == "entropy_rl_state_rank1.pt is missing"
+    assert checkpoint_files.checkpoint_problem(folder) == "entropy_rl_state_rank1.pt is missing"
 
 
 def test_same_size_corruption_of_a_small_archive_fails_its_crc(tmp_path):
@@ -88,42 +88,42 @@ def test_same_size_corruption_of_a_small_archive_fails_its_crc(tmp_path):
     offset = data.index(b"last_epoch")  # inside a stored (uncompressed) member
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert "scheduler.pt is corrupted (CRC mismatch" in rundir.checkpoint_problem(folder)
+    assert "scheduler.pt is corrupted (CRC mismatch" in checkpoint_files.checkpoint_problem(folder)
 
 
 def test_every_problem_is_listed_in_one_line(tmp_path):
     folder = tmp_path / "checkpoint-4"
     folder.mkdir()
     (folder / "trainer_state.json").write_text("{}")
-    problem = rundir.checkpoint_problem(folder)
+    problem = checkpoint_files.checkpoint_problem(folder)
     for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "entropy_rl_state_rank0.pt"):
         assert f"{name} is missing" in problem
     with pytest.raises(CheckpointError, match="there is no earlier complete checkpoint"):
-        rundir.verify_checkpoint(folder)
+        checkpoint_files.verify_checkpoint(folder)
 
 
 def test_latest_skips_broken_checkpoints_and_says_why(tmp_path):
-    assert rundir.latest_checkpoint(tmp_path) == (None, [])
+    assert checkpoint_files.latest_checkpoint(tmp_path) == (None, [])
     make_checkpoint(tmp_path, 2)
     good = make_checkpoint(tmp_path, 4)
     broken = make_checkpoint(tmp_path, 6)
     truncate(broken / "optimizer.pt")
     partial = make_checkpoint(tmp_path, 8)
-    (partial / rundir.MANIFEST_FILE).write_text('{"step": 8, "files": {')  # cut off
-    path, skipped = rundir.latest_checkpoint(tmp_path)
+    (partial / checkpoint_files.MANIFEST_FILE).write_text('{"step": 8, "files": {')  # cut off
+    path, skipped = checkpoint_files.latest_checkpoint(tmp_path)
     assert path == good
     assert skipped[0].startswith("checkpoint-8 (entropy_rl_checkpoint.json is unreadable")
     assert skipped[1].startswith("checkpoint-6 (optimizer.pt is ")
 
 
 def test_publish_renames_into_place_and_replaces_a_checkpoint_of_the_same_step(tmp_path):
-    staging = rundir.clear_staging(tmp_path)
+    staging = checkpoint_files.clear_staging(tmp_path)
     old = make_checkpoint(tmp_path, 4)
     (old / "stale").write_text("from the abandoned future")
     new = make_checkpoint(staging, 4)
     assert rundir.list_checkpoints(tmp_path) == [(4, old)]  # the staged one is not a checkpoint of the run
-    rundir.publish_checkpoint(new, tmp_path / "checkpoint-4")
-    assert not (tmp_path / "checkpoint-4" / "stale").exists() and rundir.checkpoint_problem(old) is None
+    checkpoint_files.publish_checkpoint(new, tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-4" / "stale").exists() and checkpoint_files.checkpoint_problem(old) is None
     assert not staging.exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from entropy_rl import rundir, training
+from entropy_rl import checkpoint_files, rundir, training
 from entropy_rl.cli import main
 
 STEPS = 6
@@ -101,8 +101,8 @@ def test_hostile_pickles_in_a_checkpoint_are_never_unpickled(contested_run, tmp_
     sentinel = tmp_path / "executed"
     for name in ("rng_state.pth", "training_args.bin"):
         torch.save(Hostile(sentinel), checkpoint / name)
-    (checkpoint / rundir.MANIFEST_FILE).unlink()  # and a manifest that lists the planted files' sizes
-    rundir.write_manifest(checkpoint, 3, 1)
+    (checkpoint / checkpoint_files.MANIFEST_FILE).unlink()  # and a manifest that lists the planted files' sizes
+    checkpoint_files.write_manifest(checkpoint, 3, 1)
     argv = ["--output_dir", str(run), *RUN_ARGS, "--resume_from_checkpoint", str(checkpoint)]
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
@@ -148,4 +148,6 @@ def test_rewards_that_turn_nan_mid_run_stop_it_and_keep_the_rows_before(tmp_path
 
     kept = read_rows(run / "metrics.jsonl")
     assert [r["step"] for r in kept] == [1, 2, 3] and [r["reward/nan_frac"] for r in kept] == [0.0, 0.0, 1.0]
-    assert rundir.latest_checkpoint(run)[0] == run / "checkpoint-2", "the last good checkpoint stays resumable"
+    assert checkpoint_files.latest_checkpoint(run)[0] == run / "checkpoint-2", (
+        "the last good checkpoint stays resumable"
+    )

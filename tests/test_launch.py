@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from entropy_rl import rundir
+from entropy_rl import checkpoint_files
 from entropy_rl.jsonl import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def test_toy_recipe_runs_on_two_cpu_processes_and_resumes(tmp_path, make_model, 
     assert [(r["step"], r["benchmark"], r["num_problems"]) for r in curve] == [(3, "arithmetic", 256)]
     # One atomic checkpoint holding both ranks' RNG and regularizer state, listed in its manifest.
     checkpoint = out / "checkpoint-2"
-    manifest = json.loads((checkpoint / rundir.MANIFEST_FILE).read_text())
-    assert manifest["world_size"] == 2 and rundir.checkpoint_problem(checkpoint) is None
+    manifest = json.loads((checkpoint / checkpoint_files.MANIFEST_FILE).read_text())
+    assert manifest["world_size"] == 2 and checkpoint_files.checkpoint_problem(checkpoint) is None
     rank_files = {"rng_state_0.pth", "rng_state_1.pth", "entropy_rl_state_rank0.pt", "entropy_rl_state_rank1.pt"}
-    assert rank_files <= set(manifest["files"]) and not (out / rundir.STAGING_DIR).exists()
+    assert rank_files <= set(manifest["files"]) and not (out / checkpoint_files.STAGING_DIR).exists()
     resume = [*argv, "--max_steps", "4", "--resume_from_checkpoint", "latest"]  # the later --max_steps wins
     done = subprocess.run(resume, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]

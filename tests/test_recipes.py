@@ -55,7 +55,7 @@ def bf16_unavailable() -> bool:
 
 def parse_all(path: Path, *overrides: str):
     """(script_args, config, model_args) as `entropy-rl train --config path *overrides` builds them."""
-    from entropy_rl.training import parse_train_args
+    from entropy_rl.train_args import parse_train_args
 
     args = ["--config", str(path), *overrides]
     if load(path).get("bf16") is True and bf16_unavailable():
@@ -74,7 +74,7 @@ def field_names() -> set[str]:
     from trl import ModelConfig
 
     from entropy_rl.config import EntropyGRPOConfig
-    from entropy_rl.training import TrainScriptArguments
+    from entropy_rl.train_args import TrainScriptArguments
 
     classes = (TrainScriptArguments, EntropyGRPOConfig, ModelConfig)
     return {f.name for cls in classes for f in dataclasses.fields(cls)}
@@ -207,7 +207,7 @@ def test_cli_flags_override_a_recipe():
 
 
 def test_parse_train_args_reads_a_recipe():
-    from entropy_rl.training import parse_train_args
+    from entropy_rl.train_args import parse_train_args
 
     script_args, config, model_args = parse_train_args(["--config", str(RECIPES / "toy" / "steer.yaml")])
     assert config.regularizer == "steer" and config.max_steps == 300 and script_args.dataset_name == "arithmetic"
@@ -217,7 +217,7 @@ def test_parse_train_args_reads_a_recipe():
 @pytest.mark.parametrize("name", ["toy/steer", "toy/steer.yaml", "recipes/toy/steer.yaml"])
 def test_a_recipe_by_name_from_any_directory(name, tmp_path, monkeypatch):
     from entropy_rl.resources import list_recipes
-    from entropy_rl.training import parse_train_args
+    from entropy_rl.train_args import parse_train_args
 
     monkeypatch.chdir(tmp_path)  # no recipes/ here: the package's own are found
     _, config, _ = parse_train_args(["--config", name])
@@ -228,7 +228,7 @@ def test_a_recipe_by_name_from_any_directory(name, tmp_path, monkeypatch):
 
 
 def test_an_unknown_recipe_name_lists_the_known_ones(tmp_path, monkeypatch):
-    from entropy_rl.training import parse_train_args
+    from entropy_rl.train_args import parse_train_args
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="'toy/nope' is neither a file nor a recipe name.*toy/grpo"):

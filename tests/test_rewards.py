@@ -6,7 +6,8 @@ import pytest
 
 from entropy_rl.grading import boxed_contents, extract_boxed, extract_last_boxed
 from entropy_rl.rewards import math_last_box_reward, math_loose_reward, math_reward
-from entropy_rl.training import TrainScriptArguments, build_rewards
+from entropy_rl.train_args import TrainScriptArguments
+from entropy_rl.training import build_rewards
 
 GOLD = "42"
 # (completion, reward under the boxed-only reward, reward under the loose one)
@@ -57,7 +58,7 @@ def test_last_box_reward_grades_the_final_box_as_verls_scorers():
 
 
 def test_last_box_is_a_reward_name():
-    from entropy_rl.training import resolve_reward
+    from entropy_rl.reward_loading import resolve_reward
 
     assert resolve_reward("math_last_box") is math_last_box_reward
 

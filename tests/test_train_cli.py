@@ -193,7 +193,7 @@ def test_bad_launcher_flag_fails_with_the_command_error_line(tmp_path, capsys):
 
 def test_the_plan_names_model_task_steps_evaluation_and_run_folder(tmp_path):
     from entropy_rl.cli.progress import plan_lines
-    from entropy_rl.training import parse_train_args
+    from entropy_rl.train_args import parse_train_args
 
     lines = plan_lines(*parse_train_args(["--output_dir", str(tmp_path)]))
     text = "\n".join(lines)

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import torch
 
-from entropy_rl import rundir
+from entropy_rl import checkpoint_files, rundir
 from entropy_rl.cli import main
 from entropy_rl.jsonl import read_rows
 
@@ -59,7 +59,7 @@ def test_rerun_into_a_finished_run_keeps_every_row(model_dir, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="reward service down"):
         train(model_dir, out, "--overwrite_output_dir", "true", "--reward_funcs", "conftest.raising_reward")
     assert read_rows(out / "metrics.jsonl") == rows and (out / rundir.CONFIG_FILE).read_text() == config
-    assert rundir.checkpoint_problem(out / "checkpoint-3") is None and (out / "final").is_dir()
+    assert checkpoint_files.checkpoint_problem(out / "checkpoint-3") is None and (out / "final").is_dir()
     # Once the new run has written its first row, the directory is the new run's.
     assert train(model_dir, out, "--overwrite_output_dir", "true", "--max_steps", "1", "--save_strategy", "no") == 0
     assert [r["step"] for r in read_rows(out / "metrics.jsonl")] == [1]
@@ -128,10 +128,12 @@ def test_full_disk_while_writing_a_checkpoint_names_the_file(model_dir, tmp_path
     assert train(model_dir, out, "--max_steps", "3", "--save_steps", "1") == 2
     line = last_error_line(capsys)
     assert "cannot write checkpoint checkpoint-2: " in line and "checkpoint-2/optimizer.pt: [enforce fail" in line
-    assert [s for s, _ in rundir.list_checkpoints(out)] == [1] and rundir.checkpoint_problem(
+    assert [s for s, _ in rundir.list_checkpoints(out)] == [1] and checkpoint_files.checkpoint_problem(
         out / "checkpoint-1"
     ) is None
-    assert not (out / rundir.STAGING_DIR / "checkpoint-2").exists()  # the partial one is cleared to free space
+    assert not (
+        out / checkpoint_files.STAGING_DIR / "checkpoint-2"
+    ).exists()  # the partial one is cleared to free space
     assert [r["step"] for r in read_rows(out / "metrics.jsonl")] == [1, 2]
 
 
@@ -164,8 +166,8 @@ def test_a_file_that_passes_the_checks_but_fails_to_load_is_one_line(model_dir, 
     assert train(model_dir, out, "--max_steps", "2", "--save_steps", "1") == 0
     broken = out / "checkpoint-2"
     torch.save({"not": "an optimizer state"}, broken / "optimizer.pt")  # a valid archive of the wrong content
-    rundir.write_manifest(broken, 2, 1)
-    assert rundir.checkpoint_problem(broken) is None
+    checkpoint_files.write_manifest(broken, 2, 1)
+    assert checkpoint_files.checkpoint_problem(broken) is None
     assert train(model_dir, out, "--max_steps", "3", "--save_steps", "1", "--resume_from_checkpoint", str(broken)) == 2
     line = last_error_line(capsys)
     assert f"cannot resume from {broken}: loading optimizer.pt / scheduler.pt / the regularizer state failed" in line

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from entropy_rl import training
+from entropy_rl import train_args, training
 from entropy_rl.cli import main
 
 
@@ -177,7 +177,7 @@ def test_unknown_curve_benchmark_is_refused_before_the_model_loads(tmp_path, cap
 
 
 def test_empty_curve_benchmarks_means_no_curve_as_help_says():
-    _, config, _ = training.parse_train_args(["--curve_benchmarks", "", "--output_dir", "unused"])
+    _, config, _ = train_args.parse_train_args(["--curve_benchmarks", "", "--output_dir", "unused"])
     assert config.curve_benchmarks == []
     help_text = training.EntropyGRPOConfig.__dataclass_fields__["curve_benchmarks"].metadata["help"]
     assert "--curve_benchmarks ''" in help_text and "no evaluation during training" in help_text

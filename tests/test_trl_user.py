@@ -98,7 +98,7 @@ def test_a_command_line_naming_a_model_or_dataset_parses_field_for_field_as_trl_
     from trl.scripts.grpo import make_parser
 
     from entropy_rl.config import EntropyGRPOConfig
-    from entropy_rl.training import builtin_task, defaults_used, parse_train_args
+    from entropy_rl.train_args import builtin_task, defaults_used, parse_train_args
 
     argv = [*named, "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false"]
     _, ours, _ = parse_train_args(argv)
@@ -115,7 +115,7 @@ def test_a_command_line_naming_a_model_or_dataset_parses_field_for_field_as_trl_
 
 @pytest.mark.parametrize("argv", [[], ["--max_steps", "3"], ["--dataset_name", "arithmetic_hard"]])
 def test_the_built_in_task_alone_takes_the_toy_defaults(argv):
-    from entropy_rl.training import BUILTIN_DEFAULTS, builtin_task, defaults_used, parse_train_args
+    from entropy_rl.train_args import BUILTIN_DEFAULTS, builtin_task, defaults_used, parse_train_args
 
     _, config, _ = parse_train_args(argv)
     assert builtin_task(argv) and defaults_used(argv).startswith("the built-in task's")
@@ -135,8 +135,9 @@ def test_model_init_kwargs_reach_from_pretrained(model_dir, train_dataset, tmp_p
     """TRL's `--model_init_kwargs` (and ModelConfig's --dtype) load the named model; the user's keys win."""
     import torch
 
+    from entropy_rl.train_args import parse_train_args
     from entropy_rl.trainer import EntropyGRPOTrainer
-    from entropy_rl.training import load_policy, parse_train_args
+    from entropy_rl.training import load_policy
 
     argv = ["--model_name_or_path", str(model_dir), "--dtype", "bfloat16", "--output_dir", str(tmp_path / "run")]
     _, config, model_args = parse_train_args([*argv, "--model_init_kwargs", '{"dtype": "float16"}'])
@@ -216,8 +217,8 @@ def test_dataset_file_and_reward_funcs_by_name_and_import_path(problems_file, tm
 def test_reward_names_cover_ours_and_trls():
     from trl.rewards import accuracy_reward, think_format_reward
 
+    from entropy_rl.reward_loading import resolve_reward
     from entropy_rl.toy import arithmetic_reward
-    from entropy_rl.training import resolve_reward
 
     assert resolve_reward("arithmetic") is arithmetic_reward
     assert resolve_reward("accuracy_reward") is accuracy_reward
@@ -265,7 +266,8 @@ def test_eval_dataset_as_trls_script_builds_it(problems_file, tmp_path):
     """--dataset_test_split: a split of the dataset (a folder here, a Hub id alike), a local file, or the built-in
     task's test split; nothing without eval_strategy; a local training file is one split."""
     from entropy_rl.errors import ConfigError
-    from entropy_rl.training import build_eval_dataset, parse_train_args
+    from entropy_rl.train_args import parse_train_args
+    from entropy_rl.train_data import build_eval_dataset
 
     folder = tmp_path / "data"
     folder.mkdir()

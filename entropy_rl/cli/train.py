@@ -12,7 +12,7 @@ With no arguments it runs the built-in default on CPU: a tiny model warm-started
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m entropy_rl.cli train --config RECIPE.yaml
 
 A YAML recipe sets any field of TrainScriptArguments, EntropyGRPOConfig or TRL's ModelConfig
-(entropy_rl/training.py); command-line flags override it. Bad input ends with `entropy-rl train: error: ...` and exit
+(entropy_rl/train_args.py); command-line flags override it. Bad input ends with `entropy-rl train: error: ...` and exit
 code 2, before any model loads.
 """
 
@@ -42,7 +42,8 @@ def _train(argv: list[str]) -> int:
     code = maybe_relaunch(argv)  # --accelerate_config NAME|PATH [--num_processes N] hands over to accelerate
     if code is not None:
         return code
-    from entropy_rl.training import parse_train_args, train_run
+    from entropy_rl.train_args import parse_train_args
+    from entropy_rl.training import train_run
 
     with HeldWarnings() as held:  # shown once the input has passed the checks, before the model loads
         script_args, config, model_args = parse_train_args(argv)
@@ -79,7 +80,7 @@ def progress_callback(config: Any) -> Any:
 
 def print_defaults(argv: list[str]) -> None:
     """Say at the start which defaults the run's settings come from (TRL's, a recipe's or the built-in task's)."""
-    from entropy_rl.training import defaults_used
+    from entropy_rl.train_args import defaults_used
 
     print(f"entropy-rl train: defaults: {defaults_used(argv)}", flush=True)
 

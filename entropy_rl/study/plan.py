@@ -15,11 +15,13 @@ from typing import Any
 
 from trl import ModelConfig
 
+from entropy_rl.checkpoint_files import latest_checkpoint
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.errors import ConfigError, check
 from entropy_rl.jsonl import read_rows
-from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, latest_checkpoint, read_config, run_contents
-from entropy_rl.training import TrainScriptArguments, parse_train_args, saved_settings
+from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, FINAL_DIR, read_config, run_contents
+from entropy_rl.train_args import TrainScriptArguments, parse_train_args
+from entropy_rl.training import saved_settings
 
 from .spec import EvalSpec, Method, Study
 

@@ -19,7 +19,7 @@ try:  # transformers 5: a function; 4.x has only the Trainer method (the same ru
 except ImportError:
     rotate_checkpoints = None
 
-from .. import rundir
+from .. import checkpoint_files, rundir
 from ..config import EntropyGRPOConfig
 from ..errors import EntropyRLError
 
@@ -38,19 +38,19 @@ def check_start(args: EntropyGRPOConfig, resume: str | bool | None) -> str | Non
     """
     run_dir = Path(args.output_dir)
     if resume is True or resume in LATEST:
-        path, skipped = rundir.latest_checkpoint(run_dir)
+        path, skipped = checkpoint_files.latest_checkpoint(run_dir)
         if args.process_index == 0:
             for line in skipped:
                 logger.warning("resume_from_checkpoint=%s: skipped %s", resume, line)
         if path is None:
             detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-            raise rundir.CheckpointError(
+            raise checkpoint_files.CheckpointError(
                 f"invalid config: resume_from_checkpoint={resume!r}: no complete checkpoint in {run_dir}{detail}; "
                 "allowed: a directory holding a complete checkpoint-<step>/, or start without it"
             )
         _check_steps_left(str(path), args.max_steps)
         return str(path)
-    checkpoint = str(rundir.verify_checkpoint(resume)) if resume else None
+    checkpoint = str(checkpoint_files.verify_checkpoint(resume)) if resume else None
     if checkpoint is not None:
         _check_steps_left(checkpoint, args.max_steps)
     own = checkpoint is not None and Path(checkpoint).resolve().parent == run_dir.resolve()
@@ -66,9 +66,9 @@ def check_start(args: EntropyGRPOConfig, resume: str | bool | None) -> str | Non
 
 def _check_steps_left(checkpoint: str, max_steps: int) -> None:
     """Resuming a checkpoint at max_steps would train one step past it (transformers checks the limit after a step)."""
-    step = json.loads((Path(checkpoint) / rundir.TRAINER_STATE_FILE).read_text()).get("global_step", 0)
+    step = json.loads((Path(checkpoint) / checkpoint_files.TRAINER_STATE_FILE).read_text()).get("global_step", 0)
     if 0 < max_steps <= step:
-        raise rundir.CheckpointError(
+        raise checkpoint_files.CheckpointError(
             f"invalid config: resume_from_checkpoint={checkpoint!r} is at step {step} and max_steps={max_steps}: "
             "the run is finished; allowed: a larger --max_steps to train on"
         )
@@ -82,10 +82,10 @@ def _naming_checkpoint_file(checkpoint: str | None, what: str) -> Iterator[None]
     except Exception as err:
         if checkpoint is None or isinstance(err, EntropyRLError | torch.OutOfMemoryError):
             raise
-        previous = rundir.previous_complete_checkpoint(checkpoint)
+        previous = checkpoint_files.previous_complete_checkpoint(checkpoint)
         offer = f"resume from {previous} instead" if previous else "there is no earlier complete checkpoint"
         detail = str(err).splitlines()[0] if str(err) else "no detail"
-        raise rundir.CheckpointError(
+        raise checkpoint_files.CheckpointError(
             f"cannot resume from {checkpoint}: loading {what} failed ({type(err).__name__}: {detail}); {offer}"
         ) from err
 
@@ -101,7 +101,7 @@ class CheckpointsMixin:
     def _get_output_dir(self, trial) -> str:
         # While a checkpoint is written, transformers and TRL write it into RUN_DIR/.staging/checkpoint-<step>/.
         run_dir = super()._get_output_dir(trial)
-        return str(rundir.staging_dir(run_dir)) if self._staging else run_dir
+        return str(checkpoint_files.staging_dir(run_dir)) if self._staging else run_dir
 
     def _save_checkpoint(self, model, trial):
         """Write the whole checkpoint (model, optimizer, scheduler, RNG, trainer state, TRL's and our state) into
@@ -109,9 +109,9 @@ class CheckpointsMixin:
         checkpoint-<step>/ folder is complete by construction, and the last complete one survives a failed save."""
         run_dir = Path(super()._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staged, final = rundir.staging_dir(run_dir) / name, run_dir / name
+        staged, final = checkpoint_files.staging_dir(run_dir) / name, run_dir / name
         if self.args.should_save:
-            rundir.clear_staging(run_dir)
+            checkpoint_files.clear_staging(run_dir)
         self.accelerator.wait_for_everyone()
         self._staging = True
         try:
@@ -120,8 +120,8 @@ class CheckpointsMixin:
             self.accelerator.wait_for_everyone()  # every rank's files are there
             if self.args.should_save:
                 self._repoint_best_checkpoint(staged, final)
-                rundir.write_manifest(staged, self.state.global_step, self.accelerator.num_processes)
-                rundir.publish_checkpoint(staged, final)
+                checkpoint_files.write_manifest(staged, self.state.global_step, self.accelerator.num_processes)
+                checkpoint_files.publish_checkpoint(staged, final)
         except Exception as err:
             failure = self._save_failure(err, staged, final)
             if failure is err:
@@ -142,13 +142,13 @@ class CheckpointsMixin:
     def _save_own_state(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {"generator": self._generator.get_state(), "prompts_drawn": self._prompts_drawn}
-        torch.save(state, folder / rundir.STATE_FILE.format(rank=self.accelerator.process_index))
+        torch.save(state, folder / checkpoint_files.STATE_FILE.format(rank=self.accelerator.process_index))
 
     def _repoint_best_checkpoint(self, staged: Path, final: Path) -> None:
         """transformers recorded the best checkpoint's staging path when it is this one: record where it will be."""
         if self.state.best_model_checkpoint and Path(self.state.best_model_checkpoint) == staged:
             self.state.best_model_checkpoint = str(final)
-            self.state.save_to_json(str(staged / rundir.TRAINER_STATE_FILE))
+            self.state.save_to_json(str(staged / checkpoint_files.TRAINER_STATE_FILE))
 
     @staticmethod
     def _save_failure(err: Exception, staged: Path, final: Path) -> Exception:
@@ -167,7 +167,7 @@ class CheckpointsMixin:
         if free < 2**20:
             reason += "; the device is full"
         shutil.rmtree(staged, ignore_errors=True)  # a partial checkpoint only takes space
-        return rundir.CheckpointError(
+        return checkpoint_files.CheckpointError(
             f"cannot write checkpoint {final.name}: {path}: {reason} ({free / 2**20:.1f} MiB free on that device); "
             f"the complete checkpoints and metrics rows written so far are intact (resume with "
             "--resume_from_checkpoint latest)"
@@ -185,7 +185,7 @@ class CheckpointsMixin:
         with _naming_checkpoint_file(checkpoint, "optimizer.pt / scheduler.pt / the regularizer state"):
             super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint is not None:
-                path = Path(checkpoint) / rundir.STATE_FILE.format(rank=self.accelerator.process_index)
+                path = Path(checkpoint) / checkpoint_files.STATE_FILE.format(rank=self.accelerator.process_index)
                 state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
                 self._generator.set_state(state["generator"])
                 self._prompts_drawn = state.get("prompts_drawn", 0)  # dynamic sampling's place in the prompt order
