@@ -1,11 +1,14 @@
 """`entropy-rl` command line: one sub-command per module of this package; the library never imports it.
 
 entropy-rl train [--config RECIPE.yaml] [--field value ...]   GRPO with entropy diagnostics/regularizers
-entropy-rl eval  ...                                          math benchmarks, entropy-reward curve
-entropy-rl fit   RUN_DIR [RUN_DIR ...]                        entropy-performance law R = -a exp(H) + b
-entropy-rl plot  RUN_DIR [RUN_DIR ...]                        entropy / reward curves of runs
+entropy-rl eval  [--config EVAL.yaml] ...                    math benchmarks, entropy-reward curve
+entropy-rl fit   RUN_DIR [RUN_DIR ...] [--config FIT.yaml]    entropy-performance law R = -a exp(H) + b
+entropy-rl plot  RUN_DIR [RUN_DIR ...] [--config PLOT.yaml]   entropy / reward curves of runs
 entropy-rl study [--config STUDY.yaml]                        every method x seeds, evaluated, fitted, written up
 entropy-rl --version
+
+Each command's flags are fields of dataclasses (`entropy-rl CMD --help` lists them); its --config YAML sets them and
+flags override it.
 """
 
 from __future__ import annotations

@@ -5,21 +5,22 @@
     entropy-rl eval --list_benchmarks                                    # the names --benchmarks accepts
     accelerate launch --num_processes N -m entropy_rl.cli eval ...       # data parallel (docs/evaluation.md)
 
-The work is done by entropy_rl.evaluation; this module reads the flags and prints the table.
+Any option may also come from `--config EVAL.yaml` (keys: the option names; flags override it). The work is done by
+entropy_rl.evaluation; this module reads the options (EvalArguments) and prints the table.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from entropy_rl.cli.common import fail, run_command
-from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.cli.options import CommandParser
 from entropy_rl.errors import ConfigError
 from entropy_rl.evaluation.benchmarks import Benchmark, load_benchmark
 from entropy_rl.evaluation.generation import leave_process_group, load_checkpoint_model, open_vllm, process_state
@@ -30,34 +31,67 @@ COMMAND = "eval"
 LIST_FLAG = "--list_benchmarks"
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
+@dataclass
+class EvalArguments:
+    """The options of `entropy-rl eval`; None keeps the benchmark's own setting. Ranges are checked before anything
+    loads (_check_numbers)."""
+
+    benchmarks: str = field(metadata={"help": "comma-separated names (eval/benchmarks/) or YAML paths"})
+    list_benchmarks: bool = field(
+        default=False, metadata={"help": "print the benchmark names and where their specs are"}
+    )
+    model: str | None = field(default=None, metadata={"help": "model directory (safetensors) to evaluate"})
+    run: str | None = field(
+        default=None,
+        metadata={"help": "run directory: evaluate each checkpoint-<step>/ and append to curve.jsonl"},
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "directory of the offline benchmark files (default $ENTROPY_RL_DATA_DIR)"}
+    )
+    data_file: str | None = field(
+        default=None, metadata={"help": "JSONL file replacing the benchmark's data (one benchmark only)"}
+    )
+    limit: int | None = field(default=None, metadata={"help": "first N problems of each benchmark"})
+    k: int | None = field(default=None, metadata={"help": "samples per problem (default: the benchmark's)"})
+    temperature: float | None = field(
+        default=None, metadata={"help": "sampling temperature, 0 = greedy (default: benchmark's)"}
+    )
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass (default: the benchmark's)"})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "response length limit (default: the benchmark's)"}
+    )
+    pass_k: str = field(default="", metadata={"help": "extra k values for pass@k, e.g. 2,4,8"})
+    batch_size: int = field(default=32, metadata={"help": "sequences per generate() call (default 32)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (default 0)"})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "per-problem JSONL + summary.json here (run mode: default RUN_DIR/eval)"}
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        default="auto",
+        metadata={"help": "weights' dtype (default auto: bfloat16 on a GPU that supports it, else float32)"},
+    )
+    grading_timeout: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "seconds per math-verify"})
+    grading_workers: int = field(default=2, metadata={"help": "grading processes per evaluating process"})
+    vllm: bool = field(default=False, metadata={"help": "generate with vLLM (needs vllm and CUDA; one process)"})
+    no_progress: bool = field(default=False, metadata={"help": "no progress bar"})
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.run is None):
+            raise ValueError(
+                f"invalid model={self.model!r}, run={self.run!r}; allowed: exactly one of --model and --run"
+            )
+
+    @property
+    def pass_ks(self) -> tuple[int, ...]:
+        """--pass_k as integers."""
+        try:
+            return tuple(int(part) for part in str(self.pass_k).split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"invalid --pass_k {self.pass_k}; allowed: comma-separated integers >= 1") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser(COMMAND, __doc__.split("\n\n")[0])
-    add_option(parser, LIST_FLAG, action="store_true", help="print the benchmark names and where their specs are")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--model", help="model directory (safetensors) to evaluate")
-    target.add_argument("--run", help="run directory: evaluate each checkpoint-<step>/ and append to curve.jsonl")
-    parser.add_argument("--benchmarks", required=True, help="comma-separated names (eval/benchmarks/) or YAML paths")
-    add_option(parser, "--data_dir", help="directory of the offline benchmark files (default $ENTROPY_RL_DATA_DIR)")
-    add_option(parser, "--data_file", help="JSONL file replacing the benchmark's data (one benchmark only)")
-    parser.add_argument("--limit", type=int, help="first N problems of each benchmark")
-    parser.add_argument("--k", type=int, help="samples per problem (default: the benchmark's)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature, 0 = greedy (default: benchmark's)")
-    add_option(parser, "--top_p", type=float, help="nucleus sampling mass (default: the benchmark's)")
-    add_option(parser, "--max_new_tokens", type=int, help="response length limit (default: the benchmark's)")
-    add_option(parser, "--pass_k", type=_int_list, default=(), help="extra k values for pass@k, e.g. 2,4,8")
-    add_option(parser, "--batch_size", type=int, default=32, help="sequences per generate() call (default 32)")
-    parser.add_argument("--seed", type=int, default=0)
-    add_option(parser, "--output_dir", help="per-problem JSONL + summary.json here (run mode: default RUN_DIR/eval)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    add_option(parser, "--grading_timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per math-verify")
-    add_option(parser, "--grading_workers", type=int, default=2, help="grading processes per evaluating process")
-    parser.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm and CUDA; one process)")
-    add_option(parser, "--no_progress", action="store_true", help="no progress bar")
-    return parser
+def build_parser() -> CommandParser:
+    return CommandParser(COMMAND, __doc__.split("\n\n")[0], [EvalArguments])
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -79,7 +113,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def _check_numbers(args: EvalArguments) -> None:
     """Reject out-of-range numbers with the flag's name, before a benchmark, a grader or a model is loaded."""
     # None keeps the benchmark's default.
     checks = [
@@ -99,7 +133,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
             "a number >= 0 (0: greedy)",
         ),
         ("--top_p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "a number in (0, 1]"),
-        ("--pass_k", ",".join(map(str, args.pass_k)), all(kk >= 1 for kk in args.pass_k), "integers >= 1"),
+        ("--pass_k", ",".join(map(str, args.pass_ks)), all(kk >= 1 for kk in args.pass_ks), "integers >= 1"),
         ("--grading_timeout", args.grading_timeout, 0 < args.grading_timeout < math.inf, "seconds > 0"),
         ("--grading_workers", args.grading_workers, args.grading_workers >= 1, "an integer >= 1"),
     ]
@@ -108,7 +142,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ConfigError(f"invalid {flag} {value}; allowed: {allowed}")
 
 
-def _check_target(args: argparse.Namespace) -> None:
+def _check_target(args: EvalArguments) -> None:
     """--model must be a local folder or a Hub id, --run a directory: say which, instead of the Hub client's error."""
     if args.run is not None and not Path(args.run).is_dir():
         raise ConfigError(f"invalid --run {args.run}: run directory not found")
@@ -120,7 +154,7 @@ def _check_target(args: argparse.Namespace) -> None:
         raise ConfigError(f"invalid --model {args.model}: the local folder does not exist")
 
 
-def _settings(args: argparse.Namespace) -> EvalSettings:
+def _settings(args: EvalArguments) -> EvalSettings:
     return EvalSettings(
         batch_size=args.batch_size,
         seed=args.seed,
@@ -128,12 +162,12 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
-        pass_ks=args.pass_k,
+        pass_ks=args.pass_ks,
         progress=not args.no_progress,
     )
 
 
-def _benchmarks(args: argparse.Namespace, settings: EvalSettings) -> list[Benchmark]:
+def _benchmarks(args: EvalArguments, settings: EvalSettings) -> list[Benchmark]:
     """The benchmarks to run, checked (with the sampling overrides) before any model is loaded."""
     names = [name for name in args.benchmarks.split(",") if name.strip()]
     if args.data_file and len(names) != 1:
@@ -151,7 +185,7 @@ def _benchmarks(args: argparse.Namespace, settings: EvalSettings) -> list[Benchm
     return benchmarks
 
 
-def _load_model(args: argparse.Namespace, device: object) -> tuple[object, object]:
+def _load_model(args: EvalArguments, device: object) -> tuple[object, object]:
     """The --model to evaluate; a Hub id that cannot be loaded (offline, unknown) gives one line that says so."""
     try:
         return load_checkpoint_model(args.model, device, args.dtype)
@@ -166,7 +200,7 @@ def _load_model(args: argparse.Namespace, device: object) -> tuple[object, objec
         ) from error
 
 
-def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
+def _evaluate(args: EvalArguments) -> list[dict[str, Any]]:
     """Rows of the table: one per (checkpoint, benchmark) with --run, one per benchmark with --model."""
     _check_numbers(args)
     _check_target(args)
@@ -182,7 +216,8 @@ def _evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         return list(evaluate_checkpoint(model, tokenizer, benchmarks, llm=llm, **options).values())
 
 
-def _body(args: argparse.Namespace) -> int:
+def _body(argv: list[str]) -> int:
+    (args,) = build_parser().parse(argv)
     try:
         rows = _evaluate(args)
     except OSError as error:  # a model or file that cannot be read
@@ -204,5 +239,4 @@ def list_benchmarks() -> int:
 def main(argv: list[str]) -> int:
     if LIST_FLAG in argv:  # needs none of the otherwise required flags
         return list_benchmarks()
-    args = build_parser().parse_args(argv)
-    return run_command(COMMAND, lambda: _body(args))
+    return run_command(COMMAND, lambda: _body(argv))

@@ -1,23 +1,23 @@
 """`entropy-rl fit`: fit the entropy-performance law R = b - a * exp(H) to runs, print the tables, write fit.json.
 
     entropy-rl fit RUN_DIR [RUN_DIR ...] [--metric M] [--benchmark B] [--fit_fraction F] [--joint] [--plot]
+    entropy-rl fit --config FIT.yaml         # any option as a YAML key (runs: [RUN_DIR, ...]); flags override it
 
-The fitting is entropy_rl.fit; runs are read through entropy_rl.rundir; this module reads the flags, prints the
-report and writes the JSON report (docs/fit.md).
+The fitting is entropy_rl.fit; runs are read through entropy_rl.rundir; this module reads the options (its
+dataclasses, parsed as entropy_rl/cli/options.py says), prints the report and writes the JSON report (docs/fit.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from entropy_rl.cli.common import run_command
-from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.cli.options import CommandParser
 from entropy_rl.fit import (
     LAW,
     MIN_RELIABLE_POINTS,
@@ -37,36 +37,42 @@ COMMAND = "fit"
 
 
 # ------------------------------------------------------------------------------------------------ options
-def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options choosing the (H, R) points; shared by `entropy-rl fit` and `entropy-rl plot`."""
-    parser.add_argument(
-        "--metric",
-        help="R: avg@k, pass@N or pass@k (from curve.jsonl) or a metrics.jsonl key such as reward "
-        "(default: avg@k when the run has curve.jsonl, else reward)",
+@dataclass
+class RunArguments:
+    """The runs to read; shared by `entropy-rl fit` and `entropy-rl plot` (also as bare RUN_DIR arguments)."""
+
+    runs: list[str] = field(default_factory=list, metadata={"help": "run directories (or give them as RUN_DIR ...)"})
+
+
+@dataclass
+class PairArguments:
+    """Options choosing the (H, R) points; shared by `entropy-rl fit` and `entropy-rl plot`. Their field names are
+    load_pairs' keyword arguments."""
+
+    metric: str | None = field(
+        default=None,
+        metadata={
+            "help": "R: avg@k, pass@N or pass@k (from curve.jsonl) or a metrics.jsonl key such as reward "
+            "(default: avg@k when the run has curve.jsonl, else reward)"
+        },
     )
-    parser.add_argument(
-        "--benchmark", help="curve.jsonl benchmark for R (default: the only one, else the mean over all benchmarks)"
+    benchmark: str | None = field(
+        default=None,
+        metadata={"help": "curve.jsonl benchmark for R (default: the only one, else the mean over all benchmarks)"},
     )
-    add_option(
-        parser,
-        "--entropy_key",
-        default=DEFAULT_ENTROPY_KEY,
-        help=f"metrics.jsonl key for H (default {DEFAULT_ENTROPY_KEY})",
+    entropy_key: str = field(
+        default=DEFAULT_ENTROPY_KEY, metadata={"help": f"metrics.jsonl key for H (default {DEFAULT_ENTROPY_KEY})"}
     )
-    parser.add_argument(
-        "--smooth",
-        type=int,
+    smooth: int = field(
         default=1,
-        metavar="N",
-        help="trailing moving average of H and R over N points (default 1: none)",
+        metadata={"help": "trailing moving average of H and R over N points (default 1: none)", "metavar": "N"},
     )
-    add_option(
-        parser,
-        "--entropy_window",
-        type=int,
+    entropy_window: int = field(
         default=1,
-        metavar="N",
-        help="H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
+        metadata={
+            "help": "H at a step = trailing mean of the training entropy over N steps (default 1: that step's batch)",
+            "metavar": "N",
+        },
     )
 
 
@@ -83,46 +89,36 @@ def warn_if_measures_differ(pairs: Sequence[Pairs], command: str) -> None:
         )
 
 
-def pair_options(args: argparse.Namespace) -> dict[str, Any]:
-    """load_pairs keyword arguments from the options of add_pair_arguments."""
-    return {
-        "metric": args.metric,
-        "benchmark": args.benchmark,
-        "entropy_key": args.entropy_key,
-        "smooth": args.smooth,
-        "entropy_window": args.entropy_window,
-    }
+@dataclass
+class FitArguments:
+    """What `entropy-rl fit` does besides fitting each run."""
 
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser(
-        COMMAND, f"Fit the entropy-performance law {LAW} (Cui et al. 2025) to runs. See docs/fit.md."
+    fit_fraction: float | None = field(
+        default=None, metadata={"help": "also fit the first F of the points and predict the rest", "metavar": "F"}
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    add_pair_arguments(parser)
-    add_option(
-        parser,
-        "--fit_fraction",
-        type=_fraction,
-        metavar="F",
-        help="also fit the first F of the points and predict the rest",
+    joint: bool = field(default=False, metadata={"help": "also fit one (a, b) shared by all runs"})
+    output: Path | None = field(
+        default=None,
+        metadata={
+            "help": "JSON report (default: RUN_DIR/fit.json for one run, else fit.json in the deepest directory "
+            "holding all)",
+            "metavar": "PATH",
+        },
     )
-    parser.add_argument("--joint", action="store_true", help="also fit one (a, b) shared by all runs")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        metavar="PATH",
-        help="JSON report (default: RUN_DIR/fit.json for one run, else fit.json in the deepest directory holding all)",
+    plot: bool = field(default=False, metadata={"help": "also write the figures next to the JSON report"})
+
+    def __post_init__(self) -> None:
+        if self.fit_fraction is not None and not 0 < self.fit_fraction < 1:
+            raise ValueError(f"invalid fit_fraction={self.fit_fraction}; allowed: a number strictly between 0 and 1")
+
+
+def build_parser() -> CommandParser:
+    return CommandParser(
+        COMMAND,
+        f"Fit the entropy-performance law {LAW} (Cui et al. 2025) to runs. See docs/fit.md.",
+        (RunArguments, PairArguments, FitArguments),
+        positional=("runs", "RUN_DIR"),
     )
-    parser.add_argument("--plot", action="store_true", help="also write the figures next to the JSON report")
-    return parser
 
 
 # ------------------------------------------------------------------------------------------------ fitting
@@ -137,8 +133,8 @@ class Fits:
     joint: JointFit | None
 
 
-def _joint(pairs: Sequence[Pairs], args: argparse.Namespace) -> JointFit | None:
-    if not args.joint:
+def _joint(pairs: Sequence[Pairs], joint: bool) -> JointFit | None:
+    if not joint:
         return None
     kinds = {(p.metric, p.benchmark) for p in pairs}
     if len(kinds) > 1:
@@ -147,14 +143,14 @@ def _joint(pairs: Sequence[Pairs], args: argparse.Namespace) -> JointFit | None:
     return fit_joint(points, source="joint fit of all runs")
 
 
-def compute(args: argparse.Namespace) -> Fits:
-    runs = load_runs(args.run_dirs)
-    pairs = [load_pairs(run, **pair_options(args)) for run in runs]
+def compute(run_dirs: Sequence[str], pair: PairArguments, args: FitArguments) -> Fits:
+    runs = load_runs(run_dirs)
+    pairs = [load_pairs(run, **asdict(pair)) for run in runs]
     fits = [fit_law(p.H, p.R, source=p.source) for p in pairs]
     predictions = [
         fit_early(p.H, p.R, args.fit_fraction, source=p.source) if args.fit_fraction else None for p in pairs
     ]
-    return Fits(runs, pairs, fits, predictions, _joint(pairs, args))
+    return Fits(runs, pairs, fits, predictions, _joint(pairs, args.joint))
 
 
 # ------------------------------------------------------------------------------------------------ report text
@@ -232,8 +228,8 @@ def _run_entry(run: Run, p: Pairs, fit: LawFit, prediction: Prediction | None) -
     }
 
 
-def report_json(result: Fits, args: argparse.Namespace) -> dict[str, Any]:
-    options = {**pair_options(args), "fit_fraction": args.fit_fraction}
+def report_json(result: Fits, pair: PairArguments, args: FitArguments) -> dict[str, Any]:
+    options = {**asdict(pair), "fit_fraction": args.fit_fraction}
     entries = zip(result.runs, result.pairs, result.fits, result.predictions, strict=True)
     labels = [p.label for p in result.pairs]
     return {
@@ -245,15 +241,16 @@ def report_json(result: Fits, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ command
-def _body(args: argparse.Namespace) -> int:
+def _body(argv: list[str]) -> int:
     """Fit, print the tables, write the JSON report (and the figures with --plot)."""
-    result = compute(args)
+    runs, pair, args = build_parser().parse(argv)
+    result = compute(runs.runs, pair, args)
     print(report_text(result))
     for p, fit in zip(result.pairs, result.fits, strict=True):
         if fit.few_points:  # also on stderr, where a script that keeps only the JSON report still sees it
             print(f"entropy-rl {COMMAND}: warning: {p.label}: {few_points_text(fit)}", file=sys.stderr)
-    output = args.output or common_dir(args.run_dirs) / "fit.json"
-    report = report_json(result, args)
+    output = args.output or common_dir(runs.runs) / "fit.json"
+    report = report_json(result, pair, args)
     if args.plot:
         from entropy_rl.plot import make_plots  # matplotlib costs about a second to import; only --plot needs it
 
@@ -269,5 +266,4 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(COMMAND, lambda: _body(args))
+    return run_command(COMMAND, lambda: _body(argv))

@@ -1,6 +1,7 @@
 """`entropy-rl plot`: entropy and performance vs step, and R vs H with the fitted law, for one or more runs.
 
     entropy-rl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--metric M] [--benchmark B] [--smooth N]
+    entropy-rl plot --config PLOT.yaml       # any option as a YAML key (runs: [RUN_DIR, ...]); flags override it
 
 writes entropy_vs_step.png, performance_vs_step.png and law_fit.png (runs overlaid, labelled by regularizer and seed)
 into --out (default: the run directory, or the deepest directory holding all of them) and prints their paths. For
@@ -11,13 +12,13 @@ The figures are entropy_rl.plot's.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from entropy_rl.cli.common import run_command
-from entropy_rl.cli.fit import add_pair_arguments, pair_options, warn_if_measures_differ
-from entropy_rl.cli.options import command_parser
+from entropy_rl.cli.fit import PairArguments, RunArguments, warn_if_measures_differ
+from entropy_rl.cli.options import CommandParser
 from entropy_rl.fit import LawFit, LawFitError, Pairs, fit_law, load_pairs
 from entropy_rl.plot import has_dynamics, make_plots, plot_dynamics
 from entropy_rl.rundir import common_dir, load_runs
@@ -25,16 +26,23 @@ from entropy_rl.rundir import common_dir, load_runs
 COMMAND = "plot"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser(
-        COMMAND, "Entropy and performance vs step, and R vs H with the fitted law, for one or more runs."
+@dataclass
+class PlotArguments:
+    """Where `entropy-rl plot` writes its figures."""
+
+    out: Path | None = field(
+        default=None,
+        metadata={"help": "output directory (default: the run, or the deepest one holding all)", "metavar": "DIR"},
     )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument(
-        "--out", type=Path, metavar="DIR", help="output directory (default: the run, or the deepest one holding all)"
+
+
+def build_parser() -> CommandParser:
+    return CommandParser(
+        COMMAND,
+        "Entropy and performance vs step, and R vs H with the fitted law, for one or more runs.",
+        (RunArguments, PlotArguments, PairArguments),
+        positional=("runs", "RUN_DIR"),
     )
-    add_pair_arguments(parser)
-    return parser
 
 
 def _fit_or_none(pairs: Pairs) -> LawFit | None:
@@ -46,11 +54,12 @@ def _fit_or_none(pairs: Pairs) -> LawFit | None:
         return None
 
 
-def _body(args: argparse.Namespace) -> int:
-    runs = load_runs(args.run_dirs)
-    pairs = [load_pairs(run, **pair_options(args)) for run in runs]
+def _body(argv: list[str]) -> int:
+    run_dirs, args, pair = build_parser().parse(argv)
+    runs = load_runs(run_dirs.runs)
+    pairs = [load_pairs(run, **asdict(pair)) for run in runs]
     warn_if_measures_differ(pairs, COMMAND)
-    out = args.out or common_dir(args.run_dirs)
+    out = args.out or common_dir(run_dirs.runs)
     paths = make_plots(runs, pairs, [_fit_or_none(p) for p in pairs], out)
     measured = [run for run in runs if has_dynamics(run)]
     for i, run in enumerate(measured):
@@ -60,5 +69,4 @@ def _body(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(COMMAND, lambda: _body(args))
+    return run_command(COMMAND, lambda: _body(argv))

@@ -13,16 +13,16 @@ directory trained with other settings. Flags are TRL's --snake_case; the dashed 
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from entropy_rl.cli.common import run_command
-from entropy_rl.cli.options import add_option, command_parser
+from entropy_rl.cli.options import CommandParser
 from entropy_rl.errors import ConfigError
 from entropy_rl.resources import find_recipe
 from entropy_rl.study.spec import (
@@ -38,55 +38,67 @@ from entropy_rl.study.spec import (
 COMMAND = "study"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser(
+@dataclass
+class StudyArguments:
+    """The options of `entropy-rl study`: the study YAML (`config`) and what overrides it (None: the YAML's)."""
+
+    config: str = field(default=DEFAULT_CONFIG, metadata={"help": f"study YAML (default {DEFAULT_CONFIG})"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps per run"})
+    seeds: int | None = field(default=None, metadata={"help": "number of seeds per method (seeds 0 .. N-1)"})
+    methods: str | None = field(
+        default=None, metadata={"help": "comma-separated subset of the YAML's methods, in this order"}
+    )
+    save_steps: int | None = field(
+        default=None, metadata={"help": "checkpoint (= evaluation) interval; must divide --steps"}
+    )
+    dynamics_every: int | None = field(default=None, metadata={"help": "measure the entropy change every N steps"})
+    eval_problems: int | None = field(default=None, metadata={"help": "first N problems of the benchmark"})
+    eval_k: int | None = field(default=None, metadata={"help": "samples per problem"})
+    output: str | None = field(default=None, metadata={"help": "root of the run directories <output>/<method>/seed<k>"})
+    doc_dir: str | None = field(default=None, metadata={"help": "where the page and its figures go"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads"})
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": f"CI miniature: {', '.join(f'--{key} {value}' for key, value in QUICK.items())}, --doc_dir "
+            "<output>/docs (explicit flags win)"
+        },
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "list the runs, their state and commands, and the power plan (seeds needed, from a pilot); "
+            "train nothing"
+        },
+    )
+    detect: float | None = field(
+        default=None,
+        metadata={
+            "help": "difference in final held-out avg@k the seeds are planned to detect at 80%% power (default 0.03)"
+        },
+    )
+    pilot: str | None = field(
+        default=None, metadata={"help": "output root of a pilot study for the power plan (default: this study's)"}
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "train in N processes at once, each taking every N-th method (use one per CPU core, with threads "
+            "1); the page is written once all are done"
+        },
+    )
+
+
+def build_parser() -> CommandParser:
+    return CommandParser(
         COMMAND,
         "Train every method x seed, evaluate the checkpoints, fit the entropy-performance law and write the results "
         "page. Flags override the study YAML.",
+        [StudyArguments],
     )
-    add_option(parser, "--config", default=DEFAULT_CONFIG, help=f"study YAML (default {DEFAULT_CONFIG})")
-    add_option(parser, "--steps", type=int, help="optimizer steps per run")
-    add_option(parser, "--seeds", type=int, help="number of seeds per method (seeds 0 .. N-1)")
-    add_option(parser, "--methods", help="comma-separated subset of the YAML's methods, in this order")
-    add_option(parser, "--save_steps", type=int, help="checkpoint (= evaluation) interval; must divide --steps")
-    add_option(parser, "--dynamics_every", type=int, help="measure the entropy change every N steps")
-    add_option(parser, "--eval_problems", type=int, help="first N problems of the benchmark")
-    add_option(parser, "--eval_k", type=int, help="samples per problem")
-    add_option(parser, "--output", help="root of the run directories <output>/<method>/seed<k>")
-    add_option(parser, "--doc_dir", help="where the page and its figures go")
-    add_option(parser, "--threads", type=int, help="torch threads")
-    quick = ", ".join(f"--{key} {value}" for key, value in QUICK.items())
-    add_option(
-        parser,
-        "--quick",
-        action="store_true",
-        help=f"CI miniature: {quick}, --doc_dir <output>/docs (explicit flags win)",
-    )
-    add_option(
-        parser,
-        "--dry_run",
-        action="store_true",
-        help="list the runs, their state and commands, and the power plan (seeds needed, from a pilot); train nothing",
-    )
-    add_option(
-        parser,
-        "--detect",
-        type=float,
-        help="difference in final held-out avg@k the seeds are planned to detect at 80%% power (default 0.03)",
-    )
-    add_option(parser, "--pilot", help="output root of a pilot study for the power plan (default: this study's)")
-    add_option(
-        parser,
-        "--workers",
-        type=int,
-        default=1,
-        help="train in N processes at once, each taking every N-th method (use one per CPU core, with threads 1); "
-        "the page is written once all are done",
-    )
-    return parser
 
 
-def load_study(args: argparse.Namespace) -> tuple[Study, dict[str, Any]]:
+def load_study(args: StudyArguments) -> tuple[Study, dict[str, Any]]:
     """The study and the resolved mapping it was built from (the YAML with --quick and the flags applied)."""
     path = find_recipe(args.config)  # a path, or a packaged recipe's name (the default works from any directory)
     data = read_study_file(path)
@@ -136,7 +148,7 @@ def _study(argv: list[str], started: float) -> int:
     from entropy_rl.study.page import write_page
     from entropy_rl.study.plan import plan_runs
 
-    args = build_parser().parse_args(argv)
+    (args,) = build_parser().parse(argv)
     if args.workers < 1:
         raise ConfigError(f"invalid config: workers={args.workers}; allowed: an integer >= 1")
     study, data = load_study(args)
