@@ -28,7 +28,6 @@ from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint, eval
 from entropy_rl.grading import DEFAULT_TIMEOUT_S, Grader
 
 COMMAND = "eval"
-LIST_FLAG = "--list_benchmarks"
 
 
 @dataclass
@@ -36,14 +35,16 @@ class EvalArguments:
     """The options of `entropy-rl eval`; None keeps the benchmark's own setting. Ranges are checked before anything
     loads (_check_numbers)."""
 
-    benchmarks: str = field(metadata={"help": "comma-separated names (eval/benchmarks/) or YAML paths"})
-    list_benchmarks: bool = field(
-        default=False, metadata={"help": "print the benchmark names and where their specs are"}
-    )
     model: str | None = field(default=None, metadata={"help": "model directory (safetensors) to evaluate"})
     run: str | None = field(
         default=None,
         metadata={"help": "run directory: evaluate each checkpoint-<step>/ and append to curve.jsonl"},
+    )
+    benchmarks: str | None = field(
+        default=None, metadata={"help": "comma-separated names (eval/benchmarks/) or YAML paths (required)"}
+    )
+    list_benchmarks: bool = field(
+        default=False, metadata={"help": "print the benchmark names and where their specs are, and exit"}
     )
     data_dir: str | None = field(
         default=None, metadata={"help": "directory of the offline benchmark files (default $ENTROPY_RL_DATA_DIR)"}
@@ -76,6 +77,12 @@ class EvalArguments:
     no_progress: bool = field(default=False, metadata={"help": "no progress bar"})
 
     def __post_init__(self) -> None:
+        if self.list_benchmarks:  # needs none of the other options
+            return
+        if not self.benchmarks:
+            raise ValueError(
+                f"invalid benchmarks={self.benchmarks!r}; allowed: comma-separated benchmark names or spec YAML paths"
+            )
         if (self.model is None) == (self.run is None):
             raise ValueError(
                 f"invalid model={self.model!r}, run={self.run!r}; allowed: exactly one of --model and --run"
@@ -218,6 +225,8 @@ def _evaluate(args: EvalArguments) -> list[dict[str, Any]]:
 
 def _body(argv: list[str]) -> int:
     (args,) = build_parser().parse(argv)
+    if args.list_benchmarks:
+        return list_benchmarks()
     try:
         rows = _evaluate(args)
     except OSError as error:  # a model or file that cannot be read
@@ -237,6 +246,4 @@ def list_benchmarks() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if LIST_FLAG in argv:  # needs none of the otherwise required flags
-        return list_benchmarks()
     return run_command(COMMAND, lambda: _body(argv))

@@ -42,8 +42,8 @@ class CommandParser(HfArgumentParser):
 
     `positional` (dest of a list field, metavar): the field also takes bare arguments, which come first
     (`entropy-rl fit RUN_DIR ...` is `--runs RUN_DIR ...`) and replace a --config file's list; at least one is then
-    required. Commands whose own
-    dataclass has a `config` field (study: the study YAML) keep it, and get no YAML defaults from here.
+    required. A command whose dataclass has a `config` field of its own (study: the study YAML) keeps it and gets no
+    YAML defaults from here.
     """
 
     def __init__(
