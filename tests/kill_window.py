@@ -27,7 +27,7 @@ def train_argv(model_dir: str, out: Path, *extra: str) -> list[str]:
     flags = {
         "model_name_or_path": model_dir,
         "output_dir": str(out),
-        "reward_funcs": "conftest.length_parity_reward",
+        "reward_funcs": "helpers.length_parity_reward",
         "max_steps": 3,
         "save_steps": 1,
         "per_device_train_batch_size": 8,

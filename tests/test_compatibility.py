@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 from test_trainer_regularizers import METHODS, fixed_batch
 
 from entropy_rl.config import CLIP_LOSS_TYPES, EntropyGRPOConfig

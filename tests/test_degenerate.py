@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows

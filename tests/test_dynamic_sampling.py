@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import two_cpu_processes
+from helpers import two_cpu_processes
 
 from entropy_rl.dynamic_sampling import groups_with_spread, join_rows, select_rows
 from entropy_rl.errors import ConfigError

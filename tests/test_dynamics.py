@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_GRPO, two_cpu_processes
+from helpers import TINY_GRPO, two_cpu_processes
 
 from entropy_rl import dynamics, stats
 from entropy_rl.jsonl import read_rows
@@ -456,7 +456,7 @@ def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model
     flags = {
         "--model_name_or_path": str(tiny_model_dir),
         "--output_dir": str(run),
-        "--reward_funcs": "conftest:length_parity_reward",  # a random tiny model never adds up right
+        "--reward_funcs": "helpers:length_parity_reward",  # a random tiny model never adds up right
         "--max_steps": "3",
         "--per_device_train_batch_size": "8",
         "--num_generations": "4",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
 from entropy_rl import onepass, stats

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import two_cpu_processes
+from helpers import two_cpu_processes
 
 SCRIPT = Path(__file__).with_name("scope_check.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows
