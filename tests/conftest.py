@@ -13,6 +13,8 @@ from hypothesis import settings
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `pytest --hypothesis-profile=long`: the long fuzzing campaign of tests/test_cli_fuzz.py (docs/reliability.md).
 settings.register_profile("long", max_examples=1000, deadline=None)
+# scripts/ holds what the tests launch in subprocesses, not tests.
+collect_ignore = ["scripts"]
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# Scripts the tests launch in subprocesses (pytest collects nothing there: conftest's collect_ignore).
+SCRIPTS = Path(__file__).parent / "scripts"
+
 
 def length_parity_reward(completions, **kwargs) -> list[float]:
     """Deterministic reward with variance inside every group of a random policy."""

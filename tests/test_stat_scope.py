@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import registered, two_cpu_processes
+from helpers import SCRIPTS, registered, two_cpu_processes
 
-SCRIPT = Path(__file__).with_name("scope_check.py")
+SCRIPT = SCRIPTS / "scope_check.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
 TWO_PROCESSES = two_cpu_processes()
 # Every method that edits the loss (the native ones are TRL options); Clip_B runs paired with steer.
