@@ -23,7 +23,7 @@ def problems_file(tmp_path):
     return path
 
 
-def readme_script(config_cls, tiny_model_dir, train_dataset, output_dir, **extra):
+def readme_script(config_cls, model_dir, train_dataset, output_dir, **extra):
     """The README's TRL script: model by path, a TRL reward function, a TRL-style config; only the import is ours."""
     from entropy_rl import EntropyGRPOTrainer
 
@@ -32,7 +32,7 @@ def readme_script(config_cls, tiny_model_dir, train_dataset, output_dir, **extra
 
     args = config_cls(output_dir=str(output_dir), max_steps=2, **{**TINY_GRPO, **extra})
     trainer = EntropyGRPOTrainer(
-        model=str(tiny_model_dir), reward_funcs=exact_answer, args=args, train_dataset=train_dataset
+        model=str(model_dir), reward_funcs=exact_answer, args=args, train_dataset=train_dataset
     )
     trainer.train()
     return trainer
