@@ -39,7 +39,7 @@ def train_command(model_dir: Path, out: Path, max_steps: int, save_steps: int, *
     flags = {
         "model_name_or_path": model_dir,
         "output_dir": out,
-        "reward_funcs": "conftest.length_parity_reward",
+        "reward_funcs": "helpers.length_parity_reward",
         "max_steps": max_steps,
         "save_steps": save_steps,
         "save_total_limit": 2,

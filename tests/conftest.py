@@ -1,42 +1,20 @@
-"""Shared fixtures: a tiny random policy and a reward with spread, so that advantages and gradients are non-zero."""
+"""Shared fixtures: a tiny random policy and a reward with spread, so that advantages and gradients are non-zero.
+
+Plain helpers live in tests/helpers.py; this file holds only fixtures and pytest hooks."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
+from helpers import length_parity_reward, save_tiny_model
 from hypothesis import settings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # `pytest --hypothesis-profile=long`: the long fuzzing campaign of tests/test_cli_fuzz.py (docs/reliability.md).
 settings.register_profile("long", max_examples=1000, deadline=None)
-
-
-def length_parity_reward(completions, **kwargs) -> list[float]:
-    """Deterministic reward with variance inside every group of a random policy."""
-    return [float(len(c) % 2) for c in completions]
-
-
-def none_reward(completions, **kwargs) -> list[None]:
-    """A reward function that scores nothing (TRL reads None as NaN: no reward for the completion)."""
-    return [None] * len(completions)
-
-
-def nan_reward(completions, **kwargs) -> list[float]:
-    """A broken reward function: a NaN value (not TRL's None) for every completion."""
-    return [float("nan")] * len(completions)
-
-
-def raising_reward(completions, **kwargs) -> list[float]:
-    raise RuntimeError("reward service down")
-
-
-def two_cpu_processes(port: int | str = 0) -> list[str]:
-    """`accelerate launch` of 2 gloo CPU processes: --multi_gpu without CUDA gives MULTI_CPU (--cpu would start one)."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    return [*launch, "--main_process_port", str(port)]
+# scripts/ holds what the tests launch in subprocesses, not tests.
+collect_ignore = ["scripts"]
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +32,25 @@ def make_model(tokenizer):
 
 
 @pytest.fixture()
-def tiny_model_dir(tmp_path, make_model, tokenizer):
+def tiny_model_dir(tmp_path):
     """A tiny local checkpoint (weights and tokenizer), as `--model_name_or_path` / `model="path"` would name one."""
-    path = tmp_path / "model"
-    make_model().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path / "model")
+
+
+@pytest.fixture(scope="module")
+def module_model_dir(tmp_path_factory):
+    """The same tiny checkpoint, written once for a module whose tests only read it."""
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def fresh_accelerate_state():
+    """Training and the evaluator create accelerate's process-wide PartialState; drop it after the module that asks for
+    this, so later test modules start clean."""
+    yield
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()
 
 
 @pytest.fixture(scope="session")
@@ -87,20 +78,3 @@ def make_trainer(make_model, tokenizer, train_dataset):
         )
 
     return build
-
-
-TINY_GRPO = dict(
-    learning_rate=1e-3,
-    per_device_train_batch_size=16,
-    num_generations=4,
-    max_completion_length=6,
-    beta=0.0,
-    bf16=False,
-    gradient_checkpointing=False,
-    logging_steps=1,
-    report_to="none",
-    save_strategy="no",
-    seed=0,
-    use_cpu=True,
-    disable_tqdm=True,
-)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
-from test_trainer_regularizers import METHODS, fixed_batch
+from helpers import METHOD_PARAMS, TINY_GRPO, fixed_batch, length_parity_reward, registered
 
 from entropy_rl.config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from entropy_rl.errors import ConfigError
@@ -26,16 +25,6 @@ OPTIONS: dict[str, dict] = {
     "top_entropy_quantile=0.5": {"top_entropy_quantile": 0.5},
     "vllm_is": {},
 }
-METHOD_NAMES = (
-    "clip_cov",
-    "kl_cov",
-    "steer",
-    "clip_b",
-    "clip_v",
-    "entropy_bonus",
-    "clip_higher",
-    "high_entropy_tokens",
-)
 # The refused cells: (method, option) -> the words the error must hold besides both option names.
 REFUSED = {
     **{("kl_cov", f"loss_type={t}"): "KL-Cov replaces the PPO-clip surrogate" for t in NO_CLIP},
@@ -58,11 +47,11 @@ TRL_OPTION_ON = {
 
 
 def config(tmp_path, method: str, option: str) -> EntropyGRPOConfig:
-    params = {"regularizer": method, **METHODS.get(method, {}), **OPTIONS[option]}
+    params = {"regularizer": method, **METHOD_PARAMS.get(method, {}), **OPTIONS[option]}
     return EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 2, **params})
 
 
-CELLS = [(m, o) for m in METHOD_NAMES for o in OPTIONS]
+CELLS = [(m, o) for m in registered() for o in OPTIONS]
 
 
 @pytest.mark.parametrize(("method", "option"), CELLS)
@@ -137,7 +126,7 @@ PRE_LOSS = dict(
 def test_methods_train_with_trls_rollout_options(methods, scale_rewards, make_trainer, tmp_path):
     """scale_rewards, mask_truncated_completions, num_iterations > 1 and steps_per_generation > GA shape the batch
     before the loss; every method trains on what they hand it."""
-    params = {k: v for m in methods.split("+") for k, v in METHODS.get(m, {}).items()}
+    params = {k: v for m in methods.split("+") for k, v in METHOD_PARAMS.get(m, {}).items()}
     args = EntropyGRPOConfig(
         output_dir=str(tmp_path),
         **{**TINY_GRPO, "max_steps": 2, **params, **PRE_LOSS, "scale_rewards": scale_rewards, "regularizer": methods},

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, fixed_batch, length_parity_reward
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows
@@ -78,8 +78,6 @@ def test_deterministic_policy_with_zero_entropy(make_model, tokenizer, train_dat
 
 
 def test_extreme_log_ratios_stay_finite(make_trainer, tmp_path):
-    from test_trainer_regularizers import fixed_batch
-
     args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "regularizer": "kl_cov", "num_iterations": 2})
     trainer = make_trainer(args)
     trainer.model.train()

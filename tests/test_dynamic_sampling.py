@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import two_cpu_processes
+from helpers import SCRIPTS, two_cpu_processes
 
 from entropy_rl.dynamic_sampling import groups_with_spread, join_rows, select_rows
 from entropy_rl.errors import ConfigError
 
-SCRIPT = Path(__file__).with_name("dynamic_sampling_check.py")
+SCRIPT = SCRIPTS / "dynamic_sampling_check.py"
 ENV = {
     **os.environ,
     "OMP_NUM_THREADS": "1",
-    "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[1]), str(SCRIPT.parent)]),
+    "PYTHONPATH": os.pathsep.join([str(SCRIPTS.parents[1]), str(SCRIPT.parent)]),
 }
 TWO_PROCESSES = two_cpu_processes()
 NAN = float("nan")

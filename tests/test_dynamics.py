@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_GRPO, two_cpu_processes
+from helpers import SCRIPTS, TINY_GRPO, two_cpu_processes
 
 from entropy_rl import dynamics, stats
 from entropy_rl.jsonl import read_rows
@@ -410,7 +410,7 @@ def test_param_dynamics_refused_under_fsdp1_names_the_field(make_trainer, tmp_pa
 @pytest.mark.slow
 def test_fsdp2_sharded_prediction_equals_the_unsharded_one(tmp_path):
     """fully_shard over 2 gloo ranks: the same prediction and attribution, and the optimizer's gradient intact."""
-    script = Path(__file__).with_name("fsdp_dynamics_check.py")
+    script = SCRIPTS / "fsdp_dynamics_check.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [*TORCHRUN_2, str(script), str(tmp_path)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -456,7 +456,7 @@ def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model
     flags = {
         "--model_name_or_path": str(tiny_model_dir),
         "--output_dir": str(run),
-        "--reward_funcs": "conftest:length_parity_reward",  # a random tiny model never adds up right
+        "--reward_funcs": "helpers:length_parity_reward",  # a random tiny model never adds up right
         "--max_steps": "3",
         "--per_device_train_batch_size": "8",
         "--num_generations": "4",
@@ -484,13 +484,13 @@ def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model
 
 @pytest.mark.slow
 def test_accelerate_fsdp2_training_equals_ddp(tmp_path):
-    """The whole `entropy-rl train` under accelerate's FSDP2 (2 CPU processes, tests/fsdp2_cpu_train.py) logs the same
-    diagnostics, prediction and attribution as under DDP, step by step."""
+    """The whole `entropy-rl train` under accelerate's FSDP2 (2 CPU processes, tests/scripts/fsdp2_cpu_train.py) logs
+    the same diagnostics, prediction and attribution as under DDP, step by step."""
     flags = ["--max_steps", "2", "--dynamics_every", "1", "--per_device_train_batch_size", "16"]
     flags += ["--save_strategy", "no", "--curve_benchmarks", "arithmetic", "--eval_steps", "1000"]
     flags += ["--disable_tqdm", "true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    fsdp = [*TORCHRUN_2, str(Path(__file__).with_name("fsdp2_cpu_train.py"))]
+    fsdp = [*TORCHRUN_2, str(SCRIPTS / "fsdp2_cpu_train.py")]
     ddp = [*two_cpu_processes(), "-m", "entropy_rl.cli", "train"]
     rows = {}
     for name, launch in (("fsdp2", fsdp), ("ddp", ddp)):

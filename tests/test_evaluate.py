@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import two_cpu_processes
+from helpers import save_tiny_model, two_cpu_processes
 
 from entropy_rl.cli.eval import build_parser, main
 from entropy_rl.evaluation.benchmarks import BENCHMARK_DIR, BenchmarkError, Sampling, load_benchmark, resolve_data_dir
 from entropy_rl.evaluation.runner import EvalSettings, evaluate_checkpoint
 from entropy_rl.evaluation.scoring import avg_at_k_standard_error, pass_at_k, score_records
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 CURVE_KEYS = {
     "step",
@@ -37,29 +39,6 @@ CURVE_KEYS = {
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_accelerate_state():
-    """The evaluator creates accelerate's process-wide PartialState; drop it so later test modules start clean."""
-    yield
-    from accelerate.state import PartialState
-
-    PartialState._reset_state()
-
-
-def _save_tiny_model(path: Path, seed: int = 0) -> Path:
-    from entropy_rl.toy import build_model, build_tokenizer
-
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, hidden_size=32, num_layers=2, seed=seed).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    return _save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +163,9 @@ def test_data_dir_env_and_local_file_beats_hub(tmp_path, monkeypatch):
     assert [p["id"] for p in benchmark.problems] == ["0", "1"]
 
 
-def test_hub_only_benchmark_fails_offline_with_a_clear_message(tiny_model_dir):
+def test_hub_only_benchmark_fails_offline_with_a_clear_message(module_model_dir):
     result = subprocess.run(
-        [sys.executable, "-m", "entropy_rl.cli", "eval", "--model", str(tiny_model_dir), "--benchmarks", "amc23"],
+        [sys.executable, "-m", "entropy_rl.cli", "eval", "--model", str(module_model_dir), "--benchmarks", "amc23"],
         env=_subprocess_env(),
         capture_output=True,
         text=True,
@@ -240,7 +219,7 @@ def test_spec_typos_are_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("sampling", [Sampling(1, 0.0), Sampling(1, 0.7, top_p=0.8)])
-def test_generation_entropy_matches_teacher_forced_scoring(tiny_model_dir, sampling):
+def test_generation_entropy_matches_teacher_forced_scoring(module_model_dir, sampling):
     """The entropies recorded while generating equal those of a teacher-forced pass over the same tokens."""
     from entropy_rl.evaluation.generation import (
         _completion_mask,
@@ -249,7 +228,7 @@ def test_generation_entropy_matches_teacher_forced_scoring(tiny_model_dir, sampl
         rescore_entropies,
     )
 
-    model, tokenizer = load_checkpoint_model(tiny_model_dir, "cpu")
+    model, tokenizer = load_checkpoint_model(module_model_dir, "cpu")
     prompts = ["3+4=", "12+35=", "99+1="]
     completions, entropies = _generate_hf(model, tokenizer, prompts, [1, 2, 3], sampling, max_new_tokens=6)
     mask = _completion_mask(completions, [tokenizer.eos_token_id])
@@ -280,10 +259,10 @@ def test_sampler_draws_from_the_tempered_nucleus(sampling):
     assert sampler.entropies[0].tolist() == pytest.approx([entropy] * n, abs=1e-5)
 
 
-def test_samples_do_not_depend_on_batching_and_restore_train_mode(tiny_model_dir, sampled_spec, tmp_path):
+def test_samples_do_not_depend_on_batching_and_restore_train_mode(module_model_dir, sampled_spec, tmp_path):
     from entropy_rl.evaluation.generation import load_checkpoint_model
 
-    model, tokenizer = load_checkpoint_model(tiny_model_dir, "cpu")
+    model, tokenizer = load_checkpoint_model(module_model_dir, "cpu")
     model.train()
     benchmark = load_benchmark(sampled_spec, limit=8)
     outputs = {}
@@ -320,20 +299,20 @@ def test_greedy_accuracy_matches_the_toy_reference_implementation():
     assert 1 < metrics["mean_length"] < 5 and metrics["eval_entropy"] > 0
 
 
-def test_vllm_flag_errors_clearly_when_unavailable(tiny_model_dir, capsys):
+def test_vllm_flag_errors_clearly_when_unavailable(module_model_dir, capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: --vllm may work here")
-    assert main(["--model", str(tiny_model_dir), "--benchmarks", "arithmetic", "--vllm"]) == 2
+    assert main(["--model", str(module_model_dir), "--benchmarks", "arithmetic", "--vllm"]) == 2
     assert "--vllm needs the vllm package and a CUDA GPU" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ data parallel
 
 
-def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_spec, tmp_path):
-    common = ["eval", "--model", str(tiny_model_dir), "--benchmarks", f"arithmetic,{sampled_spec}"]
+def test_one_and_two_processes_give_identical_results(module_model_dir, sampled_spec, tmp_path):
+    common = ["eval", "--model", str(module_model_dir), "--benchmarks", f"arithmetic,{sampled_spec}"]
     common += ["--limit", "10", "--batch_size", "6", "--grading_workers", "1"]
     single = subprocess.run(
         [sys.executable, "-m", "entropy_rl.cli", *common, "--output_dir", str(tmp_path / "one"), "--no_progress"],
@@ -368,7 +347,7 @@ def test_one_and_two_processes_give_identical_results(tiny_model_dir, sampled_sp
 def test_curve_resumes_without_duplicates(tmp_path, sampled_spec, capsys):
     run = tmp_path / "run"
     for step, seed in [(1, 0), (2, 1)]:
-        _save_tiny_model(run / f"checkpoint-{step}", seed=seed)
+        save_tiny_model(run / f"checkpoint-{step}", seed=seed)
     (run / "checkpoint-x").mkdir()  # not a step: ignored
     (run / "metrics.jsonl").write_text(
         json.dumps({"step": 1, "entropy/seq_mean": 0.5}) + "\n" + json.dumps({"step": 2, "reward": 0.1}) + "\n"

@@ -1,4 +1,4 @@
-"""SIGKILL right after each file of a checkpoint (tests/kill_window.py): no checkpoint-<step>/ folder is ever
+"""SIGKILL right after each file of a checkpoint (tests/scripts/kill_window.py): no checkpoint-<step>/ folder is ever
 incomplete, `--resume_from_checkpoint latest` picks the newest complete one, and the resumed run ends with the metrics
 of the uninterrupted one."""
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SCRIPTS
 
 TESTS = Path(__file__).parent
 # Files a checkpoint holds that are written by native code with no Python-visible call (the tokenizers library's
@@ -44,7 +45,7 @@ def results(tmp_path_factory, make_model_module):
         "OMP_NUM_THREADS": "1",
     }
     done = subprocess.run(
-        [sys.executable, str(TESTS / "kill_window.py"), str(model_dir), str(work)],
+        [sys.executable, str(SCRIPTS / "kill_window.py"), str(model_dir), str(work)],
         env=env,
         capture_output=True,
         text=True,

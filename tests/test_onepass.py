@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO
 from trl.kernels.chunked_logprob import ChunkedLogProbFunction
 
 from entropy_rl import onepass, stats
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows
-from entropy_rl.trainer import EntropyGRPOTrainer
 
 TOLERANCE = 1e-6  # absolute, on H, S, N and S - N from fp32 logits
 
@@ -129,20 +128,13 @@ def test_capture_restores_trls_function():
     assert trl_utils._ChunkedLogProbFunction is ChunkedLogProbFunction
 
 
+def one_step_args(tmp_path, **overrides) -> EntropyGRPOConfig:
+    return EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 1, **overrides})
+
+
 @pytest.fixture()
-def trainer(make_model, tokenizer, train_dataset, tmp_path):
-    return make_trainer(make_model, tokenizer, train_dataset, tmp_path)
-
-
-def make_trainer(make_model, tokenizer, train_dataset, tmp_path, **overrides):
-    args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 1, **overrides})
-    return EntropyGRPOTrainer(
-        model=make_model(),
-        reward_funcs=[length_parity_reward],
-        args=args,
-        train_dataset=train_dataset,
-        processing_class=tokenizer,
-    )
+def trainer(make_trainer, tmp_path):
+    return make_trainer(one_step_args(tmp_path))
 
 
 def test_trainer_one_pass_places_every_token_like_a_full_softmax(trainer):
@@ -167,20 +159,11 @@ def test_trainer_one_pass_places_every_token_like_a_full_softmax(trainer):
 
 
 @pytest.mark.parametrize("regularizer", ["clip_v", "clip_cov"])
-def test_regularizers_without_diagnostics_take_the_one_pass_only_when_they_need_n(
-    make_model, tokenizer, train_dataset, tmp_path, regularizer
-):
+def test_regularizers_without_diagnostics_take_the_one_pass_only_when_they_need_n(make_trainer, tmp_path, regularizer):
     # diagnostics=False: Clip_V still gets N (one pass), Clip-Cov still edits (TRL's plain call)
     params = {"clip_v_mu": 0.5, "clip_v_max_frac": 0.05} if regularizer == "clip_v" else {"clip_cov_lb": -5.0}
     trainer = make_trainer(
-        make_model,
-        tokenizer,
-        train_dataset,
-        tmp_path,
-        regularizer=regularizer,
-        diagnostics=False,
-        dynamics_every=0,
-        **params,
+        one_step_args(tmp_path, regularizer=regularizer, diagnostics=False, dynamics_every=0, **params)
     )
     trainer.train()
     (row,) = read_rows(tmp_path / "metrics.jsonl")

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 from test_compatibility import LOSS_TYPES
 from trl import GRPOConfig, GRPOTrainer
 

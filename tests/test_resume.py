@@ -28,7 +28,7 @@ def train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
         "--output_dir",
         str(out),
         "--reward_funcs",
-        "conftest.length_parity_reward",
+        "helpers.length_parity_reward",
         "--max_steps",
         "24",
         "--save_steps",

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import two_cpu_processes
+from helpers import SCRIPTS, registered, two_cpu_processes
 
-SCRIPT = Path(__file__).with_name("scope_check.py")
+SCRIPT = SCRIPTS / "scope_check.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
 TWO_PROCESSES = two_cpu_processes()
+# Every method that edits the loss (the native ones are TRL options); Clip_B runs paired with steer.
+EDITING = [*(name for name in registered("loss", "filter") if name != "clip_b"), "clip_b+steer"]
 
 
 def run(out: Path, regularizer: str, processes: int, where: str = "rollout") -> list[dict]:
@@ -27,7 +29,7 @@ def run(out: Path, regularizer: str, processes: int, where: str = "rollout") -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("regularizer", ["clip_cov", "kl_cov", "steer", "clip_b+steer", "clip_v"])
+@pytest.mark.parametrize("regularizer", EDITING)
 def test_global_scope_identical_on_one_and_two_processes(tmp_path, regularizer):
     (single,) = run(tmp_path / "one", regularizer, 1)
     halves = run(tmp_path / "two", regularizer, 2)

@@ -22,18 +22,11 @@ from entropy_rl.study.power import detectable_difference, seeds_needed, welch_po
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "recipes" / "toy" / "study.yaml")
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
 METHODS = ("none", "clip_cov", "kl_cov")
 FIGURES = ("toy_entropy.png", "toy_accuracy.png", "toy_dynamics.png", "toy_law.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fresh_accelerate_state():
-    """Training and the evaluator create accelerate's process-wide state; later test modules start clean."""
-    yield
-    from accelerate.state import PartialState
-
-    PartialState._reset_state()
 
 
 def mini_argv(tmp_path: Path, *extra: str) -> list[str]:

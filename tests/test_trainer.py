@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import TINY_GRPO, length_parity_reward
 from trl import GRPOConfig, GRPOTrainer
 
 from entropy_rl.config import ConfigError, EntropyGRPOConfig

@@ -4,60 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_GRPO, length_parity_reward
+from helpers import METHOD_PARAMS, TINY_GRPO, fixed_batch, registered
 
 from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.jsonl import read_rows
-from entropy_rl.trainer import EntropyGRPOTrainer
-
-OFF_POLICY = {"num_iterations": 2}
-METHODS = {
-    "none": {},
-    "clip_cov": {"clip_cov_ratio": 0.2, "clip_cov_lb": -5.0},  # wide band, many picks: the test sees them
-    "kl_cov": {"kl_cov_ratio": 0.2, **OFF_POLICY},
-    "steer": {},
-    "steer_exp_exact": {"regularizer": "steer", "steer_mapping": "exp", "steer_estimator": "exact"},
-    "clip_b": {"clip_b_mu": 0.5},
-    "clip_v": {"clip_v_mu": 0.5, "clip_v_max_frac": 0.05},
-    "clip_b+steer": {"clip_b_mu": 0.5},
-    "entropy_bonus": {},
-    "clip_higher": {},
-    "high_entropy_tokens": {},
-}
 
 
-def make_trainer(make_model, tokenizer, dataset, tmp_path, name, **overrides):
-    params = {"regularizer": name, **METHODS.get(name, {}), **overrides}
-    args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 2, **params})
-    return EntropyGRPOTrainer(
-        model=make_model(),
-        reward_funcs=[length_parity_reward],
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
-
-
-def fixed_batch(trainer, batch=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    prompt_ids = torch.randint(4, 20, (batch, 5), generator=g)
-    completion_ids = torch.randint(4, 20, (batch, 6), generator=g)
-    completion_mask = torch.ones(batch, 6, dtype=torch.long)
-    completion_mask[0, 3:] = 0
-    completion_mask[5, 1:] = 0
-    with torch.no_grad():
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.ones(batch, 11, dtype=torch.long), 6
-        )
-    return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": torch.ones(batch, 5, dtype=torch.long),
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-        "advantages": torch.randn(batch, generator=g),
-        "old_per_token_logps": logps + 0.3 * torch.randn(batch, 6, generator=g),
-        "num_items_in_batch": completion_mask.sum(),
-    }
+def method_args(tmp_path, name, **overrides) -> EntropyGRPOConfig:
+    """Two tiny steps of method `name` with its METHOD_PARAMS."""
+    params = {"regularizer": name, **METHOD_PARAMS.get(name, {}), **overrides}
+    return EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 2, **params})
 
 
 def reference_loss(model, inputs, reg, temperature):
@@ -83,15 +39,14 @@ def reference_loss(model, inputs, reg, temperature):
     )[0]
 
 
-@pytest.mark.parametrize("name", ["none", "clip_cov", "kl_cov", "steer", "steer_exp_exact"])
-def test_trainer_gradient_equals_tensor_api(make_model, tokenizer, train_dataset, tmp_path, name):
+@pytest.mark.parametrize("name", ["none", *registered("loss"), "steer_exp_exact"])
+def test_trainer_gradient_equals_tensor_api(make_trainer, tmp_path, name):
     trainer = make_trainer(
-        make_model,
-        tokenizer,
-        train_dataset,
-        tmp_path,
-        name.split("_exp")[0] if "exp" in name else name,
-        **({"steer_mapping": "exp", "steer_estimator": "exact"} if "exp" in name else {}),
+        method_args(
+            tmp_path,
+            name.split("_exp")[0] if "exp" in name else name,
+            **({"steer_mapping": "exp", "steer_estimator": "exact"} if "exp" in name else {}),
+        )
     )
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
@@ -113,9 +68,9 @@ def test_trainer_gradient_equals_tensor_api(make_model, tokenizer, train_dataset
     assert trainer._reg_sums or name == "none"  # the method logged what it did
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_short_run_of_every_method(make_model, tokenizer, train_dataset, tmp_path, name):
-    trainer = make_trainer(make_model, tokenizer, train_dataset, tmp_path, name.replace("_exp_exact", ""))
+@pytest.mark.parametrize("name", list(dict.fromkeys(["none", *registered(), *METHOD_PARAMS])))
+def test_short_run_of_every_method(make_trainer, tmp_path, name):
+    trainer = make_trainer(method_args(tmp_path, name.replace("_exp_exact", "")))
     trainer.train()
     rows = read_rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
@@ -135,19 +90,19 @@ def test_short_run_of_every_method(make_model, tokenizer, train_dataset, tmp_pat
         assert any("entropy_coef" in h for h in trainer.state.log_history)
 
 
-def test_filters_do_not_change_what_the_diagnostics_measure(make_model, tokenizer, train_dataset, tmp_path):
+def test_filters_do_not_change_what_the_diagnostics_measure(make_trainer, tmp_path):
     # Same seed, same rollout: a filter removes tokens from the loss, not from the measurement of the policy.
     rows = {}
     for name in ("none", "clip_b"):
-        make_trainer(make_model, tokenizer, train_dataset, tmp_path / name, name, max_steps=1).train()
+        make_trainer(method_args(tmp_path / name, name, max_steps=1)).train()
         rows[name] = read_rows(tmp_path / name / "metrics.jsonl")[0]
     assert rows["clip_b"]["reg/clip_b/removed_frac"] > 0
     for key in ("tokens", "entropy/token_mean", "entropy/seq_mean", "cov/logp_adv", "discriminator/N_mean"):
         assert rows["clip_b"][key] == pytest.approx(rows["none"][key], rel=1e-9), key
 
 
-@pytest.mark.parametrize("name", ["none", "clip_cov", "kl_cov", "steer"])
-def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_model, tokenizer, train_dataset, tmp_path, name):
+@pytest.mark.parametrize("name", ["none", *registered("loss")])
+def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_trainer, tmp_path, name):
     """TRL's vLLM path, without vLLM: the batch carries the sampler's log-probs and TRL's importance-sampling ratio.
 
     TRL multiplies every per-token policy loss by the ratio; the KL-Cov penalty and the predicted entropy change must
@@ -157,7 +112,7 @@ def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_model, to
     """
     from entropy_rl import stats
 
-    trainer = make_trainer(make_model, tokenizer, train_dataset, tmp_path, name)
+    trainer = make_trainer(method_args(tmp_path, name))
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     trainer.state.global_step = 1

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import two_cpu_processes
+from helpers import two_cpu_processes
 
 from entropy_rl import rundir
 from entropy_rl.errors import ConfigError

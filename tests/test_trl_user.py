@@ -7,15 +7,10 @@ import logging
 from dataclasses import MISSING
 
 import pytest
-from conftest import TINY_GRPO
+from helpers import TINY_GRPO
 
 from entropy_rl.cli import main
 from entropy_rl.jsonl import read_rows
-
-
-@pytest.fixture()
-def model_dir(tiny_model_dir):
-    return tiny_model_dir
 
 
 @pytest.fixture()
@@ -45,14 +40,14 @@ def readme_script(config_cls, model_dir, train_dataset, output_dir, **extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["GRPOConfig", "EntropyGRPOConfig"])
-def test_a_trl_script_runs_with_either_config(config_name, model_dir, train_dataset, tmp_path, caplog):
+def test_a_trl_script_runs_with_either_config(config_name, tiny_model_dir, train_dataset, tmp_path, caplog):
     import trl
 
     import entropy_rl
 
     config_cls = getattr(trl, config_name) if config_name == "GRPOConfig" else entropy_rl.EntropyGRPOConfig
     with caplog.at_level(logging.WARNING, logger="entropy_rl.trainer"):
-        trainer = readme_script(config_cls, model_dir, train_dataset, tmp_path / "run", learning_rate=5e-4)
+        trainer = readme_script(config_cls, tiny_model_dir, train_dataset, tmp_path / "run", learning_rate=5e-4)
     assert isinstance(trainer.args, entropy_rl.EntropyGRPOConfig)
     assert trainer.args.learning_rate == 5e-4 and trainer.args.regularizer == "none" and trainer.args.diagnostics
     rows = read_rows(tmp_path / "run" / "metrics.jsonl")
@@ -131,7 +126,7 @@ def test_the_run_says_which_defaults_it_used(tmp_path, capsys):
     assert "entropy-rl train: defaults: TRL's GRPOConfig defaults" in capsys.readouterr().out
 
 
-def test_model_init_kwargs_reach_from_pretrained(model_dir, train_dataset, tmp_path):
+def test_model_init_kwargs_reach_from_pretrained(tiny_model_dir, train_dataset, tmp_path):
     """TRL's `--model_init_kwargs` (and ModelConfig's --dtype) load the named model; the user's keys win."""
     import torch
 
@@ -139,10 +134,10 @@ def test_model_init_kwargs_reach_from_pretrained(model_dir, train_dataset, tmp_p
     from entropy_rl.trainer import EntropyGRPOTrainer
     from entropy_rl.training import load_policy
 
-    argv = ["--model_name_or_path", str(model_dir), "--dtype", "bfloat16", "--output_dir", str(tmp_path / "run")]
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--dtype", "bfloat16", "--output_dir", str(tmp_path / "run")]
     _, config, model_args = parse_train_args([*argv, "--model_init_kwargs", '{"dtype": "float16"}'])
     model, tokenizer = load_policy(model_args, config)
-    assert model == str(model_dir) and tokenizer is None  # TRL loads both from the id, as in its script
+    assert model == str(tiny_model_dir) and tokenizer is None  # TRL loads both from the id, as in its script
     assert config.model_init_kwargs["dtype"] == "float16" and config.model_init_kwargs["use_safetensors"] is True
     trainer = EntropyGRPOTrainer(
         model=model,
@@ -295,10 +290,10 @@ def test_eval_dataset_as_trls_script_builds_it(problems_file, tmp_path):
 
 @pytest.mark.slow
 def test_eval_strategy_evaluates_through_trl_with_the_diagnostics_under_eval(
-    model_dir, problems_file, tmp_path, capsys
+    tiny_model_dir, problems_file, tmp_path, capsys
 ):
     out = tmp_path / "run"
-    argv = ["train", "--model_name_or_path", str(model_dir), "--dataset_name", str(problems_file)]
+    argv = ["train", "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(problems_file)]
     argv += ["--dataset_test_split", str(problems_file), "--eval_strategy", "steps", "--eval_steps", "2"]
     argv += ["--max_steps", "2", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8"]
     argv += ["--num_generations", "4", "--max_completion_length", "6", "--reward_funcs", "arithmetic"]

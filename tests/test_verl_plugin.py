@@ -1,7 +1,7 @@
 """entropy_rl.verl_plugin against verl 0.9.1: registry, exactness, config, contract, entry point, FSDP engine steps.
 
 Runs in the venv .ci/verl_env builds (`pytest -m verl`); skipped where verl is absent. The engine tests start
-tests/verl_engine_check.py in subprocesses (a test-only CPU platform, gloo, sdpa), one of them under torchrun.
+tests/scripts/verl_engine_check.py in subprocesses (a test-only CPU platform, gloo, sdpa), one of them under torchrun.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import SCRIPTS
 
 pytestmark = pytest.mark.verl
 verl = pytest.importorskip("verl")
@@ -31,8 +32,8 @@ from entropy_rl.regularizers.base import AGG_MODES  # noqa: E402
 from entropy_rl.verl_plugin import PolicyLossConfig, hooks, losses  # noqa: E402
 
 VERL_AGG_MODES = (*AGG_MODES, "token-sum")
-CHECK = Path(__file__).with_name("verl_engine_check.py")
-ENGINE_MODES = 9  # tests/verl_engine_check.py MODES
+CHECK = SCRIPTS / "verl_engine_check.py"
+ENGINE_MODES = 9  # tests/scripts/verl_engine_check.py MODES
 
 
 def make_batch(seed: int, rows: int = 6, length: int = 12) -> dict[str, torch.Tensor]:

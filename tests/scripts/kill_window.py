@@ -1,6 +1,6 @@
 """Kill a tiny training run with SIGKILL right after each file of a checkpoint is written; report what is left.
 
-    python tests/kill_window.py MODEL_DIR WORK_DIR      # writes WORK_DIR/results.json (tests/test_kill_window.py)
+    python tests/scripts/kill_window.py MODEL_DIR WORK_DIR  # writes WORK_DIR/results.json (tests/test_kill_window.py)
 
 Every file-writing call of the process is observed: Python's audit events (`open` for writing, `os.rename`,
 `os.rmdir`, `shutil.rmtree`) and wrappers around `torch.save` and transformers' safetensors writer (their C++/Rust
@@ -27,7 +27,7 @@ def train_argv(model_dir: str, out: Path, *extra: str) -> list[str]:
     flags = {
         "model_name_or_path": model_dir,
         "output_dir": str(out),
-        "reward_funcs": "conftest.length_parity_reward",
+        "reward_funcs": "helpers.length_parity_reward",
         "max_steps": 3,
         "save_steps": 1,
         "per_device_train_batch_size": 8,

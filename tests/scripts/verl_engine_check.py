@@ -1,7 +1,7 @@
 """Real verl 0.9.1 FSDP training steps on CPU with the entropy_rl plugin, checked against entropy-rl on an HF forward.
 
-    python tests/verl_engine_check.py OUT.json MODEL_DIR             # every mode, padding removal off and on
-    torchrun --nproc_per_node 2 tests/verl_engine_check.py OUT.json MODEL_DIR --filters   # step filters, 2 ranks
+    python tests/scripts/verl_engine_check.py OUT.json MODEL_DIR  # every mode, padding removal off and on
+    torchrun --nproc_per_node 2 tests/scripts/verl_engine_check.py OUT.json MODEL_DIR --filters  # step filters, 2 ranks
 
 Run by tests/test_verl_plugin.py. verl has no CPU platform and registers its FSDP engine for cuda/npu only, so this
 test sets a CPU platform (gloo, no device memory) and asks for the cuda engine; attention is sdpa, weights fp32, and
