@@ -18,7 +18,8 @@ import pytest
 
 # A model load that found no stand-in in the offline Hub cache fails with one of these.
 _NO_HUB = re.compile(
-    r"offline mode|LocalEntryNotFound|couldn't connect to|not a valid model identifier|is not a local folder"
+    r"offline mode|OfflineModeIsEnabled|LocalEntryNotFound|couldn't connect to|not a valid model identifier|"
+    r"is not a local folder"
 )
 _HUB_ID = re.compile(r"(?:trl-internal-testing|trl-lib|HuggingFaceTB|Qwen|google)/[\w.-]+")
 _results: dict[str, dict] = {}
