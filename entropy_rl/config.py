@@ -17,10 +17,8 @@ import torch
 from trl import GRPOConfig
 
 from .errors import ConfigError, check
-from .regularizers import REGISTRY, NativeRegularizer, Regularizer, get_regularizer, parameter_names, parse_names
+from .regularizers import REGISTRY, EditSchedule, NativeRegularizer, parameter_names, parse_names
 
-# Loss types whose per-token loss is the PPO-clipped surrogate the loss-rewriting regularizers are defined on.
-CLIP_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 STAT_SCOPES = ("micro_batch", "global")
 
 # Ranges of TRL's and transformers' numeric options that they accept unchecked (a negative or NaN learning rate
@@ -264,10 +262,11 @@ class EntropyGRPOConfig(GRPOConfig):
         },
     )
 
-    def build_regularizer(self) -> Regularizer:
+    def edit_schedule(self) -> EditSchedule:
+        """The chosen methods with their parameters, split by when they run (refuses invalid parameters)."""
         names = parse_names(self.regularizer)
         params = {name: getattr(self, name) for method in names for name in parameter_names(method)}
-        return get_regularizer(self.regularizer, **params)
+        return EditSchedule(self.regularizer, params, stat_scope=self.stat_scope)
 
     def _apply_native_regularizers(self) -> None:
         """Switch TRL's own option on for a named native regularizer; name the method of a TRL option set by hand.
@@ -319,12 +318,11 @@ class EntropyGRPOConfig(GRPOConfig):
         """Our fields' checks, on top of TRL's (run after GRPOConfig.__post_init__)."""
         names = parse_names(self.regularizer)
         self._check_unselected_parameters(names)
-        self.build_regularizer()  # validates every parameter of the chosen methods
+        self.edit_schedule()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
         for name, allowed in TRL_CHOICES.items():  # TRL checks these only when the trainer (and the model) is built
             check(getattr(self, name) in allowed, name, getattr(self, name), f"one of {allowed}")
         self._check_trl_options(names)
-        self._check_off_policy(names)
         self._check_rollout_shaping()
         check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
         check(
@@ -427,40 +425,7 @@ class EntropyGRPOConfig(GRPOConfig):
                     )
 
     def _check_trl_options(self, names: list[str]) -> None:
-        """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table)."""
-        if self.loss_type not in CLIP_LOSS_TYPES:
-            no_clip = (
-                f"loss_type={self.loss_type!r}, which has no PPO clip (its own surrogate; cispo reads epsilon_high as "
-                "its IS-weight cap)"
-            )
-            if "kl_cov" in names:
-                raise ConfigError(
-                    f"invalid config: regularizer={self.regularizer!r} with {no_clip}: KL-Cov replaces the PPO-clip "
-                    f"surrogate by the unclipped -A r plus its penalty; allowed: loss_type in {CLIP_LOSS_TYPES}"
-                )
-            if "clip_higher" in names:
-                raise ConfigError(
-                    f"invalid config: regularizer={self.regularizer!r} with {no_clip}: clip_higher raises the PPO "
-                    f"clip's upper bound; allowed: loss_type in {CLIP_LOSS_TYPES}"
-                )
-        if "kl_cov" in names and self.epsilon_high is not None and self.epsilon_high != self.epsilon:
-            raise ConfigError(
-                f"invalid config: epsilon_high={self.epsilon_high!r} with regularizer={self.regularizer!r}: KL-Cov "
-                "uses no PPO clip, so epsilon_high would have no effect; allowed: leave epsilon_high unset"
-            )
-
-    def _check_off_policy(self, names: list[str]) -> None:
-        """Refuse a method that does nothing on-policy (KL-Cov) when every update is on-policy."""
-        off_policy = self.num_iterations > 1 or self.steps_per_generation > self.gradient_accumulation_steps
+        """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table), KL-Cov's
+        need of off-policy updates included: each method's own `check_pairing`."""
         for name in names:
-            reason = REGISTRY[name].off_policy_only
-            if reason is None:
-                continue
-            check(
-                off_policy,
-                "regularizer",
-                self.regularizer,
-                f"{name} only with off-policy updates: {reason}. Set "
-                f"num_iterations > 1 (now {self.num_iterations}) or steps_per_generation > "
-                f"gradient_accumulation_steps (now {self.steps_per_generation} <= {self.gradient_accumulation_steps})",
-            )
+            REGISTRY[name].check_pairing(self.regularizer, names, self)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .tokens import per_token
+
 # Vocabulary tile of the chunked pass: [tokens, VOCAB_CHUNK] is the largest logits block ever alive.
 VOCAB_CHUNK = 32768
 # Tokens per row block: bounds the tile to TOKEN_CHUNK x VOCAB_CHUNK fp32 (256 MiB at most).
@@ -129,15 +131,6 @@ def discriminator(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
     return logp.exp() * (entropy + logp)
 
 
-def unclipped_mask(
-    ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float, epsilon_high: float
-) -> torch.Tensor:
-    """1 where the PPO-clipped surrogate still passes gradient (the min picks the unclipped branch)."""
-    low = (ratio < 1 - epsilon_low) & (advantages < 0)
-    high = (ratio > 1 + epsilon_high) & (advantages > 0)
-    return ~(low | high)
-
-
 # Order of the entries of the per-step sum vector; `step_metrics` reads them by name.
 SUM_FIELDS = (
     # per-token sums
@@ -162,12 +155,6 @@ SUM_FIELDS = (
 )
 
 
-def per_token(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-sequence [B] or [B, 1] values (GRPO advantages) broadcast to float64 [B, T]."""
-    values = values[:, None] if values.dim() == 1 else values
-    return values.double().expand_as(like)
-
-
 def token_sums(
     *,
     logp: torch.Tensor,
@@ -188,9 +175,9 @@ def token_sums(
     """
     m = mask.to(torch.float64)
     lp, h = logp.double(), entropy.double()
-    a = per_token(advantages, lp)
+    a = per_token(advantages, lp).double()
     d = (S - N).double()
-    update = a if update_advantages is None else per_token(update_advantages, lp)
+    update = a if update_advantages is None else per_token(update_advantages, lp).double()
     pred = update * ratio.double() * unclipped.double() * d
     pos, neg, up = a > 0, a < 0, d > 0
     # One stacked reduction instead of one per statistic: the same numbers, a fraction of the kernel launches.

@@ -7,9 +7,10 @@ import pytest
 import torch
 from helpers import METHOD_PARAMS, TINY_GRPO, fixed_batch, length_parity_reward, registered
 
-from entropy_rl.config import CLIP_LOSS_TYPES, EntropyGRPOConfig
+from entropy_rl.config import EntropyGRPOConfig
 from entropy_rl.errors import ConfigError
 from entropy_rl.jsonl import read_rows
+from entropy_rl.tokens import CLIP_LOSS_TYPES
 from entropy_rl.trainer import EntropyGRPOTrainer
 
 LOSS_TYPES = (*CLIP_LOSS_TYPES, "cispo", "sapo", "vespo")
@@ -80,9 +81,9 @@ def loss_and_grads(trainer, option):
         trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
         inputs["importance_sampling_ratio"] = torch.full_like(inputs["old_per_token_logps"], 0.7)
         inputs["sampling_per_token_logps"] = inputs["old_per_token_logps"] - 0.1
-    trainer._generator.manual_seed(0)
-    if trainer._step_regularizer is not None and not trainer._step_edits_at_loss:
-        trainer._step_level_edits(inputs)
+    trainer.loss_edits.generator.manual_seed(0)
+    if trainer.loss_edits.on_rollout_needed:
+        trainer._rollout_edits(inputs)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     loss = trainer._compute_loss(trainer.model, inputs)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -105,7 +106,8 @@ def test_every_accepted_cell_trains_through_trls_loss_with_the_method_acting(
     assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().max() > 0 for g in grads)
     if method in ACTS:
-        assert trainer._reg_sums[ACTS[method]][1] > 0  # the method's edits were computed over the batch's tokens
+        # the method's edits were computed over the batch's tokens
+        assert trainer.loss_edits.metric_sums[ACTS[method]][1] > 0
     else:
         assert TRL_OPTION_ON[method](trainer)  # TRL applies its own option in the same loss
 

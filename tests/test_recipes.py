@@ -104,7 +104,7 @@ def test_recipe_parses_and_validates(path):
     assert config.regularizer == expected_regularizer(path)
     assert config.output_dir == f"runs/{path.parent.name}/{path.stem}"
     assert isinstance(load(path).get("bf16"), bool), "bf16 must be set explicitly (true on GPU, false on CPU)"
-    config.build_regularizer()
+    config.edit_schedule()
 
 
 @pytest.mark.parametrize("path", TOY + QWEN, ids=ids(TOY + QWEN))

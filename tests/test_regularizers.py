@@ -20,11 +20,11 @@ from entropy_rl.regularizers import (
     REGISTRY,
     Edits,
     Regularizer,
-    TokenBatch,
     aggregate,
     get_regularizer,
     parse_names,
 )
+from entropy_rl.tokens import TokenBatch
 
 EPS = 0.2
 

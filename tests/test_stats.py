@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from entropy_rl import stats
+from entropy_rl import stats, tokens
 
 
 def brute_force(hidden, weight, targets, temperature=1.0, softcap=None, scale=1.0, bias=None):
@@ -98,7 +98,7 @@ def test_token_sums_step_metrics_matches_direct_formulas():
     mask[2, 1:] = 0
     s_, n_ = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
     ratio = 1 + 0.3 * torch.randn(4, 6, generator=g)
-    unclipped = stats.unclipped_mask(ratio, adv, 0.2, 0.28)
+    unclipped = tokens.unclipped_mask(ratio, adv, 0.2, 0.28)
     # Two micro-batches summed must equal one pass over all rows.
     parts = [
         stats.token_sums(
@@ -136,7 +136,7 @@ def test_token_sums_step_metrics_matches_direct_formulas():
 def test_unclipped_mask_follows_ppo_min():
     ratio = torch.tensor([0.5, 0.5, 1.5, 1.5, 1.0])
     adv = torch.tensor([-1.0, 1.0, 1.0, -1.0, 1.0])
-    assert stats.unclipped_mask(ratio, adv, 0.2, 0.28).tolist() == [False, True, False, True, True]
+    assert tokens.unclipped_mask(ratio, adv, 0.2, 0.28).tolist() == [False, True, False, True, True]
 
 
 def test_step_metrics_empty_step_is_nan_free():

@@ -53,7 +53,7 @@ def test_trainer_gradient_equals_tensor_api(make_trainer, tmp_path, name):
     trainer.state.global_step = 1  # no measured-dH bookkeeping for this hand-made batch
     inputs = fixed_batch(trainer)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
-    trainer._generator.manual_seed(0)
+    trainer.loss_edits.generator.manual_seed(0)
     ours = torch.autograd.grad(trainer._compute_loss(trainer.model, inputs), params, allow_unused=True)
     reg = trainer.regularizer
     theirs = torch.autograd.grad(
@@ -65,7 +65,7 @@ def test_trainer_gradient_equals_tensor_api(make_trainer, tmp_path, name):
             continue
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
     assert any(g is not None and g.abs().max() > 0 for g in ours)
-    assert trainer._reg_sums or name == "none"  # the method logged what it did
+    assert trainer.loss_edits.metric_sums or name == "none"  # the method logged what it did
 
 
 @pytest.mark.parametrize("name", list(dict.fromkeys(["none", *registered(), *METHOD_PARAMS])))
@@ -119,7 +119,7 @@ def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_trainer, 
     inputs = fixed_batch(trainer)
 
     def loss_and_metrics(extra):
-        trainer._generator.manual_seed(0)
+        trainer.loss_edits.generator.manual_seed(0)
         trainer._step_sums = None
         loss = trainer._compute_loss(trainer.model, {**inputs, **extra})
         return loss.detach(), stats.step_metrics(trainer._step_sums.tolist())

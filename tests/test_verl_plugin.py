@@ -27,8 +27,9 @@ from verl.workers.config import PolicyLossConfig as VerlPolicyLossConfig  # noqa
 
 from entropy_rl import verl_plugin  # noqa: E402
 from entropy_rl.errors import ConfigError  # noqa: E402
-from entropy_rl.regularizers import REGISTRY, TokenBatch, get_regularizer  # noqa: E402
+from entropy_rl.regularizers import REGISTRY, Kind, get_regularizer  # noqa: E402
 from entropy_rl.regularizers.base import AGG_MODES  # noqa: E402
+from entropy_rl.tokens import TokenBatch  # noqa: E402
 from entropy_rl.verl_plugin import PolicyLossConfig, hooks, losses  # noqa: E402
 
 VERL_AGG_MODES = (*AGG_MODES, "token-sum")
@@ -120,7 +121,7 @@ def test_equals_entropy_rl(spec):
     (dp_size 2, global token / sequence counts) the loss is entropy-rl's rescaled from local to global counts."""
     fn = core_algos.get_policy_loss_fn(f"entropy_rl.{spec}")
     reg = get_regularizer(spec)
-    filters = [REGISTRY[name]() for name in spec.split("+") if REGISTRY[name].step_level]
+    filters = [REGISTRY[name]() for name in spec.split("+") if REGISTRY[name].kind == Kind.FILTER]
     dp2 = {"dp_size": 2, "batch_num_tokens": 97, "global_batch_size": 12, "loss_scale_factor": 16}
     for seed in range(5):
         for mode in AGG_MODES:
@@ -213,19 +214,19 @@ def test_policy_loss_config_is_generated_from_the_registry():
     fields = {f.name: f for f in dataclasses.fields(PolicyLossConfig)}
     for spec in verl_plugin.MODES:
         for name in spec.split("+"):
-            cls = losses._method_class(name)
+            cls = losses.METHODS[name]
             for f in dataclasses.fields(cls):
                 key = losses.VERL_KEYS.get(f.name, f.name)
                 assert key in fields, key
                 if key == f.name and key not in {g.name for g in dataclasses.fields(VerlPolicyLossConfig)}:
                     assert fields[key].default == f.default
     # kl_cov reads verl's keys, so its defaults are verl's (docs/verl.md)
-    reg = losses.build_regularizer("kl_cov", VerlPolicyLossConfig())
+    reg = losses.edit_schedule("kl_cov", VerlPolicyLossConfig()).regularizer
     assert (reg.kl_cov_ratio, reg.kl_cov_coef) == (2e-4, 0.1)
-    reg = losses.build_regularizer("clip_b+steer", PolicyLossConfig(clip_b_mu=2.0, steer_mapping="exp"))
+    reg = losses.edit_schedule("clip_b+steer", PolicyLossConfig(clip_b_mu=2.0, steer_mapping="exp")).regularizer
     assert (reg.parts[0].clip_b_mu, reg.parts[1].steer_mapping) == (2.0, "exp")
     with pytest.raises(ConfigError, match="steer_mapping"):
-        losses.build_regularizer("steer", PolicyLossConfig(steer_mapping="cubic"))
+        losses.edit_schedule("steer", PolicyLossConfig(steer_mapping="cubic"))
 
 
 def test_docs_name_every_parameter_key():
@@ -252,7 +253,7 @@ def test_hydra_one_line_and_parameter_keys():
     key = "actor_rollout_ref.actor.policy_loss"
     plain = compose_actor(f"{key}.loss_mode=entropy_rl.clip_b+steer")
     assert plain.loss_mode == "entropy_rl.clip_b+steer"
-    assert losses.build_regularizer("clip_b+steer", plain).parts[0].clip_b_mu == REGISTRY["clip_b"].clip_b_mu
+    assert losses.edit_schedule("clip_b+steer", plain).regularizer.parts[0].clip_b_mu == REGISTRY["clip_b"].clip_b_mu
     tuned = compose_actor(
         f"{key}.loss_mode=entropy_rl.clip_b+steer",
         f"{key}._target_=entropy_rl.verl_plugin.PolicyLossConfig",

@@ -8,10 +8,25 @@ for custom loops and verl users) and EntropyGRPOTrainer (through TRL's own loss)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol
 
 import torch
+
+from ..tokens import CLIP_LOSS_TYPES, TokenBatch, ppo_token_loss
+
+NONE = "none"  # the --regularizer value that selects no method
+
+
+class Kind(StrEnum):
+    """What a method does to the loss, which decides when it runs (regularizers.schedule)."""
+
+    LOSS = "loss"  # rewrites the token loss (weights, penalty), from the statistics of the tokens it sees
+    FILTER = "filter"  # removes tokens, from the statistics of the whole rollout batch of every rank
+    NATIVE = "native"  # switches on an option TRL implements itself; no edit of ours
+    COMPOSITE = "composite"  # several methods together (`Composite`)
 
 
 class Reducer(Protocol):
@@ -40,46 +55,6 @@ class LocalReducer:
 
 
 LOCAL = LocalReducer()
-
-
-@dataclass
-class TokenBatch:
-    """Per-token tensors, all [B, T] (advantages may be [B, 1]); only `logps` may carry gradient.
-
-    logps: log-prob of the sampled token under the policy being optimised. old_logps: under the rollout policy.
-    entropies: entropy of the next-token distribution (at the sampling temperature). nec: N_t = sum_v p_v^2
-    (log p_v + H_t), the policy average of the entropy discriminator, needed by Clip_V and STEER's exact estimator.
-    """
-
-    logps: torch.Tensor
-    old_logps: torch.Tensor
-    advantages: torch.Tensor
-    mask: torch.Tensor
-    entropies: torch.Tensor | None = None
-    nec: torch.Tensor | None = None
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    sequence_level: bool = False  # GSPO (TRL's importance_sampling_level="sequence"): one ratio per sequence
-
-    def __post_init__(self) -> None:
-        if self.advantages.dim() == 1:
-            self.advantages = self.advantages[:, None]
-        self.advantages = self.advantages.expand_as(self.logps)
-        self.mask = self.mask.bool()
-
-    @property
-    def ratio(self) -> torch.Tensor:
-        log_ratio = self.logps.detach() - self.old_logps
-        if self.sequence_level:  # TRL's sequence level: the masked mean log-ratio of the row, for each of its tokens
-            mask = self.mask.to(log_ratio.dtype)
-            mean = (log_ratio * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
-            log_ratio = mean.expand_as(log_ratio)
-        return torch.exp(log_ratio)
-
-    def ppo_clipped(self) -> torch.Tensor:
-        """Tokens whose clipped surrogate passes no gradient (the min picks the clipped branch)."""
-        ratio, adv = self.ratio, self.advantages
-        return ((ratio < 1 - self.epsilon_low) & (adv < 0)) | ((ratio > 1 + self.epsilon_high) & (adv > 0))
 
 
 @dataclass
@@ -154,11 +129,14 @@ class Regularizer:
     """Base class. Subclasses set `name`, `needs` and `kind`, and implement `edits`."""
 
     name: ClassVar[str]
-    kind: ClassVar[str]  # "loss" (rewrites the token loss), "filter" (removes tokens) or "native" (TRL option)
+    kind: ClassVar[Kind]
     needs: ClassVar[frozenset[str]] = frozenset()  # extra TokenBatch fields required: "entropies", "nec"
     uses_ppo_clip: ClassVar[bool] = True  # False: the surrogate is unclipped (KL-Cov)
-    step_level: ClassVar[bool] = False  # True: statistics always span the whole step batch (Clip_B / Clip_V)
-    off_policy_only: ClassVar[str | None] = None  # why the method does nothing on-policy (KL-Cov), else None
+
+    @classmethod
+    def check_pairing(cls, spec: str, names: Sequence[str], options: Any = None) -> None:
+        """Refuse the other methods in `names` (always) and the TRL options of `options`, a GRPOConfig (when given),
+        that this method has no meaning with. `spec` is the --regularizer value the message names."""
 
     def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
         return Edits()
@@ -190,16 +168,6 @@ class Regularizer:
         return aggregate(per_token, keep, loss_agg_mode), metrics
 
 
-def ppo_token_loss(batch: TokenBatch, clip: bool = True) -> torch.Tensor:
-    """-min(r A, clip(r) A), or -r A when unclipped (KL-Cov)."""
-    ratio = torch.exp(batch.logps - batch.old_logps)
-    loss = -batch.advantages * ratio
-    if clip:
-        clipped = torch.clamp(ratio, 1 - batch.epsilon_low, 1 + batch.epsilon_high)
-        loss = torch.maximum(loss, -batch.advantages * clipped)
-    return loss
-
-
 def apply_edits(per_token: torch.Tensor, batch: TokenBatch, edits: Edits) -> torch.Tensor:
     if edits.weight is not None:
         per_token = per_token * edits.weight
@@ -213,9 +181,32 @@ def penalty_loss(batch: TokenBatch, edits: Edits) -> torch.Tensor | float:
     return edits.penalty_coef * (batch.logps - batch.old_logps).abs() * edits.penalty
 
 
-REGISTRY: dict[str, type[Regularizer]] = {}
+def without_ppo_clip(options: Any) -> str | None:
+    """For an error message: how a TRL loss type without the PPO clip is named; None when it has the clip."""
+    if options.loss_type in CLIP_LOSS_TYPES:
+        return None
+    return (
+        f"loss_type={options.loss_type!r}, which has no PPO clip (its own surrogate; cispo reads epsilon_high as "
+        "its IS-weight cap)"
+    )
 
 
-def register(cls: type[Regularizer]) -> type[Regularizer]:
-    REGISTRY[cls.name] = cls
-    return cls
+class Composite(Regularizer):
+    """Several regularizers applied together: weights multiply, removals add up, one penalty at most."""
+
+    kind = Kind.COMPOSITE
+
+    def __init__(self, parts: list[Regularizer]):
+        self.parts = parts
+        self.name = "+".join(part.name for part in parts) or NONE
+        self.needs = frozenset().union(*(part.needs for part in parts))
+        self.uses_ppo_clip = all(part.uses_ppo_clip for part in parts)
+
+    def edits(self, batch: TokenBatch, reduce: Reducer = LOCAL, generator: torch.Generator | None = None) -> Edits:
+        # Filters run first and the other parts see only the tokens they keep: in the reference code Clip_B / Clip_V
+        # shrink the response mask before the policy loss, so Clip-Cov's means and STEER's min/max skip removed tokens.
+        edits = Edits()
+        for part in sorted(self.parts, key=lambda part: part.kind != Kind.FILTER):
+            view = batch if edits.keep is None else replace(batch, mask=batch.mask & edits.keep)
+            edits = edits.combine(part.edits(view, reduce, generator))
+        return edits

@@ -13,17 +13,16 @@ import torch
 
 from ..errors import check
 from ..stats import discriminator
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from ..tokens import TokenBatch
+from .base import LOCAL, Edits, Kind, Reducer, Regularizer, by_advantage_sign
 from .common import DEGENERATE_STD, spread
 
 
-@register
 @dataclass
 class ClipB(Regularizer):
     name = "clip_b"
-    kind = "filter"
+    kind = Kind.FILTER
     needs = frozenset({"entropies"})
-    step_level = True
     clip_b_mu: float = field(
         default=2.5, metadata={"help": "z-score below which negative-advantage tokens are removed."}
     )

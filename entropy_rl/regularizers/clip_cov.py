@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import check
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from ..tokens import TokenBatch
+from .base import LOCAL, Edits, Kind, Reducer, Regularizer, by_advantage_sign
 from .common import DrawStream, token_covariance
 
 
-@register
 @dataclass
 class ClipCov(Regularizer):
     name = "clip_cov"
-    kind = "loss"
+    kind = Kind.LOSS
     clip_cov_ratio: float = field(
         default=2e-4, metadata={"help": "fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."}
     )

@@ -14,17 +14,16 @@ import torch
 
 from ..errors import check
 from ..stats import discriminator
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from ..tokens import TokenBatch
+from .base import LOCAL, Edits, Kind, Reducer, Regularizer, by_advantage_sign
 from .common import DEGENERATE_STD, spread, top_ranked
 
 
-@register
 @dataclass
 class ClipV(Regularizer):
     name = "clip_v"
-    kind = "filter"
+    kind = Kind.FILTER
     needs = frozenset({"entropies", "nec"})
-    step_level = True
     clip_v_mu: float = field(default=8.5, metadata={"help": "tokens with A <= 0 and N - S above mu * std are removed."})
     clip_v_max_frac: float = field(
         default=1e-4, metadata={"help": "cap on the share of valid tokens removed per step."}

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Reducer, TokenBatch, masked_mean
+from ..tokens import TokenBatch
+from .base import Reducer, masked_mean
 
 DEGENERATE_STD = 1e-12  # below this the batch has no spread to measure outliers against: keep everything
 WORD = 0xFFFFFFFF

@@ -11,16 +11,19 @@ set by hand names its method in the run's regularizer (so runs are labelled by w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .base import Regularizer, register
+from ..errors import ConfigError
+from ..tokens import CLIP_LOSS_TYPES
+from .base import Kind, Regularizer, without_ppo_clip
 
 
 class NativeRegularizer(Regularizer):
     """A switch for an option of TRL's GRPOConfig; at the tensor level it is plain PPO."""
 
-    kind = "native"
+    kind = Kind.NATIVE
     trl_option: ClassVar[str]  # the GRPOConfig field that turns the method on
     trl_defaults: ClassVar[dict[str, Any]]  # set on the config when the method is chosen and the option is unset
     names_run: ClassVar[bool] = True  # setting the option by hand adds the method's name to the run's regularizer
@@ -31,7 +34,6 @@ class NativeRegularizer(Regularizer):
         raise NotImplementedError
 
 
-@register
 @dataclass
 class EntropyBonus(NativeRegularizer):
     name = "entropy_bonus"
@@ -43,7 +45,6 @@ class EntropyBonus(NativeRegularizer):
         return config.entropy_coef != 0 or bool(config.use_adaptive_entropy)
 
 
-@register
 @dataclass
 class ClipHigher(NativeRegularizer):
     name = "clip_higher"
@@ -52,11 +53,19 @@ class ClipHigher(NativeRegularizer):
     names_run = False  # an asymmetric clip on its own is an ordinary PPO setting
 
     @classmethod
+    def check_pairing(cls, spec: str, names: Sequence[str], options: Any = None) -> None:
+        no_clip = None if options is None else without_ppo_clip(options)
+        if no_clip:
+            raise ConfigError(
+                f"invalid config: regularizer={spec!r} with {no_clip}: clip_higher raises the PPO "
+                f"clip's upper bound; allowed: loss_type in {CLIP_LOSS_TYPES}"
+            )
+
+    @classmethod
     def option_is_set(cls, config: Any) -> bool:
         return config.epsilon_high is not None
 
 
-@register
 @dataclass
 class HighEntropyTokens(NativeRegularizer):
     name = "high_entropy_tokens"

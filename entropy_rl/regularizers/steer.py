@@ -16,16 +16,16 @@ import torch
 
 from ..errors import check
 from ..stats import discriminator
-from .base import LOCAL, Edits, Reducer, Regularizer, TokenBatch, by_advantage_sign, register
+from ..tokens import TokenBatch
+from .base import LOCAL, Edits, Kind, Reducer, Regularizer, by_advantage_sign
 
 EXP_MIN_SCALE = 0.02  # floor of max|Omega| in the exponential map (authors' code), so tiny batches are not over-damped
 
 
-@register
 @dataclass
 class Steer(Regularizer):
     name = "steer"
-    kind = "loss"
+    kind = Kind.LOSS
     needs = frozenset({"entropies"})
     steer_lambda_min: float = field(default=0.8, metadata={"help": "smallest token weight (paper v4: 0.7; code: 0.8)."})
     steer_lambda_max: float = field(default=1.2, metadata={"help": "largest token weight (linear map; 1.0 for exp)."})

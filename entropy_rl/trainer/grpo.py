@@ -5,19 +5,18 @@ The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
 - `_get_per_token_logps_and_entropies`, when TRL calls it for the training loss, can (1) measure the tokens (entropy,
   Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, taking H, log p
   and N from the logits tiles of TRL's own fused LM head (entropy_rl.onepass), and (2) apply the
-  regularizer's edits before TRL reads the advantages: loss weights become per-token advantages (exact for every
-  loss type: each is linear in A for a given sign of A, the PPO clip's branch included), a KL-Cov penalty is added
-  after TRL's loss with TRL's own normaliser, and removed tokens leave the loss mask through TRL's `tool_mask`; on
-  TRL's evaluation batches it only measures, and TRL logs the measurements as `eval_<name>`;
-- `_generate_and_score_completions` computes step-level edits (Clip_B / Clip_V, and `stat_scope=global`) once per
-  rollout batch over every rank;
+  regularizer's edits before TRL reads the advantages (`LossEdits.at_loss`, loss_edits.py), a KL-Cov penalty being
+  added after TRL's loss with TRL's own normaliser; on TRL's evaluation batches it only measures, and TRL logs the
+  measurements as `eval_<name>`;
+- `_generate_and_score_completions` computes the per-rollout edits (Clip_B / Clip_V, and `stat_scope=global`) once
+  per rollout batch over every rank (`LossEdits.on_rollout`);
 - one all-reduce per optimizer step (`_finish_step`, run from a callback after the optimizer step) turns the sums into
   metrics, logged through TRL and appended to `metrics.jsonl`.
 tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked signature or behaviour relied on here.
 
-The parts that are not the per-token loss path live next to this file, as mix-ins: checkpoints (checkpoints.py), the
-metrics file (metrics_file.py), dynamic sampling's rollout (sampling.py) and the parameter-space prediction
-(param_dynamics.py).
+The regularizer's edits live in loss_edits.py (`LossEdits`, which the trainer holds). The parts that are not the
+per-token loss path live next to this file, as mix-ins: checkpoints (checkpoints.py), the metrics file
+(metrics_file.py), dynamic sampling's rollout (sampling.py) and the parameter-space prediction (param_dynamics.py).
 """
 
 from __future__ import annotations
@@ -35,12 +34,11 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import is_async_callable
 
 from .. import dynamic_sampling, dynamics, onepass, rundir, stats
-from ..config import CLIP_LOSS_TYPES, EntropyGRPOConfig
+from ..config import EntropyGRPOConfig
 from ..errors import ConfigError, RewardError
-from ..regularizers import LOCAL, Composite, Edits, TokenBatch
-from ..regularizers.base import penalty_loss
-from ..regularizers.common import DrawStream
+from ..tokens import per_token, token_ratio, unclipped_mask
 from .checkpoints import CheckpointsMixin
+from .loss_edits import VALID_KEY, LossEdits, loss_mask
 from .metrics_file import MetricsFileMixin
 from .param_dynamics import RAW_ADV_KEY, S_MINUS_N_KEY, ParamDynamicsMixin
 from .sampling import DynamicSamplingMixin
@@ -49,12 +47,6 @@ from .sampling import DynamicSamplingMixin
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
 # Per-function rewards (e.g. the overlong punishment) and dynamic sampling's counts are copied by prefix.
 ROW_KEY_PREFIXES = ("rewards/", "dynamic_sampling/")
-# Loss types whose token normaliser is TRL's `num_items_in_batch` (global count of loss tokens).
-GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
-# Per-token keys the trainer adds to TRL's batch dict; TRL shuffles and splits them along with its own.
-# VALID_KEY keeps the loss mask from before a filter removed tokens: the diagnostics measure the policy on every
-# sampled token, whatever a regularizer does with them.
-WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", "entropy_rl_valid"
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
@@ -106,29 +98,6 @@ def _noting_nones(func: Any, nones: torch.Tensor) -> Any:
         return note(func(**kwargs))
 
     return noted
-
-
-class AcceleratorReducer:
-    """Statistics over every rank of the step (the `Reducer` of entropy_rl.regularizers.base)."""
-
-    def __init__(self, accelerator: Any):
-        self.accelerator = accelerator
-
-    def sum(self, x: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(x.double(), reduction="sum")
-
-    def max(self, x: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.gather(x.reshape(1)).max()
-
-    def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if self.accelerator.num_processes == 1:
-            return x, 0  # nothing to gather, and the sizes below would be read on the host
-        sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
-        as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
-        padded = self.accelerator.pad_across_processes(as_float, dim=0)
-        chunks = self.accelerator.gather(padded).split(padded.numel())
-        full = torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes, strict=True)]).to(x.dtype)
-        return full, sum(sizes[: self.accelerator.process_index])
 
 
 class _StepEndCallback(TrainerCallback):
@@ -191,37 +160,24 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             rollout_func=rollout_func,
             environment_factory=environment_factory,
         )
-        self.regularizer = self.args.build_regularizer()
-        # Split the methods by when their statistics are taken: once per rollout batch over every rank (filters, and
-        # everything under stat_scope=global), or per loss micro-batch (the authors' verl code).
-        parts = getattr(self.regularizer, "parts", [self.regularizer])
-        per_step = [p for p in parts if p.step_level or (p.kind == "loss" and self.args.stat_scope == "global")]
-        per_micro_batch = [p for p in parts if p.kind == "loss" and p not in per_step]
-        self._step_regularizer = Composite(per_step) if per_step else None
-        self._loss_regularizer = Composite(per_micro_batch) if per_micro_batch else None
-        # When one micro-batch per rank is the whole step, on-policy, the loss forward already sees the rollout
-        # policy's tokens: step-level edits can be taken there (over every rank) instead of in an extra forward.
-        # Removed tokens then leave through a zero weight and a recounted num_items_in_batch, which is exact for the
-        # loss types normalised by that count.
-        self._step_edits_at_loss = (
-            self._step_regularizer is not None
-            and self._loss_regularizer is None
-            and self.args.steps_per_generation == 1
-            and self.num_iterations == 1
-            and self.loss_type in GLOBAL_COUNT_LOSS_TYPES
-        )
-        if not self.regularizer.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
+        schedule = self.args.edit_schedule()
+        self.regularizer = schedule.regularizer
+        if not schedule.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
             self.epsilon_low, self.epsilon_high = 1.0, math.inf
-        # Clip-Cov's random choice is reproducible; with stat_scope=global every rank draws the same global choice
-        # Its draws are read on the device and the generator advanced at the step's one synchronisation.
-        self._generator = DrawStream(torch.Generator().manual_seed(self.args.seed))
-        self._reducer = AcceleratorReducer(self.accelerator)
+        self.loss_edits = LossEdits(
+            schedule,
+            self.accelerator,
+            seed=self.args.seed,
+            loss_type=self.loss_type,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            sequence_level=self.importance_sampling_level == "sequence",
+            whole_step_on_policy=self.args.steps_per_generation == 1 and self.num_iterations == 1,
+        )
 
         self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
         self._penalty: torch.Tensor | None = None  # KL-Cov per-token penalty of that micro-batch
-        self._step_penalty_coef = 0.0  # its coefficient when the penalised tokens were chosen per step
         self._step_sums: torch.Tensor | None = None  # stats.SUM_FIELDS accumulated over the step's micro-batches
-        self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
         self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
         self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
         self._dynamics_param: list[float] = []  # parameter-space predictions of the same steps
@@ -272,8 +228,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         inputs = self._loss_inputs
         is_loss_call = inputs is not None and kwargs.get("compute_entropy", False) and self.model.training
-        loss_time = self._step_regularizer if self._step_edits_at_loss else self._loss_regularizer
-        wants_nec = loss_time is not None and "nec" in loss_time.needs
+        wants_nec = "nec" in self.loss_edits.loss_needs
         call = (model, input_ids, attention_mask, logits_to_keep, *args)
         if not is_loss_call:
             if inputs is not None and kwargs.get("compute_entropy", False) and self.args.diagnostics:
@@ -289,7 +244,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             current = logps.detach()
             inputs["old_per_token_logps"] = old.clamp(current - MAX_LOG_RATIO, current + MAX_LOG_RATIO)
         advantages = inputs["advantages"]
-        self._apply_edits(logps, entropies.detach(), None if token_stats is None else token_stats.nec, inputs)
+        nec = None if token_stats is None else token_stats.nec
+        self._penalty = self.loss_edits.at_loss(logps, entropies.detach(), nec, inputs)
         if self.args.diagnostics:
             self._record_micro_batch(logps.detach(), token_stats, advantages, inputs)
         return (logps, entropies, *rest)
@@ -322,8 +278,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
             self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
-            if self._step_regularizer is not None and not self._step_edits_at_loss:
-                self._step_level_edits(output)
+            if self.loss_edits.on_rollout_needed:
+                self._rollout_edits(output)
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -388,75 +344,20 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         return ratio if corrected and ratio is not None else 1.0
 
     # ---------------------------------------------------------------- regularizers
-    def _token_batch(self, logps, old_logps, entropies, nec, inputs) -> TokenBatch:
-        # The loss types without a PPO clip (cispo, sapo, vespo) stop no token's gradient by the ratio: no token counts
-        # as clipped for Clip-Cov's candidates or STEER's estimator there.
-        clipped = self.loss_type in CLIP_LOSS_TYPES
-        return TokenBatch(
-            logps=logps,
-            old_logps=old_logps,
-            advantages=inputs["advantages"],
-            mask=self._loss_mask(inputs),
-            entropies=entropies,
-            nec=nec,
-            epsilon_low=self.epsilon_low if clipped else 1.0,
-            epsilon_high=self.epsilon_high if clipped else math.inf,
-            sequence_level=self.importance_sampling_level == "sequence",
-        )
-
-    def _apply_edits(self, logps, entropies, nec, inputs) -> None:
-        """Turn the micro-batch's edits into what TRL's loss reads: per-token advantages and an extra penalty."""
-        old = inputs.get("old_per_token_logps")
-        batch = self._token_batch(logps, logps.detach() if old is None else old, entropies, nec, inputs)
-        if self._step_edits_at_loss:
-            edits = self._step_regularizer.edits(batch, self._reducer, self._generator)
-            self._add_reg_metrics(edits)
-            if edits.keep is not None:
-                kept = self._loss_mask(inputs) * edits.keep
-                edits.weight = edits.keep.to(logps.dtype) if edits.weight is None else edits.weight * edits.keep
-                inputs["num_items_in_batch"] = self.accelerator.gather(kept.sum()).sum()
-        elif self._loss_regularizer is not None:
-            edits = self._loss_regularizer.edits(batch, LOCAL, self._generator)
-            self._add_reg_metrics(edits)
-        else:
-            edits = Edits(
-                weight=inputs.get(WEIGHT_KEY), penalty=inputs.get(PENALTY_KEY), penalty_coef=self._step_penalty_coef
-            )
-        if edits.weight is not None:
-            inputs["advantages"] = batch.advantages * edits.weight
-        if edits.penalty is not None:
-            self._penalty = penalty_loss(batch, edits)
-
     @torch.no_grad()
-    def _step_level_edits(self, output: dict[str, Any]) -> None:
-        """Edits over the whole rollout batch of every rank, from the rollout policy: one no-grad forward."""
-        logps, entropies, nec = self._rollout_policy_stats(output)
-        batch = self._token_batch(logps, logps, entropies, nec, output)
-        edits = self._step_regularizer.edits(batch, self._reducer, self._generator)
-        self._add_reg_metrics(edits)
-        if edits.weight is not None:
-            output[WEIGHT_KEY] = edits.weight
-        if edits.penalty is not None:
-            output[PENALTY_KEY] = edits.penalty
-            self._step_penalty_coef = edits.penalty_coef
-        if edits.keep is not None:
-            keep = edits.keep.to(output["completion_mask"].dtype)
-            output[VALID_KEY] = self._loss_mask(output)
-            output["tool_mask"] = output["tool_mask"] * keep if "tool_mask" in output else keep
-            # DAPO-style losses divide by the global count of loss tokens: recount what is left.
-            local = self._loss_mask(output).sum()
-            output["num_items_in_batch"] = self.accelerator.gather(local).sum()
-
-    def _rollout_policy_stats(self, output: dict[str, Any]):
+    def _rollout_edits(self, output: dict[str, Any]) -> None:
+        """The per-rollout edits of `output`, from the rollout policy's log-probs, H (and N): one no-grad forward."""
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
         keep = output["completion_ids"].size(1)
         call = dict(batch_size=self.args.per_device_train_batch_size, compute_entropy=True)
-        if "nec" not in self._step_regularizer.needs:
+        if "nec" not in self.loss_edits.rollout_needs:
             logps, entropies, _ = super()._get_per_token_logps_and_entropies(self.model, ids, attention, keep, **call)
-            return logps, entropies, None
-        (logps, entropies, _), token_stats = self._one_pass(self.model, ids, attention, keep, **call)
-        return logps, entropies, token_stats.nec
+            nec = None
+        else:
+            (logps, entropies, _), token_stats = self._one_pass(self.model, ids, attention, keep, **call)
+            nec = token_stats.nec
+        self.loss_edits.on_rollout(output, logps, entropies, nec)
 
     def _normalize_like_trl(self, per_token: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Aggregate an extra per-token loss exactly as TRL 1.16's `_compute_loss` aggregates its own (by loss_type)."""
@@ -474,15 +375,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         return total / (normalizer * accumulation / self.args.steps_per_generation)
 
-    def _add_reg_metrics(self, edits: Edits) -> None:
-        for name, (total, count) in edits.metrics.items():
-            pair = torch.stack([total.double(), count.double()])
-            self._reg_sums[name] = pair if name not in self._reg_sums else self._reg_sums[name] + pair
-
     # ---------------------------------------------------------------- diagnostics
     def _loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
-        mask = inputs["completion_mask"]
-        return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+        return loss_mask(inputs)
 
     def _valid_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
         """Every sampled completion token, including those a filter regularizer removed from the loss."""
@@ -493,7 +388,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         sums = self._token_sums(logps, token_stats, advantages, inputs)
         self._step_sums = sums if self._step_sums is None else self._step_sums + sums
         if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
-            inputs[RAW_ADV_KEY] = stats.per_token(advantages, logps)
+            inputs[RAW_ADV_KEY] = per_token(advantages, logps).double()
             inputs[S_MINUS_N_KEY] = stats.discriminator(token_stats.logp, token_stats.entropy) - token_stats.nec
             self._step_batches.append(inputs)
 
@@ -501,10 +396,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         """stats.SUM_FIELDS of one micro-batch. H, S and N come from the one pass (shifted sums: precise at any logit
         size, and S - N from one set of logits); log p is TRL's, the one the ratio and the update use."""
         mask = self._valid_mask(inputs).bool()
-        advantages = stats.per_token(advantages, logps)
-        old = inputs.get("old_per_token_logps")
-        ratio = torch.ones_like(logps) if old is None else torch.exp(logps - old)
-        unclipped = stats.unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
+        advantages = per_token(advantages, logps).double()
+        ratio = token_ratio(logps, inputs.get("old_per_token_logps"))
+        unclipped = unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
         s = stats.discriminator(token_stats.logp, token_stats.entropy)
         sums = stats.token_sums(
             logp=logps,
@@ -518,7 +412,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
             # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
             # removed it): predict with that.
             # Under vLLM TRL also weighs each token's loss by its importance-sampling correction.
-            update_advantages=stats.per_token(inputs["advantages"], logps)
+            update_advantages=per_token(inputs["advantages"], logps).double()
             * self._loss_mask(inputs)
             * self._sampler_correction(inputs),
         )
@@ -548,8 +442,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         if not self._rows_started:
             self._start_rows()
         rounds, self._unscorable = self._unscorable, []
-        draws = self._generator.consumed
-        if not (self.args.diagnostics or self._reg_sums or rounds or draws is not None):
+        draws = self.loss_edits.generator.consumed
+        reg_sums = self.loss_edits.take_metric_sums()
+        if not (self.args.diagnostics or reg_sums or rounds or draws is not None):
             return
         step = self.state.global_step
         device = self.accelerator.device
@@ -564,8 +459,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         if measure and prediction is not None:
             parts.append(prediction.values().to(device))
             param_values = parts[-1].numel()  # longer with the momentum groups' parts
-        reg_names = sorted(self._reg_sums)
-        parts.extend(self._reg_sums[name].to(device) for name in reg_names)
+        reg_names = sorted(reg_sums)
+        parts.extend(reg_sums[name].to(device) for name in reg_names)
         # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
         # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -574,10 +469,10 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         if draws is not None:
             own_draws[rank] = draws.to(device)
         parts.append(own_draws)
-        self._step_sums, self._step_batches, self._reg_sums = None, [], {}
+        self._step_sums, self._step_batches = None, []
         # One host synchronisation per step: everything below is plain Python floats.
         totals = self.accelerator.reduce(torch.cat(parts), reduction="sum").tolist()
-        self._generator.settle(round(totals[-world + rank]))
+        self.loss_edits.generator.settle(round(totals[-world + rank]))
         after_regs = len(totals) - world - 3 * len(rounds)
         for i in range(len(rounds)):
             counted = totals[after_regs + 3 * i : after_regs + 3 * i + 3]

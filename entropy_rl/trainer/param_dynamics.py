@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .. import dynamics, stats
-from ..config import CLIP_LOSS_TYPES
+from .. import dynamics
 from ..errors import ConfigError, check
+from ..tokens import CLIP_LOSS_TYPES, per_token, token_ratio, unclipped_mask
 
 # Kept in the micro-batch copy on measuring steps for the parameter-space attribution (entropy_rl/dynamics.py).
 RAW_ADV_KEY, S_MINUS_N_KEY = "entropy_rl_raw_advantages", "entropy_rl_s_minus_n"
@@ -137,10 +137,10 @@ class ParamDynamicsMixin:
         """The part of TRL's PPO-clip loss that each token group of dynamics.GROUPS contributes (same normaliser);
         groups without tokens are left out unless `every_group` (a zero loss then)."""
         old = inputs.get("old_per_token_logps")
-        ratio = torch.ones_like(logps) if old is None else torch.exp(logps.detach() - old)
-        used = stats.per_token(inputs["advantages"], logps).to(logps.dtype)
-        raw = stats.per_token(inputs[RAW_ADV_KEY], logps).to(logps.dtype)
-        unclipped = stats.unclipped_mask(ratio, used, self.epsilon_low, self.epsilon_high)
+        ratio = token_ratio(logps.detach(), old)
+        used = per_token(inputs["advantages"], logps).to(logps.dtype)
+        raw = per_token(inputs[RAW_ADV_KEY], logps).to(logps.dtype)
+        unclipped = unclipped_mask(ratio, used, self.epsilon_low, self.epsilon_high)
         valid = self._valid_mask(inputs)
         masks = dynamics.token_groups(
             raw_advantages=raw,

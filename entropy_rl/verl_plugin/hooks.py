@@ -32,14 +32,15 @@ from verl.workers.utils import losses as verl_losses
 from verl.workers.utils.padding import no_padding_2_padding
 
 from ..errors import ConfigError
-from ..regularizers import Composite, TokenBatch
+from ..regularizers import Regularizer
 from ..stats import TOKEN_CHUNK, VOCAB_CHUNK, VocabSums
+from ..tokens import TokenBatch
 from .losses import (
     HINT_NEC,
     LOSS_INPUTS,
     MODE_PREFIX,
     LossInputs,
-    build_regularizer,
+    edit_schedule,
     is_plugin_mode,
     missing_input_error,
     register_modes,
@@ -154,10 +155,9 @@ def _actor_config(worker: TrainingWorker) -> Any:
     return getattr(getattr(worker, "loss_fn", None), "keywords", {}).get("config", None)
 
 
-def _step_filter(worker: TrainingWorker, data: Any, spec: str, parts: list[Any]) -> dict[str, list[float]]:
-    """Run the step-level filters `parts` of `spec` over this rank's step batch; shrink its masks; return the
+def _step_filter(worker: TrainingWorker, data: Any, spec: str, reg: Regularizer) -> dict[str, list[float]]:
+    """Run the step-level filters `reg` of `spec` over this rank's step batch; shrink its masks; return the
     metrics pooled over every rank (as lists, the shape of the worker's other metrics)."""
-    reg = parts[0] if len(parts) == 1 else Composite(parts)
     # One forward-only pass at the current weights, which are the rollout policy's before the first update.
     view = data.copy()
     tu.assign_non_tensor(view, calculate_entropy=True, compute_loss=False, **{NEC_KEY: "nec" in reg.needs})
@@ -189,10 +189,6 @@ def _step_filter(worker: TrainingWorker, data: Any, spec: str, parts: list[Any])
     return pooled
 
 
-def _parts(reg: Any) -> list[Any]:
-    return list(reg.parts) if isinstance(reg, Composite) else [reg]
-
-
 def _wrap_train_mini_batch(original):
     @functools.wraps(original)
     def train_mini_batch(self, data):
@@ -201,13 +197,14 @@ def _wrap_train_mini_batch(original):
         if not is_plugin_mode(loss_mode):
             return original(self, data)
         spec = spec_of(loss_mode)
-        in_loss = build_regularizer(spec, config.policy_loss, skip_step_level=True)
-        if "entropies" in in_loss.needs:
+        schedule = edit_schedule(spec, config.policy_loss)
+        in_loss = frozenset() if schedule.per_micro_batch is None else schedule.per_micro_batch.needs
+        if "entropies" in in_loss:
             tu.assign_non_tensor(data, calculate_entropy=True)
-        if "nec" in in_loss.needs:
+        if "nec" in in_loss:
             tu.assign_non_tensor(data, **{NEC_KEY: True})
-        step_parts = [part for part in _parts(build_regularizer(spec, config.policy_loss)) if part.step_level]
-        filter_metrics = _step_filter(self, data, spec, step_parts) if step_parts else {}
+        step = schedule.per_rollout
+        filter_metrics = {} if step is None else _step_filter(self, data, spec, step)
         output = original(self, data)
         if output is not None and filter_metrics:
             tu.get(output, "metrics").update(filter_metrics)

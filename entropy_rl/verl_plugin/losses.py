@@ -19,9 +19,10 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register
 from verl.workers.config import PolicyLossConfig as VerlPolicyLossConfig
 
 from ..errors import ConfigError, check
-from ..regularizers import REGISTRY, Composite, Regularizer, TokenBatch, parse_names
-from ..regularizers.base import LOCAL, Edits, Reducer, apply_edits, by_advantage_sign, ppo_token_loss
+from ..regularizers import LOCAL, REGISTRY, Composite, Edits, EditSchedule, Kind, Reducer, Regularizer, parse_names
+from ..regularizers.base import apply_edits, by_advantage_sign
 from ..regularizers.native import HighEntropyTokens
+from ..tokens import TokenBatch, ppo_token_loss
 
 # The release whose private API `hooks` wraps; tests/test_verl_plugin.py::test_contract guards each hooked name.
 VERL_VERSION = "0.9.1"
@@ -53,7 +54,7 @@ class HighEntropyWeight(Regularizer):
     """
 
     name = "high_entropy_tokens"
-    kind = "native"
+    kind = Kind.LOSS  # TRL's own option in the trainer; here an edit of the token loss like any other
     needs = frozenset({"entropies"})
     top_entropy_quantile: float = HighEntropyTokens.trl_defaults["top_entropy_quantile"]
 
@@ -74,14 +75,14 @@ class HighEntropyWeight(Regularizer):
         return Edits(weight=keep.to(batch.logps.dtype), metrics=metrics)
 
 
-def _method_class(name: str) -> type[Regularizer]:
-    return HighEntropyWeight if name == HighEntropyWeight.name else REGISTRY[name]
+# The methods by name as the plugin builds them: the registry's, with high_entropy_tokens as an edit.
+METHODS: dict[str, type[Regularizer]] = {**REGISTRY, HighEntropyWeight.name: HighEntropyWeight}
 
 
 def _generate_modes() -> tuple[str, ...]:
     """Every spec verl cannot express natively: a filter, a loss rewrite and high-entropy tokens, each optional."""
-    filters = [None] + sorted(name for name, cls in REGISTRY.items() if cls.kind == "filter")
-    losses = [None] + sorted(name for name, cls in REGISTRY.items() if cls.kind == "loss")
+    filters = [None] + sorted(name for name, cls in REGISTRY.items() if cls.kind == Kind.FILTER)
+    losses = [None] + sorted(name for name, cls in REGISTRY.items() if cls.kind == Kind.LOSS)
     specs = []
     for parts in itertools.product(filters, losses, [None, HighEntropyWeight.name]):
         names = [name for name in parts if name]
@@ -98,9 +99,9 @@ MODES = _generate_modes()
 def _config_fields() -> list[tuple[str, type, dataclasses.Field]]:
     """The regularizers' parameters verl's PolicyLossConfig lacks, with entropy-rl's defaults and help texts."""
     verl_fields = {f.name for f in dataclasses.fields(VerlPolicyLossConfig)}
-    names = sorted({name for spec in MODES for name in spec.split("+")})
+    names = sorted({name for spec in MODES for name in parse_names(spec)})
     out = []
-    for f in (f for name in names for f in dataclasses.fields(_method_class(name))):
+    for f in (f for name in names for f in dataclasses.fields(METHODS[name])):
         if VERL_KEYS.get(f.name, f.name) not in verl_fields:
             out.append((f.name, type(f.default), dataclasses.field(default=f.default, metadata=f.metadata)))
     return out
@@ -113,22 +114,16 @@ PolicyLossConfig.__module__ = __name__  # where pickle (Ray) finds it
 PolicyLossConfig.__doc__ = "verl's PolicyLossConfig plus every entropy-rl regularizer parameter (docs/verl.md)."
 
 
-def build_regularizer(spec: str, policy_loss: Any, *, skip_step_level: bool = False) -> Regularizer:
-    """The regularizer of `spec` with its parameters read from verl's policy_loss config (absent keys: defaults)."""
-    parts = []
+def edit_schedule(spec: str, policy_loss: Any) -> EditSchedule:
+    """The methods of `spec` with their parameters read from verl's policy_loss config (absent keys: defaults):
+    filters per step batch (`per_rollout`), the others in the loss (`per_micro_batch`)."""
+    params = {}
     for name in parse_names(spec):
-        cls = _method_class(name)
-        if skip_step_level and cls.step_level:
-            continue
-        params = {}
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(METHODS[name]):
             value = policy_loss.get(VERL_KEYS.get(f.name, f.name), None)
             if value is not None:
                 params[f.name] = value
-        parts.append(cls(**params))
-    if len(parts) == 1:
-        return parts[0]
-    return Composite(parts)  # no part left (a filter already applied): plain PPO, Composite([]) edits nothing
+    return EditSchedule(spec, params, methods=METHODS)
 
 
 class LossInputs(NamedTuple):
@@ -152,7 +147,7 @@ def missing_input_error(spec: str, field: str) -> ConfigError:
 
 def make_policy_loss(spec: str):
     """verl's policy-loss signature around the regularizer of `spec`."""
-    has_step_filter = any(_method_class(name).step_level for name in parse_names(spec))
+    has_step_filter = EditSchedule(spec, methods=METHODS).per_rollout is not None
 
     def policy_loss(
         old_log_prob: torch.Tensor,
@@ -171,7 +166,9 @@ def make_policy_loss(spec: str):
                 "TrainingWorker.train_mini_batch, which this ppo_loss call did not come through (only the "
                 "FSDP engine workers' actor update is hooked)"
             )
-        reg = build_regularizer(spec, config.policy_loss, skip_step_level=inputs.filtered)
+        schedule = edit_schedule(spec, config.policy_loss)
+        # Filtered: the step hook applied the filters; no method left is plain PPO (Composite([]) edits nothing).
+        reg = (schedule.per_micro_batch or Composite([])) if inputs.filtered else schedule.regularizer
         low = config.clip_ratio_low if config.clip_ratio_low is not None else config.clip_ratio
         high = config.clip_ratio_high if config.clip_ratio_high is not None else config.clip_ratio
         batch = TokenBatch(log_prob, old_log_prob, advantages, response_mask, inputs.entropies, inputs.nec, low, high)

@@ -76,9 +76,9 @@ def main(out_dir: str, regularizer: str, where: str) -> None:
     batch = {key: value[rows] for key, value in fixed_global_batch().items()}
     batch["num_items_in_batch"] = fixed_global_batch()["completion_mask"].sum()
     trainer.model.train()
-    trainer._step_edits_at_loss = where == "loss"
+    trainer.loss_edits.rollout_at_loss = where == "loss"
     if where == "rollout":
-        trainer._step_level_edits(batch)
+        trainer._rollout_edits(batch)
     trainer.current_gradient_accumulation_steps = 1
     trainer._compute_loss(trainer.model, batch)  # records the diagnostics' token sums of this slice
     trainer.state.global_step = 1

@@ -129,7 +129,8 @@ from verl.workers.engine_workers import TrainingWorker  # noqa: E402
 from verl.workers.utils import losses as verl_losses  # noqa: E402
 from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding  # noqa: E402
 
-from entropy_rl.regularizers import TokenBatch, get_regularizer  # noqa: E402
+from entropy_rl.regularizers import Kind, get_regularizer  # noqa: E402
+from entropy_rl.tokens import TokenBatch  # noqa: E402
 from entropy_rl.toy import build_model, build_tokenizer  # noqa: E402
 from entropy_rl.verl_plugin import PolicyLossConfig, hooks  # noqa: E402
 
@@ -260,7 +261,8 @@ def reference_loss(spec: str, fields: dict, stats, batch, old, seed: int) -> tup
     mask = batch["response_mask"].bool()
     params = entropy_rl_params(fields)
     if "high_entropy_tokens" in spec:  # the TRL-native method: the plugin's part, on the reference H
-        from entropy_rl.regularizers.base import apply_edits, ppo_token_loss
+        from entropy_rl.regularizers.base import apply_edits
+        from entropy_rl.tokens import ppo_token_loss
         from entropy_rl.verl_plugin.losses import HighEntropyWeight
 
         tb = TokenBatch(logp, old, batch["advantages"], mask, entropy, nec, 0.2, 0.2)
@@ -271,7 +273,7 @@ def reference_loss(spec: str, fields: dict, stats, batch, old, seed: int) -> tup
     torch.manual_seed(seed)
     loss, _ = reg.policy_loss(logps=logp, old_logps=old, advantages=batch["advantages"], mask=mask,
                               entropies=entropy, nec=nec)  # fmt: skip
-    filters = [part for part in getattr(reg, "parts", [reg]) if part.step_level]
+    filters = [part for part in getattr(reg, "parts", [reg]) if part.kind == Kind.FILTER]
     keep = mask
     if filters:
         keep = mask & filters[0].edits(TokenBatch(old, old, batch["advantages"], mask, entropy, nec)).keep
