@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from .base import LOCAL, Composite, Edits, Kind, Reducer, Regularizer, aggregate
 from .native import NativeRegularizer
-from .registry import REGISTRY, get_regularizer, parameter_names, parse_names
-from .schedule import EditSchedule
+from .registry import REGISTRY, parameter_names, parse_names
+from .schedule import EditSchedule, get_regularizer
 
 __all__ = [
     "LOCAL",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .base import NONE, Composite, Kind, Regularizer
+from .base import NONE, Kind, Regularizer
 from .clip_b import ClipB
 from .clip_cov import ClipCov
 from .clip_v import ClipV
@@ -68,9 +68,3 @@ def build_methods(
             f"invalid config: parameters {unknown} do not belong to regularizer={spec!r} ({sorted(accepted)})"
         )
     return [methods[name](**{k: v for k, v in params.items() if k in own[name]}) for name in names]
-
-
-def get_regularizer(spec: str, **params: Any) -> Regularizer:
-    """Build a regularizer (or a '+' composition) from its name and its prefixed parameters (e.g. clip_cov_ratio)."""
-    parts = build_methods(spec, params)
-    return parts[0] if len(parts) == 1 else Composite(parts)

@@ -31,7 +31,6 @@ class EditSchedule:
         methods: Mapping[str, type[Regularizer]] = REGISTRY,
     ):
         parts = build_methods(spec, params or {}, methods)
-        self.names = [part.name for part in parts]
         self.regularizer = parts[0] if len(parts) == 1 else Composite(parts)
 
         def per_rollout(part: Regularizer) -> bool:
@@ -43,10 +42,11 @@ class EditSchedule:
         self.per_micro_batch = Composite(micro_batch) if micro_batch else None
 
     @property
-    def name(self) -> str:
-        return self.regularizer.name
-
-    @property
     def uses_ppo_clip(self) -> bool:
         """False when a method optimises the unclipped surrogate (KL-Cov): the PPO clip is then switched off."""
         return self.regularizer.uses_ppo_clip
+
+
+def get_regularizer(spec: str, **params: Any) -> Regularizer:
+    """Build a regularizer (or a '+' composition) from its name and its prefixed parameters (e.g. clip_cov_ratio)."""
+    return EditSchedule(spec, params).regularizer
