@@ -50,8 +50,8 @@ def parse_names(spec: str) -> list[str]:
     return names
 
 
-def parameter_names(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(REGISTRY[name])]
+def parameter_names(name: str, methods: Mapping[str, type[Regularizer]] = REGISTRY) -> list[str]:
+    return [f.name for f in dataclasses.fields(methods[name])]
 
 
 def build_methods(
@@ -60,7 +60,7 @@ def build_methods(
     """The methods of `spec`, each given its own (prefixed) parameters; `methods` may stand in other classes for
     some names (the verl plugin's high_entropy_tokens)."""
     names = parse_names(spec)
-    own = {name: [f.name for f in dataclasses.fields(methods[name])] for name in names}
+    own = {name: parameter_names(name, methods) for name in names}
     accepted = {field for fields in own.values() for field in fields}
     unknown = sorted(set(params) - accepted)
     if unknown:
