@@ -164,7 +164,8 @@ class EntropyGRPOConfig(GRPOConfig):
 
     # Clip_B (clip_b.py)
     clip_b_mu: float = field(
-        default=2.5, metadata={"help": "clip_b: z-score below which negative-advantage tokens are removed."}
+        default=2.5,
+        metadata={"help": "clip_b: z-score below which negative-advantage tokens are removed."},
     )
 
     # Clip-Cov (clip_cov.py)
@@ -173,18 +174,22 @@ class EntropyGRPOConfig(GRPOConfig):
         metadata={"help": "clip_cov: fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."},
     )
     clip_cov_lb: float = field(
-        default=1.0, metadata={"help": "clip_cov: lower bound (exclusive) of the token covariance band."}
+        default=1.0,
+        metadata={"help": "clip_cov: lower bound (exclusive) of the token covariance band."},
     )
     clip_cov_ub: float = field(
-        default=5.0, metadata={"help": "clip_cov: upper bound (exclusive) of the token covariance band."}
+        default=5.0,
+        metadata={"help": "clip_cov: upper bound (exclusive) of the token covariance band."},
     )
 
     # Clip_V (clip_v.py)
     clip_v_mu: float = field(
-        default=8.5, metadata={"help": "clip_v: tokens with A <= 0 and N - S above mu * std are removed."}
+        default=8.5,
+        metadata={"help": "clip_v: tokens with A <= 0 and N - S above mu * std are removed."},
     )
     clip_v_max_frac: float = field(
-        default=1e-4, metadata={"help": "clip_v: cap on the share of valid tokens removed per step."}
+        default=1e-4,
+        metadata={"help": "clip_v: cap on the share of valid tokens removed per step."},
     )
 
     # KL-Cov (kl_cov.py)
@@ -193,18 +198,22 @@ class EntropyGRPOConfig(GRPOConfig):
         metadata={"help": "kl_cov: fraction (not percent) of valid tokens, top by covariance, that get the penalty."},
     )
     kl_cov_coef: float = field(
-        default=1.0, metadata={"help": "kl_cov: weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."}
+        default=1.0,
+        metadata={"help": "kl_cov: weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."},
     )
 
     # STEER (steer.py)
     steer_lambda_min: float = field(
-        default=0.8, metadata={"help": "steer: smallest token weight (paper v4: 0.7; code: 0.8)."}
+        default=0.8,
+        metadata={"help": "steer: smallest token weight (paper v4: 0.7; code: 0.8)."},
     )
     steer_lambda_max: float = field(
-        default=1.2, metadata={"help": "steer: largest token weight (linear map; 1.0 for exp)."}
+        default=1.2,
+        metadata={"help": "steer: largest token weight (linear map; 1.0 for exp)."},
     )
     steer_mapping: str = field(
-        default="linear", metadata={"help": "steer: 'linear' into [min, max] or 'exp' floored at min."}
+        default="linear",
+        metadata={"help": "steer: 'linear' into [min, max] or 'exp' floored at min."},
     )
     steer_estimator: str = field(
         default="code",
@@ -462,6 +471,9 @@ class EntropyGRPOConfig(GRPOConfig):
             value = getattr(self, spec.name, None)
             if isinstance(value, float) and not math.isfinite(value):
                 check(False, spec.name, value, "a finite number")
+        for name, value in (self.regularizer_kwargs or {}).items():  # JSON reads NaN and Infinity
+            if isinstance(value, float) and not math.isfinite(value):
+                check(False, f"regularizer_kwargs[{name!r}]", value, "a finite number")
         for name, (test, allowed) in NUMERIC_RANGES.items():
             value = getattr(self, name)
             try:

@@ -153,6 +153,7 @@ def test_a_new_method_is_one_dataclass_configured_through_regularizer_kwargs(mon
         ),
         ('{"dampen_alpha": ', "regularizer_kwargs='{\"dampen_alpha\": '; allowed: a JSON object"),
         ("[1, 2]", "regularizer_kwargs='[1, 2]'; allowed: a JSON object"),
+        ('{"dampen_alpha": NaN}', "regularizer_kwargs['dampen_alpha']=nan; allowed: a finite number"),
         ("dampen_alpha=0.7", "regularizer_kwargs='dampen_alpha=0.7'; allowed: a JSON object"),
     ],
 )
