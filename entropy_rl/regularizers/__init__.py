@@ -7,7 +7,8 @@
 Names combine with "+" (`clip_b+steer`: a token filter plus a loss rewrite). See docs/regularizers.md.
 
 A method is one file in this package: a dataclass decorated with `@register`, its hyperparameters declared as fields
-named `<method>_<param>` with a default and `metadata={"help": ...}`; EntropyGRPOConfig derives its flags from them.
+named `<method>_<param>` with a default and `metadata={"help": ...}`; EntropyGRPOConfig takes them from its
+`regularizer_kwargs`, the built-in methods' from its fields written out for them.
 """
 
 from __future__ import annotations
