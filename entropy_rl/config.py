@@ -1,14 +1,16 @@
 """EntropyGRPOConfig: TRL's GRPOConfig plus the entropy diagnostics and regularizer fields.
 
-Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), as in TRL. The regularizers'
-hyperparameters are not declared here: `with_regularizer_fields` copies each registered method's dataclass fields
-(name, type, default, help prefixed with the method name), so a new method in entropy_rl/regularizers/ is one file.
+Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), as in TRL. The built-in regularizers'
+hyperparameters are written out below, one group per method, as copies of the method's dataclass fields (same name,
+type and default, help prefixed with the method's name; tests/test_config.py fails when the two drift apart). A method
+added later needs no field here: its parameters go through `regularizer_kwargs`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -21,8 +23,10 @@ from .regularizers import REGISTRY, EditSchedule, NativeRegularizer, parameter_n
 
 STAT_SCOPES = ("micro_batch", "global")
 
-# Ranges of TRL's and transformers' numeric options that they accept unchecked (a negative or NaN learning rate
-# fails deep inside torch, or trains on nonsense): field -> (test, what is allowed). Every float field must also be
+# Ranges of TRL's and transformers' numeric options that GRPOConfig / TrainingArguments accept at config time (TRL
+# 1.16, transformers 5: a negative or NaN learning rate then fails deep inside torch, or trains on nonsense):
+# field -> (test, what is allowed). Options they refuse themselves are not re-checked; num_generations is here because
+# TRL divides by it before refusing < 2 (0 is a ZeroDivisionError, None a TypeError). Every float field must also be
 # finite (`_check_numbers`).
 NUMERIC_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "learning_rate": (lambda v: v >= 0, "a finite number >= 0"),
@@ -42,9 +46,7 @@ NUMERIC_RANGES: dict[str, tuple[typing.Callable[[typing.Any], bool], str]] = {
     "max_completion_length": (lambda v: v >= 1, "an integer >= 1"),
     "num_iterations": (lambda v: v >= 1, "an integer >= 1"),
     "max_steps": (lambda v: v == -1 or v >= 1, "an integer >= 1, or -1 (train for num_train_epochs)"),
-    "max_nan_reward_batches": (lambda v: v >= 0, "an integer >= 0 (0 never stops)"),
     "num_generations": (lambda v: v >= 2, "an integer >= 2 (a group needs two completions to compare)"),
-    "overlong_penalty_factor": (lambda v: v >= 0, "a finite number >= 0"),
 }
 
 # TRL 1.16's string options with a fixed set of values (grpo_trainer.py), refused here instead of at the first step.
@@ -56,35 +58,7 @@ TRL_CHOICES: dict[str, tuple[str, ...]] = {
     "vllm_mode": ("server", "colocate"),
 }
 
-__all__ = ["ConfigError", "EntropyGRPOConfig", "regularizer_fields", "with_regularizer_fields"]
-
-
-def regularizer_fields() -> list[tuple[str, type, dataclasses.Field]]:
-    """(name, type, field) of every registered method's hyperparameter, `help` prefixed with the method's name."""
-    out = []
-    for method in REGISTRY.values():
-        types = typing.get_type_hints(method)  # real types, not strings: HfArgumentParser builds the flags from them
-        for param in dataclasses.fields(method):
-            default = {"default": param.default}
-            if param.default is dataclasses.MISSING:
-                default = {"default_factory": param.default_factory}
-            help_text = f"{method.name}: {param.metadata.get('help', '')}".rstrip()
-            out.append((param.name, types[param.name], field(**default, metadata={"help": help_text})))
-    return out
-
-
-def with_regularizer_fields(cls: type) -> type:
-    """Class decorator, applied before @dataclass: add the flat prefixed regularizer fields to `cls`."""
-    annotations = cls.__dict__.get("__annotations__", {})
-    taken = set(annotations) | {f.name for f in dataclasses.fields(GRPOConfig)}
-    for name, kind, spec in regularizer_fields():
-        if name in taken:
-            raise TypeError(f"regularizer parameter {name!r} clashes with a config field of the same name")
-        taken.add(name)
-        annotations[name] = kind
-        setattr(cls, name, spec)
-    cls.__annotations__ = annotations
-    return cls
+__all__ = ["ConfigError", "EntropyGRPOConfig"]
 
 
 def _regularizer_help() -> str:
@@ -94,7 +68,6 @@ def _regularizer_help() -> str:
 
 
 @dataclass
-@with_regularizer_fields
 class EntropyGRPOConfig(GRPOConfig):
     diagnostics: bool = field(
         default=True,
@@ -169,6 +142,81 @@ class EntropyGRPOConfig(GRPOConfig):
             "help": "Tokens the statistics of clip_cov / kl_cov / steer span: 'micro_batch' (each loss micro-batch on "
             "each rank, as the authors' verl code) or 'global' (the whole step batch on all ranks, from the rollout "
             "policy, once per generation; one extra no-grad forward). clip_b / clip_v are always global."
+        },
+    )
+    regularizer_kwargs: dict[str, typing.Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Parameters of the selected regularizer(s) that have no flag of their own (a method added in your "
+            "own file), by name: a JSON object on the command line (--regularizer_kwargs "
+            "'{\"my_method_alpha\": 0.5}', as TRL's model_init_kwargs), a mapping in a recipe. A parameter with a flag "
+            "is set by its flag."
+        },
+    )
+
+    # ------------------------------------------------------------ the regularizers' parameters (docs/regularizers.md)
+    # Copies of each method's dataclass fields in entropy_rl/regularizers/<method>.py: same name, type and default,
+    # help prefixed with the method's name (tests/test_config.py checks that they agree). entropy_bonus, clip_higher
+    # and high_entropy_tokens have none: they switch TRL's own entropy_coef / use_adaptive_entropy, epsilon_high and
+    # top_entropy_quantile on.
+
+    # Clip_B (clip_b.py)
+    clip_b_mu: float = field(
+        default=2.5,
+        metadata={"help": "clip_b: z-score below which negative-advantage tokens are removed."},
+    )
+
+    # Clip-Cov (clip_cov.py)
+    clip_cov_ratio: float = field(
+        default=2e-4,
+        metadata={"help": "clip_cov: fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."},
+    )
+    clip_cov_lb: float = field(
+        default=1.0,
+        metadata={"help": "clip_cov: lower bound (exclusive) of the token covariance band."},
+    )
+    clip_cov_ub: float = field(
+        default=5.0,
+        metadata={"help": "clip_cov: upper bound (exclusive) of the token covariance band."},
+    )
+
+    # Clip_V (clip_v.py)
+    clip_v_mu: float = field(
+        default=8.5,
+        metadata={"help": "clip_v: tokens with A <= 0 and N - S above mu * std are removed."},
+    )
+    clip_v_max_frac: float = field(
+        default=1e-4,
+        metadata={"help": "clip_v: cap on the share of valid tokens removed per step."},
+    )
+
+    # KL-Cov (kl_cov.py)
+    kl_cov_ratio: float = field(
+        default=2e-3,
+        metadata={"help": "kl_cov: fraction (not percent) of valid tokens, top by covariance, that get the penalty."},
+    )
+    kl_cov_coef: float = field(
+        default=1.0,
+        metadata={"help": "kl_cov: weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."},
+    )
+
+    # STEER (steer.py)
+    steer_lambda_min: float = field(
+        default=0.8,
+        metadata={"help": "steer: smallest token weight (paper v4: 0.7; code: 0.8)."},
+    )
+    steer_lambda_max: float = field(
+        default=1.2,
+        metadata={"help": "steer: largest token weight (linear map; 1.0 for exp)."},
+    )
+    steer_mapping: str = field(
+        default="linear",
+        metadata={"help": "steer: 'linear' into [min, max] or 'exp' floored at min."},
+    )
+    steer_estimator: str = field(
+        default="code",
+        metadata={
+            "help": "steer: 'code' (authors' (A/p_old) p(1-p)(log p + H)) or 'exact' (A ratio 1[unclipped] (S - N))."
         },
     )
 
@@ -265,8 +313,14 @@ class EntropyGRPOConfig(GRPOConfig):
     def edit_schedule(self) -> EditSchedule:
         """The chosen methods with their parameters, split by when they run (refuses invalid parameters)."""
         names = parse_names(self.regularizer)
-        params = {name: getattr(self, name) for method in names for name in parameter_names(method)}
+        params = {name: getattr(self, name) for method in names for name in self._flag_parameters(method)}
+        params.update(self.regularizer_kwargs or {})
         return EditSchedule(self.regularizer, params, stat_scope=self.stat_scope)
+
+    def _flag_parameters(self, method: str) -> list[str]:
+        """The parameters of `method` written out as fields of this config (the rest come in regularizer_kwargs)."""
+        fields = {spec.name for spec in dataclasses.fields(self)}
+        return [name for name in parameter_names(method) if name in fields]
 
     def _apply_native_regularizers(self) -> None:
         """Switch TRL's own option on for a named native regularizer; name the method of a TRL option set by hand.
@@ -284,6 +338,7 @@ class EntropyGRPOConfig(GRPOConfig):
         self.regularizer = "+".join(names) if names else "none"
 
     def __post_init__(self) -> None:
+        self._parse_regularizer_kwargs()
         # TRL defaults to bf16 even on CPU, where autocast shifts log-probs by up to 0.07 nats: only default it on GPU.
         if not torch.cuda.is_available():
             if self.bf16 is None and not self.fp16:
@@ -294,6 +349,17 @@ class EntropyGRPOConfig(GRPOConfig):
         self._check_numbers()  # before TRL's own __post_init__, which divides by some of them
         super().__post_init__()
         self._validate()
+
+    def _parse_regularizer_kwargs(self) -> None:
+        """JSON from the command line, as TRL's dict fields (`_VALID_DICT_FIELDS`), but an error names the field."""
+        value, allowed = self.regularizer_kwargs, "a JSON object of parameter names and values"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                check(False, "regularizer_kwargs", self.regularizer_kwargs, allowed)
+        check(value is None or isinstance(value, dict), "regularizer_kwargs", self.regularizer_kwargs, allowed)
+        self.regularizer_kwargs = value
 
     @classmethod
     def from_grpo_config(cls, args: GRPOConfig) -> EntropyGRPOConfig:
@@ -318,6 +384,7 @@ class EntropyGRPOConfig(GRPOConfig):
         """Our fields' checks, on top of TRL's (run after GRPOConfig.__post_init__)."""
         names = parse_names(self.regularizer)
         self._check_unselected_parameters(names)
+        self._check_regularizer_kwargs(names)
         self.edit_schedule()  # validates every parameter of the chosen methods
         check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
         for name, allowed in TRL_CHOICES.items():  # TRL checks these only when the trainer (and the model) is built
@@ -325,6 +392,8 @@ class EntropyGRPOConfig(GRPOConfig):
         self._check_trl_options(names)
         self._check_rollout_shaping()
         check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
+        nan_batches = self.max_nan_reward_batches
+        check(nan_batches >= 0, "max_nan_reward_batches", nan_batches, "an integer >= 0 (0 never stops)")
         check(
             bool(self.metrics_file) and "/" not in self.metrics_file,
             "metrics_file",
@@ -362,6 +431,8 @@ class EntropyGRPOConfig(GRPOConfig):
             self.dynamic_sampling_metric,
             "'acc', 'reward' or the name of a reward function",
         )
+        factor = self.overlong_penalty_factor
+        check(factor >= 0, "overlong_penalty_factor", factor, "a finite number >= 0")
         check(
             0 <= self.overlong_buffer_len < self.max_completion_length,
             "overlong_buffer_len",
@@ -399,6 +470,9 @@ class EntropyGRPOConfig(GRPOConfig):
             value = getattr(self, spec.name, None)
             if isinstance(value, float) and not math.isfinite(value):
                 check(False, spec.name, value, "a finite number")
+        for name, value in (self.regularizer_kwargs or {}).items():  # JSON reads NaN and Infinity
+            if isinstance(value, float) and not math.isfinite(value):
+                check(False, f"regularizer_kwargs[{name!r}]", value, "a finite number")
         for name, (test, allowed) in NUMERIC_RANGES.items():
             value = getattr(self, name)
             try:
@@ -414,7 +488,8 @@ class EntropyGRPOConfig(GRPOConfig):
         for method in REGISTRY.values():
             if method.name in names:
                 continue
-            for spec in dataclasses.fields(method):
+            flags = self._flag_parameters(method.name)  # one in regularizer_kwargs must belong to a selected method
+            for spec in (spec for spec in dataclasses.fields(method) if spec.name in flags):
                 default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
                 value = getattr(self, spec.name)
                 if value != default:
@@ -423,6 +498,21 @@ class EntropyGRPOConfig(GRPOConfig):
                         f"regularizer={self.regularizer!r} does not select; allowed: add {method.name} to "
                         f"--regularizer, or leave {spec.name} at its default ({default!r})"
                     )
+
+    def _check_regularizer_kwargs(self, names: list[str]) -> None:
+        """Every key a parameter, without a flag of its own, of a method --regularizer selects."""
+        kwargs = self.regularizer_kwargs or {}
+        flagged = {name for method in REGISTRY for name in self._flag_parameters(method)}
+        clash = sorted(flagged & set(kwargs))
+        flags = ", ".join(f"--{name}" for name in clash)
+        check(not clash, "regularizer_kwargs", kwargs, f"parameters without a flag of their own (set {flags} instead)")
+        accepted = sorted(name for method in names for name in parameter_names(method) if name not in flagged)
+        check(
+            set(kwargs) <= set(accepted),
+            "regularizer_kwargs",
+            kwargs,
+            f"parameters of regularizer={self.regularizer!r} without a flag of their own: {accepted}",
+        )
 
     def _check_trl_options(self, names: list[str]) -> None:
         """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table), KL-Cov's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def test_readme_and_the_results_page_quote_the_measured_ranges():
                 assert quoted in page, (length, part, name, quoted)
                 if length == "full":
                     assert quoted in readme, (part, name, quoted)
+
+
+def test_readme_quotes_the_timed_commands():
+    """README.md's times for its commands are those perf/readme_commands.py measured from a clean clone."""
+    page = (REPO / "docs" / "results" / "readme-commands.md").read_text()
+    rows = re.findall(r"^\| (\d) \| (\d+) s \| .*?: (\d+) s \| (\d+) s \|", page, flags=re.M)
+    assert rows and rows[0][0] == "1", page
+    readme = " ".join((REPO / "README.md").read_text().split())
+    for command, install, _, total in rows:
+        quoted = f"{total} s from a clean clone, {install} s of it the install"
+        assert quoted in readme, (command, quoted)
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """Supervised warm-up of the toy policy to a partial accuracy: how the shipped policy (entropy_rl/toy/policy/) was made.
 
 The package ships the default warm-up's result, so no run waits for it. `warm_start()` re-runs it into a cache
-(bit-identical to the shipped weights on any x86-64 machine with AVX2, see PORTABLE_KERNELS) and `rebuild_policy()`
-rewrites the shipped folder from it.
+(bit-identical to the shipped weights on an Intel CPU with AVX2, see PORTABLE_KERNELS; other CPUs part from them in
+the last bits) and `rebuild_policy()` rewrites the shipped folder from it.
 """
 
 from __future__ import annotations
@@ -132,7 +132,20 @@ def _versions() -> dict[str, str]:
         "tokenizers": tokenizers.__version__,
         "python": platform.python_version(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_vendor": cpu_vendor(),
     }
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD, ...): MKL's code paths, hence the weights' bits, depend on
+    it even on the same pinned instruction set."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _train(settings: dict, out_dir: Path, show_progress: bool) -> None:
@@ -233,8 +246,9 @@ def warm_start(
 ) -> Path:
     """Path of a warmed-up toy checkpoint (model, tokenizer, warmup.json), training it on first use.
 
-    The defaults re-make the shipped policy (`load_toy()` loads that one without training): the same bits on any
-    x86-64 machine with AVX2, as training runs in a child process on PORTABLE_KERNELS with one thread.
+    The defaults re-make the shipped policy (`load_toy()` loads that one without training): the same bits on an Intel
+    CPU with AVX2, as training runs in a child process on PORTABLE_KERNELS with one thread (MKL's AVX2 branch gives
+    other last bits on AMD CPUs, and the trajectory parts from the shipped one after about 100 steps: docs/toy.md).
 
     `cache_dir` is the cache root (default `$ENTROPY_RL_CACHE`, else `~/.cache/entropy-rl`); the checkpoint lives in
     `<root>/toy-<hash of settings>/`. Concurrent callers (e.g. every rank of a launch) serialise on a file lock, and
