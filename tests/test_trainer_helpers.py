@@ -17,7 +17,7 @@ from entropy_rl.trainer.unscorable import UnscorableCount
 
 TRAINER_DIR = Path(__file__).resolve().parents[1] / "entropy_rl" / "trainer"
 # The modules the trainer holds objects of or calls (grpo.py is the trainer, checkpoints.py its mix-in).
-HELPERS = ("agreement", "batch_keys", "metrics_file", "param_probe", "sampling", "step_sums", "unscorable")
+HELPERS = ("agreement", "batch_keys", "metrics_file", "param_probe", "sampling", "step_end", "step_sums", "unscorable")
 
 
 def test_step_sums_reduce_once_and_split_by_name():
@@ -99,24 +99,82 @@ def test_unscorable_count_stops_a_streak_of_wholly_broken_batches():
 def test_param_probe_refuses_what_it_cannot_measure():
     from entropy_rl.config import EntropyGRPOConfig
     from entropy_rl.errors import ConfigError
-    from entropy_rl.trainer.param_probe import ParamProbe
+    from entropy_rl.trainer.param_probe import ParamProbe, PolicyLoss
 
-    probe = ParamProbe(EntropyGRPOConfig(output_dir="unused", dynamics_momentum_groups=True))
+    loss = PolicyLoss(print, print, 0.2, 0.2, attributable=True)  # check() reads none of it
+
+    probe = ParamProbe(EntropyGRPOConfig(output_dir="unused", dynamics_momentum_groups=True), loss)
     plain = dict(world=1, fsdp=False, fsdp1=False, deepspeed_stage=None, loss_type="dapo")
     probe.check(**plain, importance_sampling_level="token")
     with pytest.raises(ConfigError, match="dynamics_momentum_groups=True; allowed: False with loss_type='dapo' / imp"):
         probe.check(**plain, importance_sampling_level="sequence")
     with pytest.raises(ConfigError, match="dynamics_param=True with FSDP version 1 / ZeRO-3"):
-        ParamProbe(EntropyGRPOConfig(output_dir="unused")).check(
+        ParamProbe(EntropyGRPOConfig(output_dir="unused"), loss).check(
             **plain | {"deepspeed_stage": 3}, importance_sampling_level="token"
         )
 
 
+def _private_reads(path: Path) -> list[str]:
+    """`x._name` where x is not `self` (a module's private name, e.g. torch's, would be listed here too)."""
+    found = re.finditer(r"\b(\w+)\._[A-Za-z]\w*", path.read_text())
+    return [m.group(0) for m in found if m.group(1) not in ("self", "cls")]
+
+
 @pytest.mark.parametrize("name", HELPERS)
 def test_helpers_read_neither_the_trainer_nor_private_attributes_of_other_objects(name):
-    """A helper gets what it needs as arguments: no `trainer.` reads, and no `x._name` where x is not `self` (a
-    module's private name, e.g. torch's, would be listed here)."""
-    source = (TRAINER_DIR / f"{name}.py").read_text()
-    assert not re.findall(r"(?<![.\w])trainer\.", source)  # trl.trainer.* is a module
-    private = [m.group(0) for m in re.finditer(r"\b(\w+)\._[A-Za-z]\w*", source) if m.group(1) not in ("self", "cls")]
-    assert not private
+    """A helper gets what it needs as arguments: no `trainer.` reads and no other object's private attributes."""
+    path = TRAINER_DIR / f"{name}.py"
+    assert not re.findall(r"(?<![.\w])trainer\.", path.read_text())  # trl.trainer.* is a module
+    assert not _private_reads(path)
+
+
+@pytest.mark.parametrize("name", ["training.py", "training_curve.py"])
+def test_the_trainers_users_read_only_its_public_attributes(name):
+    assert not _private_reads(TRAINER_DIR.parent / name)
+
+
+class _OneProcess:
+    """What StepEnd reads of accelerate's Accelerator, on one process; counts the collectives."""
+
+    num_processes, process_index, is_main_process, device = 1, 0, True, torch.device("cpu")
+
+    def __init__(self):
+        self.reduces = 0
+
+    def reduce(self, x, reduction):
+        self.reduces += 1
+        return x
+
+
+def test_step_end_reduces_every_slot_once_and_appends_the_row(tmp_path):
+    from collections import defaultdict
+
+    from entropy_rl import stats
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.regularizers.common import DrawStream
+    from entropy_rl.trainer.param_probe import PolicyLoss
+    from entropy_rl.trainer.step_end import StepEnd
+    from entropy_rl.trainer.step_sums import TOKENS
+
+    accelerator, logged = _OneProcess(), defaultdict(list)
+    reg_sums = {"clip_frac": torch.tensor([1.0, 4.0], dtype=torch.float64)}
+    end = StepEnd(
+        EntropyGRPOConfig(output_dir=str(tmp_path / "run"), dynamics_every=0),
+        accelerator,
+        loss=PolicyLoss(print, print, 0.2, 0.2, attributable=True),
+        one_pass=print,
+        draws=DrawStream(torch.Generator().manual_seed(0)),
+        reg_sums=reg_sums,
+        logged=logged,
+    )
+    end.begin(0)
+    end.metrics_file.start({})
+    end.unscorable.count(torch.tensor([[float("nan")], [1.0]]), torch.zeros(2, 1, dtype=torch.bool))
+    end.sums.add(TOKENS, torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64))
+    end.finish(1, 0.5)
+    assert accelerator.reduces == 1
+    assert end.last_row == {"tokens": 0.0, "reg/clip_frac": 0.25}
+    assert not reg_sums and end.sums.get(TOKENS) is None  # emptied for the next step
+    assert logged["reward/nan_frac"] == [0.5] and logged["reg/clip_frac"] == [0.25]
+    (row,) = read_rows(end.metrics_file.path)
+    assert row["step"] == 1 and row["reward/nan_frac"] == 0.5 and row["reg/clip_frac"] == 0.25

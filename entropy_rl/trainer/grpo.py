@@ -15,10 +15,10 @@ The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
   metrics, logged through TRL and appended to `metrics.jsonl`.
 tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked signature or behaviour relied on here.
 
-Everything else is a helper object the trainer holds and hands what it needs (none reads the trainer): the step's sums
-(step_sums.py), the metrics file (metrics_file.py), the parameter-space probe (param_probe.py), the agreement of the
-predictions with the measured change (agreement.py), dynamic sampling (sampling.py) and the unscorable-reward count
-(unscorable.py); checkpoints stay a mix-in (checkpoints.py) because they override the Trainer's own methods.
+Everything else is a helper object the trainer holds and hands what it needs (none reads the trainer): the work once
+per optimizer step (step_end.py, holding the step's sums, the parameter-space probe, the agreement of the predictions
+with the measured change, the unscorable-reward count and the metrics file) and dynamic sampling (sampling.py);
+checkpoints stay a mix-in (checkpoints.py) because they override the Trainer's own methods.
 """
 
 from __future__ import annotations
@@ -33,18 +33,18 @@ import torch
 from transformers import Trainer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from .. import onepass, param_prediction, stats
+from .. import onepass, stats
 from ..config import CLIP_LOSS_TYPES, EntropyGRPOConfig
 from ..regularizers import LOCAL, Composite, Edits, TokenBatch
 from ..regularizers.base import penalty_loss
 from ..regularizers.common import DrawStream
-from . import agreement, step_sums
+from . import step_sums
 from .batch_keys import PENALTY_KEY, RAW_ADV_KEY, S_MINUS_N_KEY, VALID_KEY, WEIGHT_KEY, loss_mask, valid_mask
 from .checkpoints import CheckpointsMixin
-from .metrics_file import MetricsFile
-from .param_probe import ParamProbe, Update, is_attributable
+from .param_probe import PolicyLoss, is_attributable
 from .sampling import DynamicSampler
-from .unscorable import NAN_FRAC_KEY, UnscorableCount, noting_nones
+from .step_end import StepEnd
+from .unscorable import noting_nones
 
 # TRL generation metrics copied into each metrics.jsonl row (those of the rollout batch the step trains on).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
@@ -55,9 +55,6 @@ GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
-# Slots of the step's sums besides step_sums.TOKENS: the entropy after the update, the parameter-space prediction,
-# each rank's random draws; the reward rounds' counts and the regularizer metrics are named by prefix.
-ENTROPY_AFTER, PARAM, DRAWS, ROUND, REG = "entropy_after", "param", "draws", "round/", "reg/"
 
 logger = logging.getLogger(__name__)
 
@@ -195,28 +192,40 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         self._penalty: torch.Tensor | None = None  # KL-Cov per-token penalty of that micro-batch
         self._step_penalty_coef = 0.0  # its coefficient when the penalised tokens were chosen per step
         self._reg_sums: dict[str, torch.Tensor] = {}  # regularizer metrics: name -> [sum, count]
-        self.step_sums = step_sums.StepSums()  # the step's sums, reduced once at its end
-        self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
-        self._agreement = agreement.DynamicsAgreement()
-        self._probe = ParamProbe(self.args)
+        loss = PolicyLoss(
+            self._get_per_token_logps_and_entropies,
+            self._normalize_like_trl,
+            self.epsilon_low,
+            self.epsilon_high,
+            attributable=is_attributable(self.loss_type, self.importance_sampling_level),
+        )
+        self._step_end = StepEnd(
+            self.args,
+            self.accelerator,
+            loss=loss,
+            one_pass=lambda *call: self._one_pass(self.model_wrapped, *call, compute_entropy=True),
+            draws=self._generator,
+            reg_sums=self._reg_sums,
+            logged=self._metrics["train"],
+        )
+        self.step_sums = self._step_end.sums  # the step's sums, reduced once at its end
         self._check_param_dynamics()
         if not hasattr(Trainer, "_clip_grad_norm"):  # transformers 4.x clips inline, through the accelerator
-            self._probe.watch_clip_norm(self.accelerator)
-        is_main = self.accelerator.is_main_process
-        self._metrics_file = MetricsFile(self.args.output_dir, self.args.metrics_file, is_main=is_main)
+            self._step_end.probe.watch_clip_norm(self.accelerator)
         self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
         self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
-        self._unscorable = UnscorableCount()
-        self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
-        self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
         self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
-        self.add_callback(_StepEndCallback(self._open_run, self._before_update, self._finish_step))
+        begin = lambda: self._step_end.begin(self.state.global_step)  # noqa: E731
+        self.add_callback(_StepEndCallback(begin, self._before_update, self._finish_step))
         self._sampler = DynamicSampler(
             self.args,
             self.train_dataset,
             self.reward_func_names,
+            self.accelerator,
             group=self.num_generations,
             shuffle=self.shuffle_dataset,
+            normalize_then_sum=self.multi_objective_aggregation == "normalize_then_sum",
+            pad_token_id=self._tokenizer.pad_token_id,
         )
         if self.args.curve_benchmarks:
             from ..training_curve import CurveCallback
@@ -281,14 +290,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         if self.model.training and self.args.dynamic_sampling:
+            step = self.state.global_step + 1
             output, sampled = self._sampler.sample(
-                len(inputs),
-                self._generation_round,
-                accelerator=self.accelerator,
-                reward_weights=self.reward_weights,
-                normalize_then_sum=self.multi_objective_aggregation == "normalize_then_sum",
-                pad_token_id=self._tokenizer.pad_token_id,
-                step=self.state.global_step + 1,
+                len(inputs), self._generation_round, reward_weights=self.reward_weights, step=step
             )
             for key, value in sampled.items():
                 self._metrics["train"][key].append(value)
@@ -298,7 +302,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             # Every step trained on this rollout batch reports its reward, also when TRL generates less than once a step
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
-            self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
+            self._step_end.rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
             if self._step_regularizer is not None and not self._step_edits_at_loss:
                 self._step_level_edits(output)
         return output
@@ -321,7 +325,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         finally:
             self.reward_funcs = functions
-        self._unscorable.count(self._round_rewards, self.accelerator.gather(nones).bool())  # every rank alike
+        self._step_end.unscorable.count(self._round_rewards, self.accelerator.gather(nones).bool())  # every rank alike
         return self._round_rewards
 
     def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
@@ -432,33 +436,17 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
     def _record_micro_batch(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> None:
         """Add one micro-batch's sums to the step's, and keep the batch on steps that measure the entropy change."""
         self.step_sums.add(step_sums.TOKENS, self._token_sums(logps, token_stats, advantages, inputs))
-        if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
+        if self._step_end.measures(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
             inputs[RAW_ADV_KEY] = stats.per_token(advantages, logps)
             inputs[S_MINUS_N_KEY] = stats.discriminator(token_stats.logp, token_stats.entropy) - token_stats.nec
-            self._step_batches.append(inputs)
+            self._step_end.batches.append(inputs)
 
     def _token_sums(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> torch.Tensor:
-        return step_sums.token_sums(
-            logps,
-            token_stats,
-            advantages,
-            inputs,
-            epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high,
-            sampler_correction=self._sampler_correction(inputs),
-        )
+        epsilons = dict(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high)
+        correction = self._sampler_correction(inputs)
+        return step_sums.token_sums(logps, token_stats, advantages, inputs, **epsilons, sampler_correction=correction)
 
-    def _measures_dynamics(self, step: int) -> bool:
-        every = self.args.dynamics_every
-        return self.args.diagnostics and every > 0 and step % every == 0
-
-    # ---------------------------------------------------------------- once per optimizer step
-    def _open_run(self) -> None:
-        """At train(): the metrics rows the (possibly resumed) run continues from, and its measured steps."""
-        kept = self._metrics_file.open(self.state.global_step)
-        if kept is not None:
-            self._agreement.restore(kept)
-
+    # ---------------------------------------------------------------- once per optimizer step (step_end.py)
     def _world(self) -> int:
         return self.accelerator.num_processes
 
@@ -468,7 +456,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
 
     def _check_param_dynamics(self) -> None:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        self._probe.check(
+        self._step_end.probe.check(
             world=self._world(),
             fsdp=self.is_fsdp_enabled,
             fsdp1=self.is_fsdp_enabled and not self.accelerator.is_fsdp2,
@@ -479,88 +467,26 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
 
     def _clip_grad_norm(self, model):
         # The clip factor scales each group's share of the update (param_prediction.clip_factor).
-        self._probe.grad_norm = super()._clip_grad_norm(model)
-        return self._probe.grad_norm
+        self._step_end.probe.grad_norm = super()._clip_grad_norm(model)
+        return self._step_end.probe.grad_norm
 
     def _before_update(self) -> None:
-        """Just before optimizer.step(): the parameter-space probe, on the steps it measures (and every step with the
-        momentum groups)."""
-        measuring = self.args.dynamics_param and self._measures_dynamics(self.state.global_step + 1)
-        if not (measuring or self.args.dynamics_momentum_groups):
-            return
-        sharded, world = self._sharded_in_place(), self._world()
-        update = Update(
-            # DDP: the bare module, whose autograd.grad leaves .grad alone. FSDP2 shards in place: the module keeps the
-            # hooks that all-gather its parameters, and the gradients come from its own backward (grad_through_hooks).
-            model=self.accelerator.unwrap_model(self.model),
-            optimizer=self.optimizer,
-            batches=self._step_batches,
-            logps_and_entropies=self._get_per_token_logps_and_entropies,
-            normalize=self._normalize_like_trl,
-            epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high,
-            attributable=is_attributable(self.loss_type, self.importance_sampling_level),
-            world=world,
-            sharded=sharded,
-            all_reduce=(lambda x: self.accelerator.reduce(x, reduction="sum")) if world > 1 else None,
+        # DDP: the bare module, whose autograd.grad leaves .grad alone. FSDP2 shards in place: the module keeps the
+        # hooks that all-gather its parameters, and the gradients come from its own backward (grad_through_hooks).
+        model, step = self.accelerator.unwrap_model(self.model), self.state.global_step + 1
+        self._step_end.before_update(
+            model, self.optimizer, step=step, world=self._world(), sharded=self._sharded_in_place()
         )
-        self._probe.before_update(update, measuring=measuring)
 
     def _finish_step(self) -> None:
-        """After each optimizer step: one all-reduce of the step's named sums, then log and append a metrics row."""
-        if not self._metrics_file.started:
-            self._metrics_file.start(self.saved_config or self.args.to_dict())
-        rounds, draws = self._unscorable.take(), self._generator.consumed
-        if not (self.args.diagnostics or self._reg_sums or rounds or draws is not None):
-            return
-        step, device, sums = self.state.global_step, self.accelerator.device, self.step_sums
-        world, rank = self._world(), self.accelerator.process_index
-        if self.args.diagnostics:  # every rank joins the collective
-            sums.setdefault(step_sums.TOKENS, torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64, device=device))
-        measure = self._measures_dynamics(step)
-        prediction = self._probe.take_prediction()
-        if measure:
-            one_pass = lambda *call: self._one_pass(self.model_wrapped, *call, compute_entropy=True)  # noqa: E731
-            sums.add(ENTROPY_AFTER, agreement.entropy_sums(self._step_batches, one_pass, device))
-            if prediction is not None:
-                sums.add(PARAM, prediction.values())
-        reg_names = sorted(self._reg_sums)
-        for name in reg_names:
-            sums.add(REG + name, self._reg_sums[name])
-        # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
-        # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
-        for i, counts in enumerate(rounds):
-            sums.add(f"{ROUND}{i}", counts)
-        own_draws = torch.zeros(world, dtype=torch.float64, device=device)
-        if draws is not None:
-            own_draws[rank] = draws.to(device)
-        sums.add(DRAWS, own_draws)
-        self._step_batches, self._reg_sums = [], {}
-        # One host synchronisation per step: everything below is plain Python floats.
-        totals = sums.reduce(lambda x: self.accelerator.reduce(x, reduction="sum"), device)
-        self._generator.settle(round(totals[DRAWS][rank]))
-        for i in range(len(rounds)):
-            counted = (round(x / world) for x in totals[f"{ROUND}{i}"])
-            nan_frac = self._unscorable.check(*counted, step=step, limit=self.args.max_nan_reward_batches)
-            self._metrics["train"][NAN_FRAC_KEY].append(nan_frac)
-            self._rollout_metrics[NAN_FRAC_KEY] = nan_frac
-        if not (self.args.diagnostics or reg_names):
-            return
+        if not self._step_end.metrics_file.started:  # the run directory becomes this run's
+            self._step_end.metrics_file.start(self.saved_config or self.args.to_dict())
+        self._step_end.finish(self.state.global_step, self.state.epoch)
 
-        row = stats.step_metrics(totals[step_sums.TOKENS]) if self.args.diagnostics else {}
-        if measure:
-            entropy_sum, tokens = totals[ENTROPY_AFTER]
-            if prediction is not None:
-                row.update(param_prediction.step_values(totals[PARAM], tokens, world))
-            if row.get("tokens"):
-                self._agreement.record(row, entropy_sum / max(tokens, 1.0) - row["entropy/token_mean"])
-        for name in reg_names:
-            total, count = totals[REG + name]
-            row[f"reg/{name}"] = total / count if count else 0.0
-        for key, value in row.items():
-            self._metrics["train"][key].append(value)
-        self.last_metrics_row = row
-        self._metrics_file.write(step, self.state.epoch, {**self._rollout_metrics, **row})
+    @property
+    def last_metrics_row(self) -> dict[str, float]:
+        """The diagnostics of the last optimizer step (all ranks)."""
+        return self._step_end.last_row
 
     # ---------------------------------------------------------------- for training_curve.py
     @property

@@ -22,18 +22,24 @@ def is_attributable(loss_type: str, importance_sampling_level: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Update:
-    """What the probe reads of the update about to be taken."""
+class PolicyLoss:
+    """What the probe reads of the trainer's policy loss."""
 
-    model: torch.nn.Module  # the bare module (DDP: its autograd.grad leaves .grad alone; FSDP2: it holds the hooks)
-    optimizer: Any
-    batches: list[dict[str, Any]]  # the step's micro-batches, with RAW_ADV_KEY and S_MINUS_N_KEY
     # TRL's (log p, entropy) call: (model, input_ids, attention_mask, logits_to_keep, compute_entropy=) -> (lp, H, _)
     logps_and_entropies: Callable[..., tuple]
     normalize: Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]  # TRL's aggregation of a per-token loss
     epsilon_low: float
     epsilon_high: float
-    attributable: bool  # a PPO-clip loss with token-level ratios: the update splits by token group
+    attributable: bool  # a PPO-clip loss with token-level ratios: the update splits by token group (is_attributable)
+
+
+@dataclass(frozen=True)
+class Update:
+    """The update about to be taken."""
+
+    model: torch.nn.Module  # the bare module (DDP: its autograd.grad leaves .grad alone; FSDP2: it holds the hooks)
+    optimizer: Any
+    batches: list[dict[str, Any]]  # the step's micro-batches, with RAW_ADV_KEY and S_MINUS_N_KEY
     world: int  # processes
     sharded: bool  # FSDP2: parameters are shards, gathered by the module's hooks
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None  # sum over processes (None on one)
@@ -43,8 +49,8 @@ class ParamProbe:
     """Owns the measured step's prediction (until the step ends), the pre-clip gradient norm and the momentum groups'
     buffers (`dynamics_momentum_groups`, kept for the whole run)."""
 
-    def __init__(self, args: EntropyGRPOConfig):
-        self.args = args
+    def __init__(self, args: EntropyGRPOConfig, loss: PolicyLoss):
+        self.args, self.loss = args, loss
         self.grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
         self._prediction: param_prediction.ParamPrediction | None = None
         self._moments: param_prediction.GroupMoments | None = None
@@ -114,22 +120,24 @@ class ParamProbe:
         reuse = len(batches) == 1 and not update.sharded  # one micro-batch: its graph serves both passes
         kept = []
         for inputs in batches:
-            logps, entropies = _forward(update, inputs)
+            logps, entropies = _forward(self.loss, update.model, inputs)
             prediction.add_entropy((entropies * valid_mask(inputs)).sum(), retain_graph=reuse)
             kept.append(logps if reuse else None)
         # DDP averages the ranks' gradients.
         scale = param_prediction.clip_factor(self.grad_norm, self.args.max_grad_norm) / update.world
-        optimizer = update.optimizer if update.attributable else None
+        optimizer = update.optimizer if self.loss.attributable else None
         if prediction.set_direction(optimizer, scale=scale, all_reduce=update.all_reduce):
             for inputs, logps in zip(batches, kept, strict=True):
                 if not update.sharded:
-                    logps = _forward(update, inputs)[0] if logps is None else logps
-                    prediction.add_groups(_group_losses(update, logps, inputs))
+                    logps = _forward(self.loss, update.model, inputs)[0] if logps is None else logps
+                    prediction.add_groups(_group_losses(self.loss, logps, inputs))
                     continue
                 # Every rank runs one backward per group (a collective), a fresh forward each: FSDP frees the
                 # gathered parameters after a backward.
                 for name in param_prediction.GROUPS:
-                    losses = _group_losses(update, _forward(update, inputs)[0], inputs, every_group=True)
+                    losses = _group_losses(
+                        self.loss, _forward(self.loss, update.model, inputs)[0], inputs, every_group=True
+                    )
                     prediction.add_groups({name: losses[name]})
         if self._moments is not None:
             prediction.advance_moments(update.optimizer)
@@ -139,27 +147,27 @@ class ParamProbe:
         """A step that does not measure: the quadrants' gradients (a forward and up to 4 backward passes per
         micro-batch) move the momentum groups' buffers on with the optimizer's."""
         for inputs in update.batches:
-            logps = _forward(update, inputs, compute_entropy=False)[0]
-            losses = _group_losses(update, logps, inputs)
+            logps = _forward(self.loss, update.model, inputs, compute_entropy=False)[0]
+            losses = _group_losses(self.loss, logps, inputs)
             self._moments.add_losses({name: losses[name] for name in param_prediction.QUADRANTS if name in losses})
         clip = param_prediction.clip_factor(self.grad_norm, self.args.max_grad_norm)
         self._moments.advance(update.optimizer, clip)
 
 
 def _forward(
-    update: Update, inputs: dict[str, Any], *, compute_entropy: bool = True
+    loss: PolicyLoss, model: torch.nn.Module, inputs: dict[str, Any], *, compute_entropy: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log p, entropy) of the micro-batch's completion tokens under the current parameters, with the graph."""
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
     attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-    logps, entropies, _ = update.logps_and_entropies(
-        update.model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=compute_entropy
+    logps, entropies, _ = loss.logps_and_entropies(
+        model, ids, attention, inputs["completion_ids"].size(1), compute_entropy=compute_entropy
     )
     return logps, entropies
 
 
 def _group_losses(
-    update: Update, logps: torch.Tensor, inputs: dict[str, Any], *, every_group: bool = False
+    loss: PolicyLoss, logps: torch.Tensor, inputs: dict[str, Any], *, every_group: bool = False
 ) -> dict[str, torch.Tensor]:
     """The part of TRL's PPO-clip loss that each token group of param_prediction.GROUPS contributes (same
     normaliser); groups without tokens are left out unless `every_group` (a zero loss then)."""
@@ -167,7 +175,7 @@ def _group_losses(
     ratio = torch.ones_like(logps) if old is None else torch.exp(logps.detach() - old)
     used = stats.per_token(inputs["advantages"], logps).to(logps.dtype)
     raw = stats.per_token(inputs[RAW_ADV_KEY], logps).to(logps.dtype)
-    unclipped = stats.unclipped_mask(ratio, used, update.epsilon_low, update.epsilon_high)
+    unclipped = stats.unclipped_mask(ratio, used, loss.epsilon_low, loss.epsilon_high)
     valid = valid_mask(inputs)
     masks = param_prediction.token_groups(
         raw_advantages=raw,
@@ -185,7 +193,7 @@ def _group_losses(
     # Removed tokens left TRL's loss mask: count them over every sampled token, with the same normaliser.
     counted = {"removed": dict(inputs, completion_mask=valid, tool_mask=torch.ones_like(valid))}
     return {
-        name: update.normalize(coefficient[name] * logps * mask, counted.get(name, inputs))
+        name: loss.normalize(coefficient[name] * logps * mask, counted.get(name, inputs))
         for name, mask in masks.items()
         if every_group or mask.any()
     }

@@ -24,12 +24,23 @@ Generate = Callable[[list[dict[str, Any]]], tuple[dict[str, Any], torch.Tensor]]
 
 class DynamicSampler:
     """The generation rounds of a dynamically sampled rollout batch and the prompt stream they read; `prompts_drawn`
-    (saved in checkpoints) is where a resumed run goes on in that stream."""
+    (saved in checkpoints) is where a resumed run goes on in that stream. `group` is num_generations, `shuffle` and
+    `normalize_then_sum` TRL's shuffle_dataset and multi_objective_aggregation, `pad_token_id` the tokenizer's."""
 
     def __init__(
-        self, args: EntropyGRPOConfig, dataset: Any, reward_names: list[str], *, group: int, shuffle: bool
+        self,
+        args: EntropyGRPOConfig,
+        dataset: Any,
+        reward_names: list[str],
+        accelerator: Any,
+        *,
+        group: int,
+        shuffle: bool,
+        normalize_then_sum: bool,
+        pad_token_id: int | None,
     ) -> None:
-        self.args, self.dataset, self.group, self.shuffle = args, dataset, group, shuffle
+        self.args, self.dataset, self.accelerator, self.group, self.shuffle = args, dataset, accelerator, group, shuffle
+        self.normalize_then_sum, self.pad = normalize_then_sum, pad_token_id if pad_token_id is not None else 0
         self.prompts_drawn = 0  # prompts drawn so far by the rounds
         self._stream: dynamic_sampling.PromptStream | None = None
         self._column: int | None = None
@@ -43,19 +54,12 @@ class DynamicSampler:
         self._column = dynamic_sampling.metric_column(args.dynamic_sampling_metric, reward_names)
 
     def sample(
-        self,
-        local_rows: int,
-        generate: Generate,
-        *,
-        accelerator: Any,
-        reward_weights: torch.Tensor,
-        normalize_then_sum: bool,
-        pad_token_id: int | None,
-        step: int,
+        self, local_rows: int, generate: Generate, *, reward_weights: torch.Tensor, step: int
     ) -> tuple[dict[str, Any], dict[str, float]]:
         """A rollout batch of groups whose metric differs, generated round by round from the data loader's order (at
         most dynamic_sampling_max_rounds), and its `dynamic_sampling/*` metrics; every process takes the same
         decisions from the global rewards."""
+        accelerator = self.accelerator
         group, processes = self.group, accelerator.num_processes
         target = processes * local_rows
         column = self._column
@@ -63,9 +67,9 @@ class DynamicSampler:
 
         def next_round() -> torch.Tensor:
             # Every round, the first too, reads the stream: the next step starts where this one stopped, as in verl.
-            output, rewards = generate(self._stream_inputs(local_rows, accelerator))
+            output, rewards = generate(self._stream_inputs(local_rows))
             dynamic_sampling.check_keys(output)
-            weights, per_function = reward_weights, normalize_then_sum
+            weights, per_function = reward_weights, self.normalize_then_sum
             if column is not None:
                 rewards, weights, per_function = rewards[:, column : column + 1], weights[column : column + 1], True
             outputs.append(output)
@@ -80,8 +84,7 @@ class DynamicSampler:
             if self.args.dynamic_sampling_at_cap == "error":
                 raise error
             logger.warning("step %d: %s; training %d rows", step, error, len(selection.rows))
-        pad = pad_token_id if pad_token_id is not None else 0
-        output = _gather_rows(outputs, selection.rows, local_rows, accelerator, pad)
+        output = _gather_rows(outputs, selection.rows, local_rows, accelerator, self.pad)
         # DAPO-style losses divide by the global count of loss tokens: count those of the batch actually kept.
         output["num_items_in_batch"] = accelerator.gather(loss_mask(output).sum()).sum()
         metrics = {
@@ -92,11 +95,11 @@ class DynamicSampler:
         }
         return output, metrics
 
-    def _stream_inputs(self, local_rows: int, accelerator: Any) -> list[dict[str, Any]]:
+    def _stream_inputs(self, local_rows: int) -> list[dict[str, Any]]:
         """This process's share of the next global batch of the data loader's order (TRL's RepeatSampler with the
         same seed: its permutations, epoch after epoch), each prompt repeated num_generations times in a row as TRL's
         sampler lays them out. Every process reads the same stream, so all see the same global batch."""
-        group, processes = self.group, accelerator.num_processes
+        group, processes = self.group, self.accelerator.num_processes
         prompts = processes * local_rows // group
         if self._stream is None:
             if len(self.dataset) < prompts:
@@ -109,7 +112,7 @@ class DynamicSampler:
         indices = self._stream.take(prompts)
         self.prompts_drawn = self._stream.position
         rows = [index for index in indices for _ in range(group)]
-        rank = accelerator.process_index
+        rank = self.accelerator.process_index
         return [self.dataset[index] for index in rows[rank * local_rows : (rank + 1) * local_rows]]
 
 
