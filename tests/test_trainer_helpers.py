@@ -104,13 +104,13 @@ def test_param_probe_refuses_what_it_cannot_measure():
     loss = PolicyLoss(print, print, 0.2, 0.2, attributable=True)  # check() reads none of it
 
     probe = ParamProbe(EntropyGRPOConfig(output_dir="unused", dynamics_momentum_groups=True), loss)
-    plain = dict(world=1, fsdp=False, fsdp1=False, deepspeed_stage=None, loss_type="dapo")
+    plain = dict(world=1, fsdp=False, fsdp1=False, deepspeed=False, zero3=False, loss_type="dapo")
     probe.check(**plain, importance_sampling_level="token")
     with pytest.raises(ConfigError, match="dynamics_momentum_groups=True; allowed: False with loss_type='dapo' / imp"):
         probe.check(**plain, importance_sampling_level="sequence")
     with pytest.raises(ConfigError, match="dynamics_param=True with FSDP version 1 / ZeRO-3"):
         ParamProbe(EntropyGRPOConfig(output_dir="unused"), loss).check(
-            **plain | {"deepspeed_stage": 3}, importance_sampling_level="token"
+            **plain | {"deepspeed": True, "zero3": True}, importance_sampling_level="token"
         )
 
 

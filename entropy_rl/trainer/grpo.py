@@ -105,11 +105,11 @@ class AcceleratorReducer:
 class _StepEndCallback(TrainerCallback):
     """Runs the trainer's once-per-optimizer-step work after the update (the Trainer calls on_step_end after it)."""
 
-    def __init__(self, begin: Callable[[], None], before_update: Callable[[], None], end: Callable[[], None]):
+    def __init__(self, begin: Callable[[int], None], before_update: Callable[[], None], end: Callable[[], None]):
         self.begin, self.before_update, self.end = begin, before_update, end
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.begin()
+        self.begin(state.global_step)  # the resumed checkpoint's step, or 0
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.before_update()
@@ -215,8 +215,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
         self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
         self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
-        begin = lambda: self._step_end.begin(self.state.global_step)  # noqa: E731
-        self.add_callback(_StepEndCallback(begin, self._before_update, self._finish_step))
+        self.add_callback(_StepEndCallback(self._step_end.begin, self._before_update, self._finish_step))
         self._sampler = DynamicSampler(
             self.args,
             self.train_dataset,
@@ -460,7 +459,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             world=self._world(),
             fsdp=self.is_fsdp_enabled,
             fsdp1=self.is_fsdp_enabled and not self.accelerator.is_fsdp2,
-            deepspeed_stage=None if plugin is None else plugin.zero_stage,
+            deepspeed=plugin is not None,
+            zero3=plugin is not None and plugin.zero_stage == 3,
             loss_type=self.loss_type,
             importance_sampling_level=self.importance_sampling_level,
         )

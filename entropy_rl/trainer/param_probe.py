@@ -61,17 +61,18 @@ class ParamProbe:
         world: int,
         fsdp: bool,
         fsdp1: bool,
-        deepspeed_stage: int | None,
+        deepspeed: bool,
+        zero3: bool,
         loss_type: str,
         importance_sampling_level: str,
     ) -> None:
         """Refuse the settings the prediction does not support, naming the field: `world` processes, FSDP (`fsdp1`
-        when version 1), DeepSpeed's ZeRO stage (None without DeepSpeed), the trainer's loss type and ratio level."""
+        when version 1), DeepSpeed (`zero3` at ZeRO stage 3), the trainer's loss type and ratio level."""
         if not (self.args.dynamics_param and self.args.dynamics_every):
             return
         if self.args.dynamics_momentum_groups:
             # Its buffers are whole tensors fed with this process's group gradients: one process only.
-            distributed = world > 1 or fsdp or deepspeed_stage is not None
+            distributed = world > 1 or fsdp or deepspeed
             check(not distributed, "dynamics_momentum_groups", True, "False with several processes, FSDP or DeepSpeed")
             check(
                 is_attributable(loss_type, importance_sampling_level),
@@ -80,7 +81,7 @@ class ParamProbe:
                 f"False with loss_type={loss_type!r} / importance_sampling_level="
                 f"{importance_sampling_level!r} (the split needs a PPO-clip loss with token-level ratios)",
             )
-        if fsdp1 or deepspeed_stage == 3:
+        if fsdp1 or zero3:
             raise ConfigError(
                 "invalid config: dynamics_param=True with FSDP version 1 / ZeRO-3; allowed: dynamics_param=False "
                 "there, or fsdp_version 2 (supported: one process, DDP, ZeRO-1/2, FSDP2)"
