@@ -163,18 +163,16 @@ def test_step_end_reduces_every_slot_once_and_appends_the_row(tmp_path):
         accelerator,
         loss=PolicyLoss(print, print, 0.2, 0.2, attributable=True),
         one_pass=print,
-        draws=DrawStream(torch.Generator().manual_seed(0)),
-        reg_sums=reg_sums,
         logged=logged,
     )
     end.begin(0)
     end.metrics_file.start({})
     end.unscorable.count(torch.tensor([[float("nan")], [1.0]]), torch.zeros(2, 1, dtype=torch.bool))
     end.sums.add(TOKENS, torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64))
-    end.finish(1, 0.5)
+    end.finish(1, 0.5, reg_sums=reg_sums, draws=DrawStream(torch.Generator().manual_seed(0)))
     assert accelerator.reduces == 1
     assert end.last_row == {"tokens": 0.0, "reg/clip_frac": 0.25}
-    assert not reg_sums and end.sums.get(TOKENS) is None  # emptied for the next step
+    assert end.sums.get(TOKENS) is None  # emptied for the next step
     assert logged["reward/nan_frac"] == [0.5] and logged["reg/clip_frac"] == [0.25]
     (row,) = read_rows(end.metrics_file.path)
     assert row["step"] == 1 and row["reward/nan_frac"] == 0.5 and row["reg/clip_frac"] == 0.25

@@ -204,8 +204,6 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             self.accelerator,
             loss=loss,
             one_pass=lambda *call: self._one_pass(self.model_wrapped, *call, compute_entropy=True),
-            draws=self._generator,
-            reg_sums=self._reg_sums,
             logged=self._metrics["train"],
         )
         self.step_sums = self._step_end.sums  # the step's sums, reduced once at its end
@@ -481,7 +479,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
     def _finish_step(self) -> None:
         if not self._step_end.metrics_file.started:  # the run directory becomes this run's
             self._step_end.metrics_file.start(self.saved_config or self.args.to_dict())
-        self._step_end.finish(self.state.global_step, self.state.epoch)
+        reg_sums, self._reg_sums = self._reg_sums, {}
+        self._step_end.finish(self.state.global_step, self.state.epoch, reg_sums=reg_sums, draws=self._generator)
 
     @property
     def last_metrics_row(self) -> dict[str, float]:

@@ -27,9 +27,7 @@ class StepEnd:
     """The step's sums, kept micro-batches, probe, agreement, unscorable count and metrics file.
 
     `one_pass(input_ids, attention_mask, logits_to_keep)` is the trainer's one-pass call on the current parameters;
-    `draws` the regularizers' random stream (advanced here by what each rank drew); `reg_sums` the regularizer
-    metrics (name -> [sum, count]) the trainer adds to during the step; `logged` TRL's train metrics (name -> values),
-    which TRL averages at each log.
+    `logged` TRL's train metrics (name -> values), which TRL averages at each log.
     """
 
     def __init__(
@@ -39,12 +37,9 @@ class StepEnd:
         *,
         loss: PolicyLoss,
         one_pass: Callable[..., Any],
-        draws: DrawStream,
-        reg_sums: dict[str, torch.Tensor],
         logged: dict[str, list[float]],
     ):
-        self.args, self.accelerator = args, accelerator
-        self.one_pass, self.draws, self.reg_sums, self.logged = one_pass, draws, reg_sums, logged
+        self.args, self.accelerator, self.one_pass, self.logged = args, accelerator, one_pass, logged
         self.sums = StepSums()
         self.batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
         self.rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
@@ -75,11 +70,12 @@ class StepEnd:
         update = Update(model, optimizer, self.batches, world=world, sharded=sharded, all_reduce=all_reduce)
         self.probe.before_update(update, measuring=measuring)
 
-    def finish(self, step: int, epoch: float | None) -> None:
+    def finish(self, step: int, epoch: float | None, *, reg_sums: dict[str, torch.Tensor], draws: DrawStream) -> None:
         """After optimizer step `step`: one all-reduce of the step's named sums, then log and append a metrics row
-        (the trainer starts `metrics_file` first)."""
-        rounds, draws = self.unscorable.take(), self.draws.consumed
-        if not (self.args.diagnostics or self.reg_sums or rounds or draws is not None):
+        (the trainer starts `metrics_file` first). `reg_sums` are the step's regularizer metrics (name -> [sum,
+        count]); `draws` the regularizers' random stream, advanced here by what this rank drew."""
+        rounds, drawn = self.unscorable.take(), draws.consumed
+        if not (self.args.diagnostics or reg_sums or rounds or drawn is not None):
             return
         device, sums = self.accelerator.device, self.sums
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -91,22 +87,21 @@ class StepEnd:
             sums.add(ENTROPY_AFTER, agreement.entropy_sums(self.batches, self.one_pass, device))
             if prediction is not None:
                 sums.add(PARAM, prediction.values())
-        reg_names = sorted(self.reg_sums)
+        reg_names = sorted(reg_sums)
         for name in reg_names:
-            sums.add(REG + name, self.reg_sums[name])
+            sums.add(REG + name, reg_sums[name])
         # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
         # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
         for i, counts in enumerate(rounds):
             sums.add(f"{ROUND}{i}", counts)
         own_draws = torch.zeros(world, dtype=torch.float64, device=device)
-        if draws is not None:
-            own_draws[rank] = draws.to(device)
+        if drawn is not None:
+            own_draws[rank] = drawn.to(device)
         sums.add(DRAWS, own_draws)
         self.batches = []
-        self.reg_sums.clear()
         # One host synchronisation per step: everything below is plain Python floats.
         totals = sums.reduce(lambda x: self.accelerator.reduce(x, reduction="sum"), device)
-        self.draws.settle(round(totals[DRAWS][rank]))
+        draws.settle(round(totals[DRAWS][rank]))
         for i in range(len(rounds)):
             counted = (round(x / world) for x in totals[f"{ROUND}{i}"])
             nan_frac = self.unscorable.check(*counted, step=step, limit=self.args.max_nan_reward_batches)
