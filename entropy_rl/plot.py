@@ -20,8 +20,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .dynamics import QUADRANTS
 from .fit import LAW, LawFit, Pairs, band, moving_average, predict
+from .param_prediction import QUADRANTS
 from .rundir import Run, RunDirError, load_run
 
 ENTROPY_LINES = {  # metrics.jsonl key -> (legend text, line style)

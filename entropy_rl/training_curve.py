@@ -116,12 +116,12 @@ class CurveCallback(TrainerCallback):
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator, gather) as model:
             results = evaluate_checkpoint(
                 model,
-                trainer._tokenizer,
+                trainer.tokenizer_for_generation,
                 benchmarks,
                 settings=self.settings,
                 grader=self.grader,
                 output_dir=out_dir,
-                llm=self._vllm_engine(),
+                llm=trainer.vllm_engine(),
             )
         seconds = time.perf_counter() - started
         trainer.log_curve_seconds(seconds)
@@ -129,13 +129,3 @@ class CurveCallback(TrainerCallback):
             for metrics in results.values():
                 row = curve_row(step, checkpoint, metrics, train_entropy) | {"eval_seconds": seconds}
                 rundir.append_curve_row(self.run_dir, row)  # flushed: a kill loses at most this row
-
-    def _vllm_engine(self) -> Any:
-        """TRL's colocated vLLM engine with the current weights, or None to generate with transformers."""
-        trainer = self.trainer
-        if not trainer.use_vllm:
-            return None
-        if trainer.state.global_step != trainer._last_loaded_step:
-            trainer.vllm_generation.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
-        return trainer.vllm_generation.llm

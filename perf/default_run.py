@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 
 from entropy_rl.cli.train import AGREEMENT_WINDOW
-from entropy_rl.dynamics import agreement
 from entropy_rl.jsonl import read_rows
+from entropy_rl.param_prediction import agreement
 from entropy_rl.rundir import metrics_path, read_config, read_curve
 
 # name -> environment of one run; the first gives the page's figures. One thread first: on shared cores two threads

@@ -5,7 +5,8 @@
 
 Trains each toy recipe (recipes/toy/<method>.yaml) on the hard task (`arithmetic_hard`, 16 prompts x 8 completions,
 the hard study's batch) at each learning rate, measuring the entropy change every 2nd step, and reports the Pearson r
-of each prediction with the measured change, per measured step and over windows of 5 (entropy_rl.dynamics.agreement).
+of each prediction with the measured change, per measured step and over windows of 5
+(entropy_rl.param_prediction.agreement).
 The parameter-space prediction is exact to first order, so what it misses is the second-order term, which grows with
 the step: under Adam the step is about lr per parameter whatever the gradient, so its relative error grows about
 linearly with lr, and most where the first-order change is small (regularizers that hold entropy).
@@ -21,8 +22,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from entropy_rl.dynamics import agreement
 from entropy_rl.jsonl import read_rows
+from entropy_rl.param_prediction import agreement
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5

@@ -25,8 +25,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from entropy_rl.dynamics import MOMENTUM_GROUPS, MOMENTUM_PARTS, QUADRANTS, agreement
 from entropy_rl.jsonl import read_rows
+from entropy_rl.param_prediction import MOMENTUM_GROUPS, MOMENTUM_PARTS, QUADRANTS, agreement
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5

@@ -1,5 +1,5 @@
-"""Parameter-space entropy dynamics (entropy_rl/dynamics.py): first-order exactness, the logit-space limit, and the
-attribution by token group under SGD and Adam; then the same quantities from a real training run."""
+"""Parameter-space entropy dynamics (entropy_rl/param_prediction.py): first-order exactness, the logit-space limit, and
+the attribution by token group under SGD and Adam; then the same quantities from a real training run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import SCRIPTS, TINY_GRPO, two_cpu_processes
 
-from entropy_rl import dynamics, stats
+from entropy_rl import param_prediction, stats
 from entropy_rl.jsonl import read_rows
 
 T, V = 12, 7  # tokens, vocabulary
@@ -56,7 +56,7 @@ def sgd_prediction(lr: float) -> tuple[float, float]:
     model = TinyNet()
     targets, advantages = data()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+    prediction = param_prediction.ParamPrediction(param_prediction.trainable(model))
     before = mean_entropy(model())
     prediction.add_entropy(before * T)  # the trainer passes entropy sums
     policy_loss(model(), targets, advantages).backward()
@@ -84,7 +84,7 @@ def logit_table_case(lr: float):
     table = torch.nn.Parameter(torch.randn(T, V, generator=gen, dtype=torch.float64))
     targets, advantages = data()
     optimizer = torch.optim.SGD([table], lr=lr)
-    prediction = dynamics.ParamPrediction([table])
+    prediction = param_prediction.ParamPrediction([table])
     prediction.add_entropy(mean_entropy(table) * T)
     logp = table.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
     (-(advantages * logp).mean()).backward()
@@ -93,7 +93,7 @@ def logit_table_case(lr: float):
     with torch.no_grad():
         lp, h, n = stats.vocab_stats(torch.eye(T, dtype=torch.float64), table.T.contiguous(), targets)
         s_minus_n = stats.discriminator(lp, h) - n
-    masks = dynamics.token_groups(
+    masks = param_prediction.token_groups(
         raw_advantages=advantages,
         s_minus_n=s_minus_n,
         loss_mask=torch.ones(T),
@@ -102,7 +102,7 @@ def logit_table_case(lr: float):
         unclipped=torch.ones(T, dtype=torch.bool),
     )
     logp = table.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
-    prediction.add_groups({name: (-(advantages * logp) * masks[name]).mean() for name in dynamics.QUADRANTS})
+    prediction.add_groups({name: (-(advantages * logp) * masks[name]).mean() for name in param_prediction.QUADRANTS})
     optimizer.step()
     return prediction, advantages, s_minus_n, masks
 
@@ -111,19 +111,19 @@ def test_free_logit_table_under_sgd_equals_logit_space_formula():
     lr = 0.1
     prediction, advantages, s_minus_n, masks = logit_table_case(lr)
     values = prediction.values().tolist()
-    row = dynamics.step_values(values, tokens=T, ranks=1)
+    row = param_prediction.step_values(values, tokens=T, ranks=1)
     # entropy_rl.stats' prediction -A (S - N) per token, for a unit logit step; the token-mean loss scales the
     # step of each token's logits by lr / T.
     logit_space = -(advantages * s_minus_n).mean() * lr / T
     assert row["dynamics/predicted_dH_param"] == pytest.approx(float(logit_space), rel=1e-6)
-    for name in dynamics.QUADRANTS:
+    for name in param_prediction.QUADRANTS:
         part = -(advantages * s_minus_n * masks[name]).mean() * lr / T
         assert row[f"dynamics/dH_param/{name}"] == pytest.approx(float(part), rel=1e-6, abs=1e-15)
 
 
 def test_group_parts_add_up_for_sgd():
-    row = dynamics.step_values(logit_table_case(0.1)[0].values().tolist(), tokens=T, ranks=1)
-    parts = [row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS]
+    row = param_prediction.step_values(logit_table_case(0.1)[0].values().tolist(), tokens=T, ranks=1)
+    parts = [row[f"dynamics/dH_param/{name}"] for name in param_prediction.QUADRANTS]
     assert sum(abs(p) for p in parts) > 0 and sum(p != 0 for p in parts) >= 2  # several groups, not one
     assert sum(parts) == pytest.approx(row["dynamics/predicted_dH_param"], rel=1e-9)
     assert abs(row["dynamics/dH_param/other"]) < 1e-9 * abs(row["dynamics/predicted_dH_param"])
@@ -137,7 +137,7 @@ def adam_run(betas: tuple[float, float], steps: int) -> list[dict[str, float]]:
     rows = []
     for _ in range(steps):
         optimizer.zero_grad()
-        prediction = dynamics.ParamPrediction(dynamics.trainable(model))
+        prediction = param_prediction.ParamPrediction(param_prediction.trainable(model))
         prediction.add_entropy(mean_entropy(model()) * T)
         policy_loss(model(), targets, advantages).backward()
         assert prediction.set_direction(optimizer, scale=1.0)
@@ -149,7 +149,7 @@ def adam_run(betas: tuple[float, float], steps: int) -> list[dict[str, float]]:
             }
         )
         optimizer.step()
-        rows.append(dynamics.step_values(prediction.values().tolist(), tokens=T, ranks=1))
+        rows.append(param_prediction.step_values(prediction.values().tolist(), tokens=T, ranks=1))
     return rows
 
 
@@ -171,25 +171,25 @@ def momentum_run(make_optimizer, steps: int, *, moments_from: int = 0, max_norm:
     model = TinyNet()
     targets, advantages = data()
     optimizer = make_optimizer(model.parameters())
-    params = dynamics.trainable(model)
-    moments = dynamics.GroupMoments(params)
+    params = param_prediction.trainable(model)
+    moments = param_prediction.GroupMoments(params)
     pos, neg = (advantages > 0).double(), (advantages <= 0).double()
     rows = []
     for step in range(steps):
         optimizer.zero_grad()
         tracked = step >= moments_from
-        prediction = dynamics.ParamPrediction(params, moments=moments if tracked else None)
+        prediction = param_prediction.ParamPrediction(params, moments=moments if tracked else None)
         prediction.add_entropy(mean_entropy(model()) * T)
         (policy_loss(model(), targets, advantages) - 0.05 * mean_entropy(model())).backward()
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else None
-        scale = dynamics.clip_factor(None if norm is None else float(norm), max_norm)
+        scale = param_prediction.clip_factor(None if norm is None else float(norm), max_norm)
         assert prediction.set_direction(optimizer, scale=scale)
         groups = {"pos_adv_S_gt_N": advantages * pos, "neg_adv_S_lt_N": advantages * neg}
         prediction.add_groups({name: policy_loss(model(), targets, a) for name, a in groups.items()})
         if tracked:
             prediction.advance_moments(optimizer)
         optimizer.step()
-        rows.append(dynamics.step_values(prediction.values().tolist(), tokens=T, ranks=1))
+        rows.append(param_prediction.step_values(prediction.values().tolist(), tokens=T, ranks=1))
     return rows, optimizer, moments
 
 
@@ -210,11 +210,11 @@ def test_adamw_momentum_groups_add_up_over_steps():
     last = rows[-1]
     for name in ("carried/pos_adv_S_gt_N", "carried/neg_adv_S_lt_N", "carried/rest", "rest", "weight_decay"):
         assert abs(last[f"dynamics/dH_param/{name}"]) > 1e-4 * abs(last["dynamics/predicted_dH_param"]), name
-    carried = sum(abs(last[f"dynamics/dH_param/carried/{name}"]) for name in dynamics.MOMENTUM_GROUPS)
+    carried = sum(abs(last[f"dynamics/dH_param/carried/{name}"]) for name in param_prediction.MOMENTUM_GROUPS)
     assert carried > 0.1 * abs(last["dynamics/predicted_dH_param"])  # what `other` held without the groups
     assert rows[0]["dynamics/dH_param/carried/pos_adv_S_gt_N"] == 0  # nothing carried into the first step
     for i, p in enumerate(moments.params):
-        total = sum(moments.buffers[name][i] for name in dynamics.MOMENTUM_GROUPS)
+        total = sum(moments.buffers[name][i] for name in param_prediction.MOMENTUM_GROUPS)
         assert torch.allclose(total, optimizer.state[p]["exp_avg"], rtol=1e-10, atol=1e-14)
 
 
@@ -232,9 +232,9 @@ def test_sgd_momentum_groups_reduce_to_the_current_split():
     grouped, _, _ = momentum_run(lambda params: torch.optim.SGD(params, lr=0.1), 3)
     for without, row in zip(plain, grouped, strict=True):
         assert_explained(row)
-        for name in dynamics.QUADRANTS:
+        for name in param_prediction.QUADRANTS:
             assert row[f"dynamics/dH_param/{name}"] == without[f"dynamics/dH_param/{name}"]
-        for name in ("weight_decay", *(f"carried/{group}" for group in dynamics.MOMENTUM_GROUPS)):
+        for name in ("weight_decay", *(f"carried/{group}" for group in param_prediction.MOMENTUM_GROUPS)):
             assert row[f"dynamics/dH_param/{name}"] == 0
         assert row["dynamics/dH_param/rest"] == pytest.approx(without["dynamics/dH_param/other"], rel=1e-9)
 
@@ -249,8 +249,8 @@ def test_sgd_momentum_groups_reduce_to_the_current_split():
 
 def test_windowed_agreement():
     predicted = [0.1, -0.2, 0.3, 0.0, 0.1, -0.1, 0.2, 0.05]
-    assert dynamics.cumulative_windows(predicted, 3) == pytest.approx([0.2, 0.0])
-    out = dynamics.agreement(predicted, [2 * x for x in predicted], window=2)
+    assert param_prediction.cumulative_windows(predicted, 3) == pytest.approx([0.2, 0.0])
+    out = param_prediction.agreement(predicted, [2 * x for x in predicted], window=2)
     assert out["r"] == pytest.approx(1.0) and out["r_window"] == pytest.approx(1.0) and out["pairs"] == 8
 
 
@@ -268,7 +268,7 @@ def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_trainer,
     for row in rows:
         predicted, measured = row["dynamics/predicted_dH_param"], row["dynamics/measured_dH"]
         assert predicted == pytest.approx(measured, rel=0.05, abs=1e-6)
-        quadrants = sum(row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS)
+        quadrants = sum(row[f"dynamics/dH_param/{name}"] for name in param_prediction.QUADRANTS)
         assert quadrants != 0
         if optim == "sgd":  # exact split, clipping included (max_grad_norm is far below the gradient norms here)
             assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
@@ -297,7 +297,7 @@ def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_
         total = grouped["dynamics/predicted_dH_param"]
         assert abs(grouped["dynamics/dH_param/other"]) < 1e-4 * abs(total)
         assert grouped["dynamics/dH_param/weight_decay"] != 0
-        assert any(grouped[f"dynamics/dH_param/carried/{name}"] for name in dynamics.QUADRANTS)
+        assert any(grouped[f"dynamics/dH_param/carried/{name}"] for name in param_prediction.QUADRANTS)
     # `other` held the carried momentum and the weight decay before; the quadrants now take what they built.
     assert abs(rows[False][-1]["dynamics/dH_param/other"]) > 1e-2 * abs(rows[False][-1]["dynamics/predicted_dH_param"])
 
@@ -333,7 +333,7 @@ def synthetic_run_dir(path, steps: int = 40):
             measured = -0.01 * (1 + (step % 3))
             row |= {"dynamics/measured_dH": measured, "dynamics/predicted_dH": 0.5 + step % 2}
             row |= {"dynamics/predicted_dH_param": measured * 1.01, "dynamics/dH_param/other": 0.0}
-            row |= {f"dynamics/dH_param/{name}": measured / 4 for name in dynamics.QUADRANTS}
+            row |= {f"dynamics/dH_param/{name}": measured / 4 for name in param_prediction.QUADRANTS}
         rows.append(row)
     path.mkdir(parents=True)
     rewrite_rows(path / "metrics.jsonl", rows)
@@ -365,7 +365,10 @@ def test_dynamics_figure_with_momentum_groups(tmp_path):
     rows = synthetic_run_dir(tmp_path / "run", steps=20)
     for row in rows:
         if "dynamics/measured_dH" in row:
-            row |= {f"dynamics/dH_param/{name}": row["dynamics/measured_dH"] / 10 for name in dynamics.MOMENTUM_PARTS}
+            row |= {
+                f"dynamics/dH_param/{name}": row["dynamics/measured_dH"] / 10
+                for name in param_prediction.MOMENTUM_PARTS
+            }
     rewrite_rows(tmp_path / "run" / "metrics.jsonl", rows)
     assert plot_dynamics(load_run(tmp_path / "run")).read_bytes().startswith(b"\x89PNG")
 
@@ -380,11 +383,11 @@ def test_study_attribution_folds_the_carried_parts_into_their_groups(tmp_path):
     assert "momentum_groups" not in plain
     for row in rows:
         if "dynamics/measured_dH" in row:
-            row |= {f"dynamics/dH_param/{name}": 1.0 for name in dynamics.MOMENTUM_PARTS}
+            row |= {f"dynamics/dH_param/{name}": 1.0 for name in param_prediction.MOMENTUM_PARTS}
     rewrite_rows(tmp_path / "run" / "metrics.jsonl", rows)
     grouped = _attribution_numbers(load_run(tmp_path / "run"))
     assert grouped["momentum_groups"] == 1.0
-    for name in dynamics.QUADRANTS:
+    for name in param_prediction.QUADRANTS:
         assert grouped[f"dH_{name}"] == pytest.approx(plain[f"dH_{name}"] + 2.0)  # + carried/<name> on 2 steps
     assert grouped["dH_other"] == pytest.approx(plain["dH_other"] + 6.0)  # + rest, carried/rest, weight_decay
 
@@ -436,7 +439,7 @@ def test_lora_prediction_uses_the_adapters_and_tracks_measured(make_trainer, tmp
         EntropyGRPOConfig(output_dir=str(tmp_path), **settings),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
     )
-    params = dynamics.trainable(trainer.accelerator.unwrap_model(trainer.model))
+    params = param_prediction.trainable(trainer.accelerator.unwrap_model(trainer.model))
     names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert len(params) == len(names) > 0 and all("lora_" in n for n in names)
     trainer.train()
@@ -478,7 +481,7 @@ def test_ddp_prediction_tracks_measured_and_adds_up_for_sgd(tmp_path, tiny_model
     for row in rows:
         predicted = row["dynamics/predicted_dH_param"]
         assert predicted == pytest.approx(row["dynamics/measured_dH"], rel=0.05, abs=1e-6)
-        assert any(row[f"dynamics/dH_param/{name}"] for name in dynamics.QUADRANTS), row
+        assert any(row[f"dynamics/dH_param/{name}"] for name in param_prediction.QUADRANTS), row
         assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9
 
 

@@ -111,6 +111,7 @@ def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_trainer, 
     sampler's own log-probs (here deliberately far off) are read by TRL's correction only.
     """
     from entropy_rl import stats
+    from entropy_rl.trainer.step_sums import TOKENS
 
     trainer = make_trainer(method_args(tmp_path, name))
     trainer.model.train()
@@ -120,9 +121,9 @@ def test_vllm_importance_weights_reach_every_term_as_in_trls_loss(make_trainer, 
 
     def loss_and_metrics(extra):
         trainer.loss_edits.generator.manual_seed(0)
-        trainer._step_sums = None
+        trainer.step_sums.clear()
         loss = trainer._compute_loss(trainer.model, {**inputs, **extra})
-        return loss.detach(), stats.step_metrics(trainer._step_sums.tolist())
+        return loss.detach(), stats.step_metrics(trainer.step_sums.get(TOKENS).tolist())
 
     plain, plain_metrics = loss_and_metrics({})
     trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # what TRL's loss reads of its vLLM path

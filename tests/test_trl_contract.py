@@ -203,8 +203,8 @@ def test_metrics_store_and_step_callback_contract():
 
 
 def test_clip_then_pre_optimizer_callback_then_step():
-    """The parameter-space prediction (entropy_rl/dynamics.py) reads the clipped gradient and the optimizer state in
-    on_pre_optimizer_step, and the clip factor from `_clip_grad_norm`'s return value (the pre-clip norm)."""
+    """The parameter-space prediction (entropy_rl/param_prediction.py) reads the clipped gradient and the optimizer
+    state in on_pre_optimizer_step, and the clip factor from `_clip_grad_norm`'s return value (the pre-clip norm)."""
     from transformers import Trainer
 
     if not hasattr(Trainer, "_clip_grad_norm"):  # transformers 4.x: inline, through the accelerator's method

@@ -119,7 +119,7 @@ AGREEMENT_WINDOW = 5
 
 def agreement_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Pearson r of each entropy-change prediction with the measured change, per measured step and per window."""
-    from entropy_rl.dynamics import agreement
+    from entropy_rl.param_prediction import agreement
 
     lines = []
     for key, name in (("dynamics/predicted_dH", "logit-space"), ("dynamics/predicted_dH_param", "parameter-space")):

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import t as t_distribution
 
-from entropy_rl.dynamics import MOMENTUM_PARTS, QUADRANTS, cumulative_windows
 from entropy_rl.errors import EntropyRLError
 from entropy_rl.fit import JointFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
+from entropy_rl.param_prediction import MOMENTUM_PARTS, QUADRANTS, cumulative_windows
 from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run
 from entropy_rl.stats import pearson
 
@@ -22,7 +22,7 @@ from .spec import Study
 
 BASELINE = "none"
 PREDICTED, MEASURED = "dynamics/predicted_dH", "dynamics/measured_dH"
-PREDICTED_PARAM = "dynamics/predicted_dH_param"  # the parameter-space prediction (entropy_rl/dynamics.py)
+PREDICTED_PARAM = "dynamics/predicted_dH_param"  # the parameter-space prediction (entropy_rl/param_prediction.py)
 ATTRIBUTION = (*QUADRANTS, "other")  # dynamics/dH_param/<group>, summed over a run's measured steps
 # With dynamics_momentum_groups a quadrant also takes what its earlier gradients carry through the optimizer's
 # momentum, and `other` the gradient outside the quadrants (now and carried) and weight decay.

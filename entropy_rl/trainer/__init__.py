@@ -1,5 +1,5 @@
-"""EntropyGRPOTrainer, TRL's GRPOTrainer with entropy diagnostics and regularizers (grpo.py), and its parts:
-checkpoints.py, metrics_file.py, sampling.py (dynamic sampling) and param_dynamics.py, mixed into the one class."""
+"""EntropyGRPOTrainer, TRL's GRPOTrainer with entropy diagnostics and regularizers (grpo.py), its checkpoints mix-in
+(checkpoints.py) and the helper objects it holds (docs/architecture.md lists them)."""
 
 from .checkpoints import check_start
 from .grpo import EntropyGRPOTrainer, as_entropy_config

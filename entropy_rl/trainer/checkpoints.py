@@ -141,7 +141,7 @@ class CheckpointsMixin:
 
     def _save_own_state(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        state = {"generator": self.loss_edits.generator.get_state(), "prompts_drawn": self._prompts_drawn}
+        state = {"generator": self.loss_edits.generator.get_state(), "prompts_drawn": self._sampler.prompts_drawn}
         torch.save(state, folder / checkpoint_files.STATE_FILE.format(rank=self.accelerator.process_index))
 
     def _repoint_best_checkpoint(self, staged: Path, final: Path) -> None:
@@ -188,4 +188,5 @@ class CheckpointsMixin:
                 path = Path(checkpoint) / checkpoint_files.STATE_FILE.format(rank=self.accelerator.process_index)
                 state = torch.load(path, weights_only=True)  # tensors only: never unpickle code from a checkpoint
                 self.loss_edits.generator.set_state(state["generator"])
-                self._prompts_drawn = state.get("prompts_drawn", 0)  # dynamic sampling's place in the prompt order
+                # dynamic sampling's place in the prompt order
+                self._sampler.prompts_drawn = state.get("prompts_drawn", 0)

@@ -3,8 +3,8 @@
 The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
 - `_compute_loss` hands TRL a shallow copy of the micro-batch and keeps a reference to it, so that
 - `_get_per_token_logps_and_entropies`, when TRL calls it for the training loss, can (1) measure the tokens (entropy,
-  Cov(logp, A), S, N, predicted entropy change) into local sums, without synchronising the device, taking H, log p
-  and N from the logits tiles of TRL's own fused LM head (entropy_rl.onepass), and (2) apply the
+  Cov(logp, A), S, N, predicted entropy change) into the step's sums, without synchronising the device, taking H,
+  log p and N from the logits tiles of TRL's own fused LM head (entropy_rl.onepass), and (2) apply the
   regularizer's edits before TRL reads the advantages (`LossEdits.at_loss`, loss_edits.py), a KL-Cov penalty being
   added after TRL's loss with TRL's own normaliser; on TRL's evaluation batches it only measures, and TRL logs the
   measurements as `eval_<name>`;
@@ -14,34 +14,36 @@ The trainer wraps TRL's methods instead of copying them (docs/architecture.md):
   metrics, logged through TRL and appended to `metrics.jsonl`.
 tests/test_trl_contract.py fails loudly if a TRL upgrade changes any hooked signature or behaviour relied on here.
 
-The regularizer's edits live in loss_edits.py (`LossEdits`, which the trainer holds). The parts that are not the
-per-token loss path live next to this file, as mix-ins: checkpoints (checkpoints.py), the metrics file
-(metrics_file.py), dynamic sampling's rollout (sampling.py) and the parameter-space prediction (param_dynamics.py).
+Everything else is a helper object the trainer holds and hands what it needs (none reads the trainer): the
+regularizer's edits (loss_edits.py), the work once per optimizer step (step_end.py, holding the step's sums, the
+parameter-space probe, the agreement of the predictions with the measured change, the unscorable-reward count and the
+metrics file) and dynamic sampling (sampling.py); checkpoints stay a mix-in (checkpoints.py) because they override
+the Trainer's own methods.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import is_async_callable
 
-from .. import dynamic_sampling, dynamics, onepass, rundir, stats
+from .. import onepass, stats
 from ..config import EntropyGRPOConfig
-from ..errors import ConfigError, RewardError
-from ..tokens import per_token, token_ratio, unclipped_mask
+from ..tokens import per_token
+from . import step_sums
+from .batch_keys import RAW_ADV_KEY, S_MINUS_N_KEY, loss_mask
 from .checkpoints import CheckpointsMixin
-from .loss_edits import VALID_KEY, LossEdits, loss_mask
-from .metrics_file import MetricsFileMixin
-from .param_dynamics import RAW_ADV_KEY, S_MINUS_N_KEY, ParamDynamicsMixin
-from .sampling import DynamicSamplingMixin
+from .loss_edits import LossEdits
+from .param_probe import PolicyLoss, is_attributable
+from .sampling import DynamicSampler
+from .step_end import StepEnd
+from .unscorable import noting_nones
 
 # TRL generation metrics copied into each metrics.jsonl row (those of the rollout batch the step trains on).
 TRL_ROW_KEYS = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "completions/clipped_ratio")
@@ -50,7 +52,6 @@ ROW_KEY_PREFIXES = ("rewards/", "dynamic_sampling/")
 # |log p - log p_old| beyond this is clamped before TRL forms the ratio (verl's clamp): a stale or corrupted batch
 # then gives a huge but finite ratio instead of inf and NaN gradients. exp(20) ~ 5e8, far outside any PPO clip.
 MAX_LOG_RATIO = 20.0
-NAN_FRAC_KEY = "reward/nan_frac"  # fraction of the rollout batch's completions no reward function could score
 
 logger = logging.getLogger(__name__)
 
@@ -75,48 +76,46 @@ def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
     return upgraded
 
 
-def _noting_nones(func: Any, nones: torch.Tensor) -> Any:
-    """`func` as TRL calls it, setting `nones[j]` where it returned None for completion j; reward models (modules)
-    return tensors, never None, and stay as they are."""
-    if isinstance(func, torch.nn.Module):
-        return func
+class AcceleratorReducer:
+    """Statistics over every rank of the step (the `Reducer` of entropy_rl.regularizers.base)."""
 
-    def note(output):
-        rows = [j for j, value in enumerate(output) if value is None and j < len(nones)]  # TRL checks the length
-        if rows:
-            nones[torch.tensor(rows, device=nones.device)] = 1.0
-        return output
+    def __init__(self, accelerator: Any):
+        self.accelerator = accelerator
 
-    if is_async_callable(func):
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(x.double(), reduction="sum")
 
-        async def noted_async(**kwargs):
-            return note(await func(**kwargs))
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(x.reshape(1)).max()
 
-        return noted_async
-
-    def noted(**kwargs):
-        return note(func(**kwargs))
-
-    return noted
+    def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if self.accelerator.num_processes == 1:
+            return x, 0  # nothing to gather, and the sizes below would be read on the host
+        sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
+        as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
+        padded = self.accelerator.pad_across_processes(as_float, dim=0)
+        chunks = self.accelerator.gather(padded).split(padded.numel())
+        full = torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes, strict=True)]).to(x.dtype)
+        return full, sum(sizes[: self.accelerator.process_index])
 
 
 class _StepEndCallback(TrainerCallback):
     """Runs the trainer's once-per-optimizer-step work after the update (the Trainer calls on_step_end after it)."""
 
-    def __init__(self, trainer: EntropyGRPOTrainer):
-        self.trainer = trainer
+    def __init__(self, begin: Callable[[int], None], before_update: Callable[[], None], end: Callable[[], None]):
+        self.begin, self.before_update, self.end = begin, before_update, end
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._open_metrics_file()
+        self.begin(state.global_step)  # the resumed checkpoint's step, or 0
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._before_update()
+        self.before_update()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._finish_step()
+        self.end()
 
 
-class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixin, ParamDynamicsMixin, GRPOTrainer):
+class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
     """GRPOTrainer with entropy diagnostics and regularizers (`--regularizer`).
 
     With `regularizer="none"` it trains exactly like GRPOTrainer; the diagnostics only observe. It takes the same
@@ -177,36 +176,38 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
         self._loss_inputs: dict[str, Any] | None = None  # the micro-batch whose loss is being computed
         self._penalty: torch.Tensor | None = None  # KL-Cov per-token penalty of that micro-batch
-        self._step_sums: torch.Tensor | None = None  # stats.SUM_FIELDS accumulated over the step's micro-batches
-        self._step_batches: list[dict[str, Any]] = []  # kept only on steps that measure the entropy change
-        self._dynamics: tuple[list[float], list[float]] = ([], [])  # (predicted, measured) entropy changes
-        self._dynamics_param: list[float] = []  # parameter-space predictions of the same steps
-        self._param_prediction: dynamics.ParamPrediction | None = None  # the measured step's, until it ends
-        self._grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
-        self._group_moments: dynamics.GroupMoments | None = None  # dynamics_momentum_groups' buffers
+        loss = PolicyLoss(
+            self._get_per_token_logps_and_entropies,
+            self._normalize_like_trl,
+            self.epsilon_low,
+            self.epsilon_high,
+            attributable=is_attributable(self.loss_type, self.importance_sampling_level),
+        )
+        self._step_end = StepEnd(
+            self.args,
+            self.accelerator,
+            loss=loss,
+            one_pass=lambda *call: self._one_pass(self.model_wrapped, *call, compute_entropy=True),
+            logged=self._metrics["train"],
+        )
+        self.step_sums = self._step_end.sums  # the step's sums, reduced once at its end
         self._check_param_dynamics()
-        self._record_clip_norm_on_transformers_4()
-        self._metrics_path = rundir.metrics_path(self.args.output_dir, {"metrics_file": self.args.metrics_file})
-        self._rows_started = False  # the first step of this train() call makes the run directory this run's
-        self._start_step = 0  # the step train() started from (the resumed checkpoint's)
+        if not hasattr(Trainer, "_clip_grad_norm"):  # transformers 4.x clips inline, through the accelerator
+            self._step_end.probe.watch_clip_norm(self.accelerator)
         self.saved_config: dict[str, Any] | None = None  # the run's saved config (train_run's); default: the args
         self._staging = False  # True while a checkpoint is written (under RUN_DIR/.staging/, then renamed)
-        self._nan_frac = 0.0  # of the latest rollout batch
-        self._unscorable: list[torch.Tensor] = []  # [unscorable, broken, completions] per round
-        self._nan_batches: list[int] = []  # steps of the current streak of wholly unscorable rollout batches
-        self._rollout_metrics: dict[str, float] = {}  # TRL's reward metrics of the rollout batch being trained on
-        self.last_metrics_row: dict[str, float] = {}  # the diagnostics of the last optimizer step (all ranks)
         self._round_rewards: torch.Tensor | None = None  # TRL's global rewards of the last generation round
-        self._step_started = time.perf_counter()
-        self.add_callback(_StepEndCallback(self))
-        if self.args.dynamic_sampling and not hasattr(self.train_dataset, "__getitem__"):
-            # The refill draws prompts by index; a streamed dataset has none.
-            raise ConfigError(
-                f"invalid config: dynamic_sampling=True with a {type(self.train_dataset).__name__} train_dataset; "
-                "allowed: a map-style dataset (datasets.Dataset or any dataset with __len__ and __getitem__)"
-            )
-        if self.args.dynamic_sampling:
-            dynamic_sampling.metric_column(self.args.dynamic_sampling_metric, self.reward_func_names)
+        self.add_callback(_StepEndCallback(self._step_end.begin, self._before_update, self._finish_step))
+        self._sampler = DynamicSampler(
+            self.args,
+            self.train_dataset,
+            self.reward_func_names,
+            self.accelerator,
+            group=self.num_generations,
+            shuffle=self.shuffle_dataset,
+            normalize_then_sum=self.multi_objective_aggregation == "normalize_then_sum",
+            pad_token_id=self._tokenizer.pad_token_id,
+        )
         if self.args.curve_benchmarks:
             from ..training_curve import CurveCallback
 
@@ -270,17 +271,27 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
     def _generate_and_score_completions(self, inputs):
         if self.model.training and self.args.dynamic_sampling:
-            output = self._dynamically_sampled(inputs)
+            step = self.state.global_step + 1
+            output, sampled = self._sampler.sample(
+                len(inputs), self._generation_round, reward_weights=self.reward_weights, step=step
+            )
+            for key, value in sampled.items():
+                self._metrics["train"][key].append(value)
         else:
             output = super()._generate_and_score_completions(inputs)
         if self.model.training:
             # Every step trained on this rollout batch reports its reward, also when TRL generates less than once a step
             trl_metrics = self._metrics["train"]
             keys = [*TRL_ROW_KEYS, *(key for key in trl_metrics if key.startswith(ROW_KEY_PREFIXES))]
-            self._rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
+            self._step_end.rollout_metrics = {key: trl_metrics[key][-1] for key in keys if trl_metrics.get(key)}
             if self.loss_edits.on_rollout_needed:
                 self._rollout_edits(output)
         return output
+
+    def _generation_round(self, inputs: list[dict[str, Any]]) -> tuple[dict[str, Any], torch.Tensor]:
+        """One of dynamic sampling's rounds: TRL's rollout of `inputs` and its global rewards."""
+        output = super()._generate_and_score_completions(inputs)
+        return output, self._round_rewards
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # Kept for dynamic sampling: TRL's rewards of every process (rows x functions), before any normalisation.
@@ -290,50 +301,13 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         # TRL turns None ("not applicable") into NaN; note where, so that only NaN/inf values count as broken.
         nones = torch.zeros(len(prompts), len(self.reward_funcs), device=self.accelerator.device)
         functions = self.reward_funcs
-        self.reward_funcs = [_noting_nones(func, nones[:, i]) for i, func in enumerate(functions)]
+        self.reward_funcs = [noting_nones(func, nones[:, i]) for i, func in enumerate(functions)]
         try:
             self._round_rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         finally:
             self.reward_funcs = functions
-        self._count_unscorable(self._round_rewards, self.accelerator.gather(nones).bool())  # every rank alike
+        self._step_end.unscorable.count(self._round_rewards, self.accelerator.gather(nones).bool())  # every rank alike
         return self._round_rewards
-
-    def _count_unscorable(self, rewards_per_func: torch.Tensor, nones: torch.Tensor) -> None:
-        """Count completions that no reward function scored (TRL gives them zero advantage), and those among them that
-        got a NaN or inf value (a broken reward, not TRL's None convention); read with the step's other sums at its
-        end (`_check_unscorable`), so that counting them never waits for the device."""
-        missing = ~torch.isfinite(rewards_per_func)
-        unscorable = missing.all(dim=1)
-        broken = unscorable & (missing & ~nones).any(dim=1)
-        counts = torch.full((3,), float(unscorable.numel()), dtype=torch.float64, device=unscorable.device)
-        counts[0], counts[1] = unscorable.sum(), broken.sum()
-        self._unscorable.append(counts)
-
-    def _check_unscorable(self, unscorable: float, broken: float, completions: float) -> None:
-        """Log one reward round's unscorable share; stop a run of batches in which every completion got a NaN or inf
-        value, which would otherwise train to the end on nothing."""
-        self._nan_frac = unscorable / completions if completions else 0.0
-        self._metrics["train"][NAN_FRAC_KEY].append(self._nan_frac)
-        self._rollout_metrics[NAN_FRAC_KEY] = self._nan_frac
-        if broken < completions or not completions:
-            self._nan_batches = []
-            return
-        self._nan_batches.append(self.state.global_step)
-        limit = self.args.max_nan_reward_batches
-        logger.warning(
-            "step %d: the reward functions returned NaN/inf for all %d completions (%d such batches in a row%s)",
-            self._nan_batches[-1],
-            completions,
-            len(self._nan_batches),
-            f"; the run stops at {limit}" if limit else "",
-        )
-        if limit and len(self._nan_batches) >= limit:
-            raise RewardError(
-                f"reward_funcs returned NaN/inf for every completion in {len(self._nan_batches)} rollout batches in "
-                f"a row (steps {self._nan_batches[0]}-{self._nan_batches[-1]}); such batches train on zero "
-                "advantages. Check the reward functions and the dataset columns they read "
-                f"(max_nan_reward_batches={limit}; 0 never stops; None, TRL's 'not applicable', never counts)"
-            )
 
     def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
         """TRL's vLLM importance-sampling weight of each token (1 without vLLM): the factor TRL's `_compute_loss`
@@ -361,7 +335,7 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
 
     def _normalize_like_trl(self, per_token: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Aggregate an extra per-token loss exactly as TRL 1.16's `_compute_loss` aggregates its own (by loss_type)."""
-        mask = self._loss_mask(inputs)
+        mask = loss_mask(inputs)
         accumulation = self.current_gradient_accumulation_steps
         total = (per_token * mask).sum()
         if self.loss_type in ("grpo", "sapo"):
@@ -376,146 +350,79 @@ class EntropyGRPOTrainer(CheckpointsMixin, MetricsFileMixin, DynamicSamplingMixi
         return total / (normalizer * accumulation / self.args.steps_per_generation)
 
     # ---------------------------------------------------------------- diagnostics
-    def _loss_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
-        return loss_mask(inputs)
-
-    def _valid_mask(self, inputs: dict[str, Any]) -> torch.Tensor:
-        """Every sampled completion token, including those a filter regularizer removed from the loss."""
-        return inputs[VALID_KEY] if VALID_KEY in inputs else self._loss_mask(inputs)
-
     def _record_micro_batch(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> None:
         """Add one micro-batch's sums to the step's, and keep the batch on steps that measure the entropy change."""
-        sums = self._token_sums(logps, token_stats, advantages, inputs)
-        self._step_sums = sums if self._step_sums is None else self._step_sums + sums
-        if self._measures_dynamics(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
+        self.step_sums.add(step_sums.TOKENS, self._token_sums(logps, token_stats, advantages, inputs))
+        if self._step_end.measures(self.state.global_step + 1) or self.args.dynamics_momentum_groups:
             inputs[RAW_ADV_KEY] = per_token(advantages, logps).double()
             inputs[S_MINUS_N_KEY] = stats.discriminator(token_stats.logp, token_stats.entropy) - token_stats.nec
-            self._step_batches.append(inputs)
+            self._step_end.batches.append(inputs)
 
     def _token_sums(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> torch.Tensor:
-        """stats.SUM_FIELDS of one micro-batch. H, S and N come from the one pass (shifted sums: precise at any logit
-        size, and S - N from one set of logits); log p is TRL's, the one the ratio and the update use."""
-        mask = self._valid_mask(inputs).bool()
-        advantages = per_token(advantages, logps).double()
-        ratio = token_ratio(logps, inputs.get("old_per_token_logps"))
-        unclipped = unclipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
-        s = stats.discriminator(token_stats.logp, token_stats.entropy)
-        sums = stats.token_sums(
-            logp=logps,
-            entropy=token_stats.entropy,
-            advantages=advantages,
-            mask=mask,
-            S=s,
-            N=token_stats.nec,
-            ratio=ratio,
-            unclipped=unclipped,
-            # The update moves each token by its effective advantage (after regularizer weights; 0 where a filter
-            # removed it): predict with that.
-            # Under vLLM TRL also weighs each token's loss by its importance-sampling correction.
-            update_advantages=per_token(inputs["advantages"], logps).double()
-            * self._loss_mask(inputs)
-            * self._sampler_correction(inputs),
+        epsilons = dict(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high)
+        correction = self._sampler_correction(inputs)
+        return step_sums.token_sums(logps, token_stats, advantages, inputs, **epsilons, sampler_correction=correction)
+
+    # ---------------------------------------------------------------- once per optimizer step (step_end.py)
+    def _world(self) -> int:
+        return self.accelerator.num_processes
+
+    def _sharded_in_place(self) -> bool:
+        """FSDP2: the parameters are shards and the module itself carries the hooks that gather them."""
+        return bool(self.is_fsdp_enabled)
+
+    def _check_param_dynamics(self) -> None:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        self._step_end.probe.check(
+            world=self._world(),
+            fsdp=self.is_fsdp_enabled,
+            fsdp1=self.is_fsdp_enabled and not self.accelerator.is_fsdp2,
+            deepspeed=plugin is not None,
+            zero3=plugin is not None and plugin.zero_stage == 3,
+            loss_type=self.loss_type,
+            importance_sampling_level=self.importance_sampling_level,
         )
-        return sums
 
-    def _measures_dynamics(self, step: int) -> bool:
-        every = self.args.dynamics_every
-        return self.args.diagnostics and every > 0 and step % every == 0
+    def _clip_grad_norm(self, model):
+        # The clip factor scales each group's share of the update (param_prediction.clip_factor).
+        self._step_end.probe.grad_norm = super()._clip_grad_norm(model)
+        return self._step_end.probe.grad_norm
 
-    @torch.no_grad()
-    def _entropy_sums(self, batches: list[dict[str, Any]]) -> torch.Tensor:
-        """[sum of token entropies, token count] of `batches` under the current parameters."""
-        total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
-        for inputs in batches:
-            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
-            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-            # The same one-pass H as the step's diagnostics, so the measured change compares like with like.
-            _, token_stats = self._one_pass(
-                self.model_wrapped, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True
-            )
-            mask = self._valid_mask(inputs).double()
-            total += torch.stack([(token_stats.entropy.double() * mask).sum(), mask.sum()])
-        return total
+    def _before_update(self) -> None:
+        # DDP: the bare module, whose autograd.grad leaves .grad alone. FSDP2 shards in place: the module keeps the
+        # hooks that all-gather its parameters, and the gradients come from its own backward (grad_through_hooks).
+        model, step = self.accelerator.unwrap_model(self.model), self.state.global_step + 1
+        self._step_end.before_update(
+            model, self.optimizer, step=step, world=self._world(), sharded=self._sharded_in_place()
+        )
 
     def _finish_step(self) -> None:
-        """After each optimizer step: one all-reduce of the step's sums, then log and append a metrics row."""
-        if not self._rows_started:
-            self._start_rows()
-        rounds, self._unscorable = self._unscorable, []
-        draws = self.loss_edits.generator.consumed
-        reg_sums = self.loss_edits.take_metric_sums()
-        if not (self.args.diagnostics or reg_sums or rounds or draws is not None):
-            return
-        step = self.state.global_step
-        device = self.accelerator.device
-        parts = []
-        if self.args.diagnostics:
-            zeros = torch.zeros(len(stats.SUM_FIELDS), dtype=torch.float64, device=device)
-            parts.append(zeros if self._step_sums is None else self._step_sums)  # every rank joins the collective
-        measure = self._measures_dynamics(step)
-        if measure:
-            parts.append(self._entropy_sums(self._step_batches))
-        prediction, self._param_prediction = self._param_prediction, None
-        if measure and prediction is not None:
-            parts.append(prediction.values().to(device))
-            param_values = parts[-1].numel()  # longer with the momentum groups' parts
-        reg_names = sorted(reg_sums)
-        parts.extend(reg_sums[name].to(device) for name in reg_names)
-        # The reward rounds are counted over every rank already (each rank holds the same counts), and each rank's
-        # random draws are its own: a slot per rank, so that the sum leaves every rank's count apart.
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        parts.extend(part.to(device) for part in rounds)
-        own_draws = torch.zeros(world, dtype=torch.float64, device=device)
-        if draws is not None:
-            own_draws[rank] = draws.to(device)
-        parts.append(own_draws)
-        self._step_sums, self._step_batches = None, []
-        # One host synchronisation per step: everything below is plain Python floats.
-        totals = self.accelerator.reduce(torch.cat(parts), reduction="sum").tolist()
-        self.loss_edits.generator.settle(round(totals[-world + rank]))
-        after_regs = len(totals) - world - 3 * len(rounds)
-        for i in range(len(rounds)):
-            counted = totals[after_regs + 3 * i : after_regs + 3 * i + 3]
-            self._check_unscorable(*(round(x / world) for x in counted))
-        if not (self.args.diagnostics or reg_names):
-            return
+        if not self._step_end.metrics_file.started:  # the run directory becomes this run's
+            self._step_end.metrics_file.start(self.saved_config or self.args.to_dict())
+        edits = self.loss_edits
+        self._step_end.finish(
+            self.state.global_step, self.state.epoch, reg_sums=edits.take_metric_sums(), draws=edits.generator
+        )
 
-        row: dict[str, float] = {}
-        offset = 0
-        if self.args.diagnostics:
-            row = stats.step_metrics(totals[: len(stats.SUM_FIELDS)])
-            offset = len(stats.SUM_FIELDS)
-        if measure:
-            after = totals[offset] / max(totals[offset + 1], 1.0)
-            tokens = totals[offset + 1]
-            offset += 2
-            if prediction is not None:
-                row.update(dynamics.step_values(totals[offset : offset + param_values], tokens, self._world()))
-                offset += param_values
-            if row.get("tokens"):
-                self._record_measured(row, after - row["entropy/token_mean"])
-        for i, name in enumerate(reg_names):
-            total, count = totals[offset + 2 * i : offset + 2 * i + 2]
-            row[f"reg/{name}"] = total / count if count else 0.0
-        for key, value in row.items():
-            self._metrics["train"][key].append(value)
-        self.last_metrics_row = row
-        self._write_row(step, row)
+    @property
+    def last_metrics_row(self) -> dict[str, float]:
+        """The diagnostics of the last optimizer step (all ranks)."""
+        return self._step_end.last_row
 
-    def _record_measured(self, row: dict[str, float], measured: float) -> None:
-        """Add the measured entropy change and the running agreement of both predictions with it."""
-        row["dynamics/measured_dH"] = measured
-        self._dynamics[0].append(row["dynamics/predicted_dH"])
-        self._dynamics[1].append(measured)
-        r = stats.pearson(*self._dynamics)
-        if r is not None:
-            row["dynamics/pearson_r"] = r
-        if "dynamics/predicted_dH_param" in row:
-            self._dynamics_param.append(row["dynamics/predicted_dH_param"])
-            if len(self._dynamics_param) == len(self._dynamics[1]):
-                r = stats.pearson(self._dynamics_param, self._dynamics[1])
-                if r is not None:
-                    row["dynamics/pearson_r_param"] = r
+    # ---------------------------------------------------------------- for training_curve.py
+    @property
+    def tokenizer_for_generation(self) -> Any:
+        """The text tokenizer TRL generates with (a processor's own tokenizer)."""
+        return self._tokenizer
+
+    def vllm_engine(self) -> Any:
+        """TRL's colocated vLLM engine holding the current weights (synced once per step), or None without vLLM."""
+        if not self.use_vllm:
+            return None
+        if self.state.global_step != self._last_loaded_step:
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        return self.vllm_generation.llm
 
     def log_curve_seconds(self, seconds: float) -> None:
         """Wall time of an in-training evaluation (training_curve), logged with the next step's metrics."""

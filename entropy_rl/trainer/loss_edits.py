@@ -21,19 +21,10 @@ from ..regularizers import LOCAL, Edits, EditSchedule
 from ..regularizers.base import penalty_loss
 from ..regularizers.common import DrawStream
 from ..tokens import CLIP_LOSS_TYPES, TokenBatch
+from .batch_keys import PENALTY_KEY, VALID_KEY, WEIGHT_KEY, loss_mask
 
-# Per-token keys added to TRL's batch dict; TRL shuffles and splits them along with its own.
-# VALID_KEY keeps the loss mask from before a filter removed tokens: the diagnostics measure the policy on every
-# sampled token, whatever a regularizer does with them.
-WEIGHT_KEY, PENALTY_KEY, VALID_KEY = "entropy_rl_weight", "entropy_rl_penalty", "entropy_rl_valid"
 # Loss types whose token normaliser is TRL's `num_items_in_batch` (global count of loss tokens).
 GLOBAL_COUNT_LOSS_TYPES = ("dapo", "cispo", "vespo")
-
-
-def loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
-    """The tokens TRL's loss counts: the completion mask, less what `tool_mask` removes."""
-    mask = inputs["completion_mask"]
-    return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
 
 
 class AcceleratorReducer:

@@ -2,8 +2,8 @@
 FSDP2-sharded model (torch's fully_shard, what accelerate's fsdp_version 2 applies) equals the unsharded one.
 
 Every rank computes the reference on the whole fixed batch with an unsharded copy of the model, then the sharded
-version on its half of the batch, with gradients through FSDP's hooks (dynamics.grad_through_hooks), and writes both
-to OUT_DIR/rank<r>.json, with the largest parameter difference after the two AdamW steps (the optimizer's gradient
+version on its half of the batch, with gradients through FSDP's hooks (param_prediction.grad_through_hooks), and writes
+both to OUT_DIR/rank<r>.json, with the largest parameter difference after the two AdamW steps (the optimizer's gradient
 must survive the extra backward passes).
 """
 
@@ -50,9 +50,9 @@ def group_losses(logp, batch, tokens: float, factor: float) -> dict[str, torch.T
 
 def predict(model, batch, tokens: float, *, world: int, sharded: bool) -> list[float]:
     """One AdamW step (two, so the preconditioner has state) with the prediction on the second; its values."""
-    from entropy_rl import dynamics
+    from entropy_rl import param_prediction
 
-    params = dynamics.trainable(model)
+    params = param_prediction.trainable(model)
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     # The loss of a rank is `world` times its share, so FSDP's average over ranks is the whole batch's gradient
     # (DDP's and TRL's convention); each group's part is then scaled by 1 / world, as the trainer does.
@@ -64,7 +64,7 @@ def predict(model, batch, tokens: float, *, world: int, sharded: bool) -> list[f
         if step == 0:
             optimizer.step()
             continue
-        prediction = dynamics.ParamPrediction(params, sharded_world=world if sharded else 0)
+        prediction = param_prediction.ParamPrediction(params, sharded_world=world if sharded else 0)
         prediction.add_entropy((token_terms(model, batch)[1] * batch["mask"]).sum())
         assert prediction.set_direction(optimizer, scale=1.0 / factor)
         for name in ("pos_adv_S_gt_N", "neg_adv_S_lt_N"):  # a fresh forward per backward, as the trainer does
