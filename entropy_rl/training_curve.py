@@ -116,7 +116,7 @@ class CurveCallback(TrainerCallback):
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator, gather) as model:
             results = evaluate_checkpoint(
                 model,
-                trainer.tokenizer_for_generation,
+                getattr(trainer.processing_class, "tokenizer", trainer.processing_class),  # a processor's own
                 benchmarks,
                 settings=self.settings,
                 grader=self.grader,

@@ -23,3 +23,11 @@ def loss_mask(inputs: dict[str, Any]) -> torch.Tensor:
 def valid_mask(inputs: dict[str, Any]) -> torch.Tensor:
     """Every sampled completion token, including those a filter regularizer removed from the loss."""
     return inputs[VALID_KEY] if VALID_KEY in inputs else loss_mask(inputs)
+
+
+def sampler_correction(inputs: dict[str, Any], corrected: bool) -> torch.Tensor | float:
+    """TRL's vLLM importance-sampling weight of each token (1 without vLLM): the factor TRL's `_compute_loss`
+    multiplies every per-token policy loss by, so that the KL-Cov penalty and the diagnostics' predicted entropy
+    change weigh the tokens as the update does. `corrected`: TRL applies it (vLLM with its correction on, not vespo)."""
+    ratio = inputs.get("importance_sampling_ratio")
+    return ratio if corrected and ratio is not None else 1.0

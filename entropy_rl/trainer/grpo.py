@@ -37,9 +37,9 @@ from .. import onepass, stats
 from ..config import EntropyGRPOConfig
 from ..tokens import per_token
 from . import step_sums
-from .batch_keys import RAW_ADV_KEY, S_MINUS_N_KEY, loss_mask
+from .batch_keys import RAW_ADV_KEY, S_MINUS_N_KEY, sampler_correction
 from .checkpoints import CheckpointsMixin
-from .loss_edits import LossEdits
+from .loss_edits import LossEdits, normalize_like_trl
 from .param_probe import PolicyLoss, is_attributable
 from .sampling import DynamicSampler
 from .step_end import StepEnd
@@ -310,12 +310,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         return self._round_rewards
 
     def _sampler_correction(self, inputs: dict[str, Any]) -> torch.Tensor | float:
-        """TRL's vLLM importance-sampling weight of each token (1 without vLLM): the factor TRL's `_compute_loss`
-        multiplies every per-token policy loss by, so that the KL-Cov penalty and the diagnostics' predicted entropy
-        change weigh the tokens as the update does. TRL applies it only under these conditions (not for vespo)."""
-        ratio = inputs.get("importance_sampling_ratio")
         corrected = self.use_vllm and self.vllm_importance_sampling_correction and self.loss_type != "vespo"
-        return ratio if corrected and ratio is not None else 1.0
+        return sampler_correction(inputs, corrected)
 
     # ---------------------------------------------------------------- regularizers
     @torch.no_grad()
@@ -334,20 +330,15 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         self.loss_edits.on_rollout(output, logps, entropies, nec)
 
     def _normalize_like_trl(self, per_token: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """Aggregate an extra per-token loss exactly as TRL 1.16's `_compute_loss` aggregates its own (by loss_type)."""
-        mask = loss_mask(inputs)
-        accumulation = self.current_gradient_accumulation_steps
-        total = (per_token * mask).sum()
-        if self.loss_type in ("grpo", "sapo"):
-            return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
-        if self.loss_type == "bnpo":
-            return total / mask.sum().clamp(min=1.0) / accumulation
-        if self.loss_type == "dr_grpo":
-            return total / (per_token.size(0) * self.max_completion_length) / accumulation
-        if self.loss_type == "luspo":
-            return (per_token * mask).sum(-1).mean() / accumulation
-        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-        return total / (normalizer * accumulation / self.args.steps_per_generation)
+        return normalize_like_trl(
+            per_token,
+            inputs,
+            loss_type=self.loss_type,
+            accumulation=self.current_gradient_accumulation_steps,
+            max_completion_length=self.max_completion_length,
+            world=self.accelerator.num_processes,
+            steps_per_generation=self.args.steps_per_generation,
+        )
 
     # ---------------------------------------------------------------- diagnostics
     def _record_micro_batch(self, logps, token_stats: onepass.TokenStats, advantages, inputs) -> None:
@@ -399,10 +390,8 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
     def _finish_step(self) -> None:
         if not self._step_end.metrics_file.started:  # the run directory becomes this run's
             self._step_end.metrics_file.start(self.saved_config or self.args.to_dict())
-        edits = self.loss_edits
-        self._step_end.finish(
-            self.state.global_step, self.state.epoch, reg_sums=edits.take_metric_sums(), draws=edits.generator
-        )
+        reg_sums, draws = self.loss_edits.take_metric_sums(), self.loss_edits.generator
+        self._step_end.finish(self.state.global_step, self.state.epoch, reg_sums=reg_sums, draws=draws)
 
     @property
     def last_metrics_row(self) -> dict[str, float]:
@@ -410,11 +399,6 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         return self._step_end.last_row
 
     # ---------------------------------------------------------------- for training_curve.py
-    @property
-    def tokenizer_for_generation(self) -> Any:
-        """The text tokenizer TRL generates with (a processor's own tokenizer)."""
-        return self._tokenizer
-
     def vllm_engine(self) -> Any:
         """TRL's colocated vLLM engine holding the current weights (synced once per step), or None without vLLM."""
         if not self.use_vllm:

@@ -178,3 +178,29 @@ class LossEdits:
         """The metric sums since the last call (name -> [sum, count], local to this rank), then start afresh."""
         sums, self.metric_sums = self.metric_sums, {}
         return sums
+
+
+def normalize_like_trl(
+    per_token: torch.Tensor,
+    inputs: dict[str, Any],
+    *,
+    loss_type: str,
+    accumulation: int,
+    max_completion_length: int,
+    world: int,
+    steps_per_generation: int,
+) -> torch.Tensor:
+    """Aggregate an extra per-token loss (KL-Cov's penalty) exactly as TRL 1.16's `_compute_loss` aggregates its own,
+    by loss_type, so that it weighs in the update as TRL's own terms do."""
+    mask = loss_mask(inputs)
+    total = (per_token * mask).sum()
+    if loss_type in ("grpo", "sapo"):
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accumulation
+    if loss_type == "bnpo":
+        return total / mask.sum().clamp(min=1.0) / accumulation
+    if loss_type == "dr_grpo":
+        return total / (per_token.size(0) * max_completion_length) / accumulation
+    if loss_type == "luspo":
+        return (per_token * mask).sum(-1).mean() / accumulation
+    normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / world
+    return total / (normalizer * accumulation / steps_per_generation)
