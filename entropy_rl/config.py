@@ -4,6 +4,9 @@ Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), a
 hyperparameters are written out below, one group per method, as copies of the method's dataclass fields (same name,
 type and default, help prefixed with the method's name; tests/test_config.py fails when the two drift apart). A method
 added later needs no field here: its parameters go through `regularizer_kwargs`.
+
+The fields come in option groups, mixin dataclasses that each hold their checks; EntropyGRPOConfig puts them on top of
+GRPOConfig and runs the checks, with those that span groups or concern TRL's own options.
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ def _regularizer_help() -> str:
 
 
 @dataclass
-class EntropyGRPOConfig(GRPOConfig):
+class DiagnosticsOptions:
+    """The per-step token-dynamics diagnostics, the measured entropy change and the metrics file."""
+
     diagnostics: bool = field(
         default=True,
         metadata={
@@ -112,6 +117,33 @@ class EntropyGRPOConfig(GRPOConfig):
         metadata={"help": "File name, inside output_dir, of the per-step metrics (one JSON row per optimizer step)."},
     )
 
+    def _check_diagnostics(self) -> None:
+        """The dynamics options need the diagnostics; the metrics file stays inside output_dir."""
+        check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
+        check(
+            bool(self.metrics_file) and "/" not in self.metrics_file,
+            "metrics_file",
+            self.metrics_file,
+            "a plain file name inside output_dir",
+        )
+        check(
+            self.dynamics_every == 0 or self.diagnostics,
+            "dynamics_every",
+            self.dynamics_every,
+            "0 when diagnostics=False (the measured change is compared with the diagnostics' prediction)",
+        )
+        check(
+            not self.dynamics_momentum_groups or (self.dynamics_param and self.dynamics_every > 0),
+            "dynamics_momentum_groups",
+            self.dynamics_momentum_groups,
+            "False unless dynamics_param=True and dynamics_every > 0 (it splits the parameter-space prediction)",
+        )
+
+
+@dataclass
+class RunGuardOptions:
+    """The run's guards: training over another run's output_dir, and stopping on rewards that are never finite."""
+
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -131,6 +163,16 @@ class EntropyGRPOConfig(GRPOConfig):
             "stops."
         },
     )
+
+    def _check_run_guards(self) -> None:
+        """A count of batches, 0 for never."""
+        nan_batches = self.max_nan_reward_batches
+        check(nan_batches >= 0, "max_nan_reward_batches", nan_batches, "an integer >= 0 (0 never stops)")
+
+
+@dataclass
+class RegularizerOptions:
+    """The regularizer selection, its statistics' scope, and the built-in methods' parameters (docs/regularizers.md)."""
 
     regularizer: str = field(
         default="none",
@@ -220,7 +262,93 @@ class EntropyGRPOConfig(GRPOConfig):
         },
     )
 
-    # ------------------------------------------------------------ DAPO's rollout shaping (docs/recipes.md)
+    def edit_schedule(self) -> EditSchedule:
+        """The chosen methods with their parameters, split by when they run (refuses invalid parameters)."""
+        names = parse_names(self.regularizer)
+        params = {name: getattr(self, name) for method in names for name in self._flag_parameters(method)}
+        params.update(self.regularizer_kwargs or {})
+        return EditSchedule(self.regularizer, params, stat_scope=self.stat_scope)
+
+    def _flag_parameters(self, method: str) -> list[str]:
+        """The parameters of `method` written out as fields of this config (the rest come in regularizer_kwargs)."""
+        fields = {spec.name for spec in dataclasses.fields(self)}
+        return [name for name in parameter_names(method) if name in fields]
+
+    def _apply_native_regularizers(self) -> None:
+        """Switch TRL's own option on for a named native regularizer; name the method of a TRL option set by hand.
+
+        TRL's fields keep TRL's meaning (`entropy_coef=0.01` is TRL's entropy bonus, with or without the flag); the
+        name only labels the run by what it does."""
+        names = parse_names(self.regularizer)
+        for method in (m for m in REGISTRY.values() if issubclass(m, NativeRegularizer)):
+            is_set = method.option_is_set(self)
+            if method.name in names and not is_set:
+                for key, value in method.trl_defaults.items():
+                    setattr(self, key, value)
+            elif method.name not in names and is_set and method.names_run:
+                names.append(method.name)
+        self.regularizer = "+".join(names) if names else "none"
+
+    def _parse_regularizer_kwargs(self) -> None:
+        """JSON from the command line, as TRL's dict fields (`_VALID_DICT_FIELDS`), but an error names the field."""
+        value, allowed = self.regularizer_kwargs, "a JSON object of parameter names and values"
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                check(False, "regularizer_kwargs", self.regularizer_kwargs, allowed)
+        check(value is None or isinstance(value, dict), "regularizer_kwargs", self.regularizer_kwargs, allowed)
+        self.regularizer_kwargs = value
+
+    def _check_regularizer(self, names: list[str]) -> None:
+        """The selected methods' parameters (flags and regularizer_kwargs) and stat_scope."""
+        self._check_unselected_parameters(names)
+        self._check_regularizer_kwargs(names)
+        self.edit_schedule()  # validates every parameter of the chosen methods
+        check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
+
+    def _check_unselected_parameters(self, names: list[str]) -> None:
+        """A parameter of a method that --regularizer does not select would be silently ignored: refuse it."""
+        for method in REGISTRY.values():
+            if method.name in names:
+                continue
+            flags = self._flag_parameters(method.name)  # one in regularizer_kwargs must belong to a selected method
+            for spec in (spec for spec in dataclasses.fields(method) if spec.name in flags):
+                default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+                value = getattr(self, spec.name)
+                if value != default:
+                    raise ConfigError(
+                        f"invalid config: {spec.name}={value!r} is a parameter of {method.name}, which "
+                        f"regularizer={self.regularizer!r} does not select; allowed: add {method.name} to "
+                        f"--regularizer, or leave {spec.name} at its default ({default!r})"
+                    )
+
+    def _check_regularizer_kwargs(self, names: list[str]) -> None:
+        """Every key a parameter, without a flag of its own, of a method --regularizer selects."""
+        kwargs = self.regularizer_kwargs or {}
+        flagged = {name for method in REGISTRY for name in self._flag_parameters(method)}
+        clash = sorted(flagged & set(kwargs))
+        flags = ", ".join(f"--{name}" for name in clash)
+        check(not clash, "regularizer_kwargs", kwargs, f"parameters without a flag of their own (set {flags} instead)")
+        accepted = sorted(name for method in names for name in parameter_names(method) if name not in flagged)
+        check(
+            set(kwargs) <= set(accepted),
+            "regularizer_kwargs",
+            kwargs,
+            f"parameters of regularizer={self.regularizer!r} without a flag of their own: {accepted}",
+        )
+
+    def _check_trl_options(self, names: list[str]) -> None:
+        """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table), KL-Cov's
+        need of off-policy updates included: each method's own `check_pairing`."""
+        for name in names:
+            REGISTRY[name].check_pairing(self.regularizer, names, self)
+
+
+@dataclass
+class RolloutShapingOptions:
+    """DAPO's rollout shaping: dynamic sampling and the soft overlong punishment (docs/recipes.md)."""
+
     dynamic_sampling: bool = field(
         default=False,
         metadata={
@@ -272,7 +400,36 @@ class EntropyGRPOConfig(GRPOConfig):
         },
     )
 
-    # ------------------------------------------------------------ the entropy-reward curve during training
+    def _check_rollout_shaping(self) -> None:
+        """Dynamic sampling and overlong shaping."""
+        check(
+            self.dynamic_sampling_max_rounds >= 0,
+            "dynamic_sampling_max_rounds",
+            self.dynamic_sampling_max_rounds,
+            "an integer >= 1 (the first generation round counts), or 0 for no cap",
+        )
+        at_cap = self.dynamic_sampling_at_cap
+        check(at_cap in ("error", "train"), "dynamic_sampling_at_cap", at_cap, "'error' or 'train'")
+        check(
+            bool(self.dynamic_sampling_metric),
+            "dynamic_sampling_metric",
+            self.dynamic_sampling_metric,
+            "'acc', 'reward' or the name of a reward function",
+        )
+        factor = self.overlong_penalty_factor
+        check(factor >= 0, "overlong_penalty_factor", factor, "a finite number >= 0")
+        check(
+            0 <= self.overlong_buffer_len < self.max_completion_length,
+            "overlong_buffer_len",
+            self.overlong_buffer_len,
+            f"an integer in [0, max_completion_length={self.max_completion_length}) (0 disables it)",
+        )
+
+
+@dataclass
+class CurveOptions:
+    """The entropy-reward curve: benchmarks evaluated during training, and how they are sampled."""
+
     curve_benchmarks: list[str] = field(
         default_factory=list,
         metadata={
@@ -310,32 +467,43 @@ class EntropyGRPOConfig(GRPOConfig):
         },
     )
 
-    def edit_schedule(self) -> EditSchedule:
-        """The chosen methods with their parameters, split by when they run (refuses invalid parameters)."""
-        names = parse_names(self.regularizer)
-        params = {name: getattr(self, name) for method in names for name in self._flag_parameters(method)}
-        params.update(self.regularizer_kwargs or {})
-        return EditSchedule(self.regularizer, params, stat_scope=self.stat_scope)
+    @property
+    def curve_every(self) -> float | None:
+        """Optimizer steps between two evaluations of the curve: eval_steps, else save_steps."""
+        return self.eval_steps if self.eval_steps is not None else self.save_steps
 
-    def _flag_parameters(self, method: str) -> list[str]:
-        """The parameters of `method` written out as fields of this config (the rest come in regularizer_kwargs)."""
-        fields = {spec.name for spec in dataclasses.fields(self)}
-        return [name for name in parameter_names(method) if name in fields]
+    def _check_curve(self) -> None:
+        """The curve's settings, and the TRL options it needs when it is on."""
+        # `--curve_benchmarks ''` is how a command line says "none" (argparse wants a value after the flag).
+        self.curve_benchmarks = [name for name in self.curve_benchmarks if str(name).strip()]
+        for name in ("curve_limit", "curve_k", "curve_max_new_tokens"):
+            value = getattr(self, name)
+            check(value is None or value >= 1, name, value, "an integer >= 1, or unset for the benchmark's own")
+        check(self.curve_batch_size >= 1, "curve_batch_size", self.curve_batch_size, "an integer >= 1")
+        if self.curve_benchmarks and self.use_vllm:
+            # The curve generates with TRL's colocated engine, one per process, as training does.
+            check(self.vllm_mode == "colocate", "vllm_mode", self.vllm_mode, "'colocate' with curve_benchmarks")
+            tp = self.vllm_tensor_parallel_size
+            check(tp == 1, "vllm_tensor_parallel_size", tp, "1 with curve_benchmarks")
+            sleep = self.vllm_enable_sleep_mode
+            check(not sleep, "vllm_enable_sleep_mode", sleep, "False with curve_benchmarks")
+        if self.curve_benchmarks:
+            every = self.curve_every
+            check(
+                every is not None and every >= 1 and float(every).is_integer(),
+                "eval_steps",
+                self.eval_steps,
+                "a whole number of steps >= 1 (or save_steps one) when curve_benchmarks is set",
+            )
 
-    def _apply_native_regularizers(self) -> None:
-        """Switch TRL's own option on for a named native regularizer; name the method of a TRL option set by hand.
 
-        TRL's fields keep TRL's meaning (`entropy_coef=0.01` is TRL's entropy bonus, with or without the flag); the
-        name only labels the run by what it does."""
-        names = parse_names(self.regularizer)
-        for method in (m for m in REGISTRY.values() if issubclass(m, NativeRegularizer)):
-            is_set = method.option_is_set(self)
-            if method.name in names and not is_set:
-                for key, value in method.trl_defaults.items():
-                    setattr(self, key, value)
-            elif method.name not in names and is_set and method.names_run:
-                names.append(method.name)
-        self.regularizer = "+".join(names) if names else "none"
+# Dataclass fields follow the reversed MRO: GRPOConfig's first, then the groups from the last base to the first, the
+# order of `entropy-rl train --help` and of saved configs.
+@dataclass
+class EntropyGRPOConfig(
+    CurveOptions, RolloutShapingOptions, RegularizerOptions, RunGuardOptions, DiagnosticsOptions, GRPOConfig
+):
+    """TRL's GRPOConfig with our option groups; the checks that span them, and TRL's options' ranges."""
 
     def __post_init__(self) -> None:
         self._parse_regularizer_kwargs()
@@ -349,17 +517,6 @@ class EntropyGRPOConfig(GRPOConfig):
         self._check_numbers()  # before TRL's own __post_init__, which divides by some of them
         super().__post_init__()
         self._validate()
-
-    def _parse_regularizer_kwargs(self) -> None:
-        """JSON from the command line, as TRL's dict fields (`_VALID_DICT_FIELDS`), but an error names the field."""
-        value, allowed = self.regularizer_kwargs, "a JSON object of parameter names and values"
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                check(False, "regularizer_kwargs", self.regularizer_kwargs, allowed)
-        check(value is None or isinstance(value, dict), "regularizer_kwargs", self.regularizer_kwargs, allowed)
-        self.regularizer_kwargs = value
 
     @classmethod
     def from_grpo_config(cls, args: GRPOConfig) -> EntropyGRPOConfig:
@@ -383,86 +540,14 @@ class EntropyGRPOConfig(GRPOConfig):
     def _validate(self) -> None:
         """Our fields' checks, on top of TRL's (run after GRPOConfig.__post_init__)."""
         names = parse_names(self.regularizer)
-        self._check_unselected_parameters(names)
-        self._check_regularizer_kwargs(names)
-        self.edit_schedule()  # validates every parameter of the chosen methods
-        check(self.stat_scope in STAT_SCOPES, "stat_scope", self.stat_scope, f"one of {STAT_SCOPES}")
+        self._check_regularizer(names)
         for name, allowed in TRL_CHOICES.items():  # TRL checks these only when the trainer (and the model) is built
             check(getattr(self, name) in allowed, name, getattr(self, name), f"one of {allowed}")
         self._check_trl_options(names)
         self._check_rollout_shaping()
-        check(self.dynamics_every >= 0, "dynamics_every", self.dynamics_every, "an integer >= 0 (0 disables)")
-        nan_batches = self.max_nan_reward_batches
-        check(nan_batches >= 0, "max_nan_reward_batches", nan_batches, "an integer >= 0 (0 never stops)")
-        check(
-            bool(self.metrics_file) and "/" not in self.metrics_file,
-            "metrics_file",
-            self.metrics_file,
-            "a plain file name inside output_dir",
-        )
-        check(
-            self.dynamics_every == 0 or self.diagnostics,
-            "dynamics_every",
-            self.dynamics_every,
-            "0 when diagnostics=False (the measured change is compared with the diagnostics' prediction)",
-        )
-        check(
-            not self.dynamics_momentum_groups or (self.dynamics_param and self.dynamics_every > 0),
-            "dynamics_momentum_groups",
-            self.dynamics_momentum_groups,
-            "False unless dynamics_param=True and dynamics_every > 0 (it splits the parameter-space prediction)",
-        )
-
-    def _check_rollout_shaping(self) -> None:
-        """Dynamic sampling, overlong shaping and the curve's settings."""
-        # `--curve_benchmarks ''` is how a command line says "none" (argparse wants a value after the flag).
-        self.curve_benchmarks = [name for name in self.curve_benchmarks if str(name).strip()]
-        check(
-            self.dynamic_sampling_max_rounds >= 0,
-            "dynamic_sampling_max_rounds",
-            self.dynamic_sampling_max_rounds,
-            "an integer >= 1 (the first generation round counts), or 0 for no cap",
-        )
-        at_cap = self.dynamic_sampling_at_cap
-        check(at_cap in ("error", "train"), "dynamic_sampling_at_cap", at_cap, "'error' or 'train'")
-        check(
-            bool(self.dynamic_sampling_metric),
-            "dynamic_sampling_metric",
-            self.dynamic_sampling_metric,
-            "'acc', 'reward' or the name of a reward function",
-        )
-        factor = self.overlong_penalty_factor
-        check(factor >= 0, "overlong_penalty_factor", factor, "a finite number >= 0")
-        check(
-            0 <= self.overlong_buffer_len < self.max_completion_length,
-            "overlong_buffer_len",
-            self.overlong_buffer_len,
-            f"an integer in [0, max_completion_length={self.max_completion_length}) (0 disables it)",
-        )
-        for name in ("curve_limit", "curve_k", "curve_max_new_tokens"):
-            value = getattr(self, name)
-            check(value is None or value >= 1, name, value, "an integer >= 1, or unset for the benchmark's own")
-        check(self.curve_batch_size >= 1, "curve_batch_size", self.curve_batch_size, "an integer >= 1")
-        if self.curve_benchmarks and self.use_vllm:
-            # The curve generates with TRL's colocated engine, one per process, as training does.
-            check(self.vllm_mode == "colocate", "vllm_mode", self.vllm_mode, "'colocate' with curve_benchmarks")
-            tp = self.vllm_tensor_parallel_size
-            check(tp == 1, "vllm_tensor_parallel_size", tp, "1 with curve_benchmarks")
-            sleep = self.vllm_enable_sleep_mode
-            check(not sleep, "vllm_enable_sleep_mode", sleep, "False with curve_benchmarks")
-        if self.curve_benchmarks:
-            every = self.curve_every
-            check(
-                every is not None and every >= 1 and float(every).is_integer(),
-                "eval_steps",
-                self.eval_steps,
-                "a whole number of steps >= 1 (or save_steps one) when curve_benchmarks is set",
-            )
-
-    @property
-    def curve_every(self) -> float | None:
-        """Optimizer steps between two evaluations of the curve: eval_steps, else save_steps."""
-        return self.eval_steps if self.eval_steps is not None else self.save_steps
+        self._check_curve()
+        self._check_run_guards()
+        self._check_diagnostics()
 
     def _check_numbers(self) -> None:
         """Every float field finite (NaN and inf are never a setting), and TRL's unchecked options in range."""
@@ -482,40 +567,3 @@ class EntropyGRPOConfig(GRPOConfig):
             check(ok, name, value, allowed)
         if self.save_strategy == "steps":
             check(self.save_steps > 0, "save_steps", self.save_steps, "a number > 0 with save_strategy='steps'")
-
-    def _check_unselected_parameters(self, names: list[str]) -> None:
-        """A parameter of a method that --regularizer does not select would be silently ignored: refuse it."""
-        for method in REGISTRY.values():
-            if method.name in names:
-                continue
-            flags = self._flag_parameters(method.name)  # one in regularizer_kwargs must belong to a selected method
-            for spec in (spec for spec in dataclasses.fields(method) if spec.name in flags):
-                default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-                value = getattr(self, spec.name)
-                if value != default:
-                    raise ConfigError(
-                        f"invalid config: {spec.name}={value!r} is a parameter of {method.name}, which "
-                        f"regularizer={self.regularizer!r} does not select; allowed: add {method.name} to "
-                        f"--regularizer, or leave {spec.name} at its default ({default!r})"
-                    )
-
-    def _check_regularizer_kwargs(self, names: list[str]) -> None:
-        """Every key a parameter, without a flag of its own, of a method --regularizer selects."""
-        kwargs = self.regularizer_kwargs or {}
-        flagged = {name for method in REGISTRY for name in self._flag_parameters(method)}
-        clash = sorted(flagged & set(kwargs))
-        flags = ", ".join(f"--{name}" for name in clash)
-        check(not clash, "regularizer_kwargs", kwargs, f"parameters without a flag of their own (set {flags} instead)")
-        accepted = sorted(name for method in names for name in parameter_names(method) if name not in flagged)
-        check(
-            set(kwargs) <= set(accepted),
-            "regularizer_kwargs",
-            kwargs,
-            f"parameters of regularizer={self.regularizer!r} without a flag of their own: {accepted}",
-        )
-
-    def _check_trl_options(self, names: list[str]) -> None:
-        """The TRL options a chosen method has no meaning with (docs/regularizers.md, compatibility table), KL-Cov's
-        need of off-policy updates included: each method's own `check_pairing`."""
-        for name in names:
-            REGISTRY[name].check_pairing(self.regularizer, names, self)
