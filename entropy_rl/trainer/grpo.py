@@ -76,29 +76,6 @@ def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
     return upgraded
 
 
-class AcceleratorReducer:
-    """Statistics over every rank of the step (the `Reducer` of entropy_rl.regularizers.base)."""
-
-    def __init__(self, accelerator: Any):
-        self.accelerator = accelerator
-
-    def sum(self, x: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(x.double(), reduction="sum")
-
-    def max(self, x: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.gather(x.reshape(1)).max()
-
-    def cat(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if self.accelerator.num_processes == 1:
-            return x, 0  # nothing to gather, and the sizes below would be read on the host
-        sizes = self.accelerator.gather(torch.tensor([x.numel()], device=x.device)).tolist()
-        as_float = x.double()  # gather pads with zeros and not every backend moves bool tensors
-        padded = self.accelerator.pad_across_processes(as_float, dim=0)
-        chunks = self.accelerator.gather(padded).split(padded.numel())
-        full = torch.cat([chunk[:size] for chunk, size in zip(chunks, sizes, strict=True)]).to(x.dtype)
-        return full, sum(sizes[: self.accelerator.process_index])
-
-
 class _StepEndCallback(TrainerCallback):
     """Runs the trainer's once-per-optimizer-step work after the update (the Trainer calls on_step_end after it)."""
 
