@@ -6,7 +6,7 @@
 
 Names combine with "+" (`clip_b+steer`: a token filter plus a loss rewrite). See docs/regularizers.md.
 
-A method is one file in this package plus one line in `registry.REGISTRY`: a dataclass with a `kind`, its
+A method is one file in this package plus its entry in `registry.REGISTRY`: a dataclass with a `kind`, its
 hyperparameters declared as fields named `<method>_<param>` with a default and `metadata={"help": ...}`;
 EntropyGRPOConfig takes them from its `regularizer_kwargs`, the built-in methods' from its fields written out for
 them. `EditSchedule` says which methods run per rollout batch and which per loss micro-batch.

@@ -1,4 +1,4 @@
-"""The methods by name, and the one parser of --regularizer: a new method is its file plus one line in REGISTRY."""
+"""The methods by name, and the one parser of --regularizer: a new method is its file plus its entry in REGISTRY."""
 
 from __future__ import annotations
 
