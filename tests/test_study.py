@@ -50,7 +50,7 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     page = (tmp_path / "docs" / "toy.md").read_text()
     for heading in ("## Findings", "## Final numbers per method", "## Predicted vs measured", "## Entropy-performance"):
         assert heading in page
-    assert "GRPO (`none`)" in page and "half of its starting entropy" in page
+    assert "GRPO (`none`)" in page and "70% of its starting entropy" in page
     assert "`clip_cov` vs `none`" in page and "`kl_cov` vs `none`" in page
     assert "joint (all runs)" in page and "entropy-rl study --config" in page
     for name in FIGURES:
@@ -222,9 +222,10 @@ def test_compare_all_calls_a_difference_only_where_the_corrected_test_does(value
     assert {c.verdict for c in five.values()} == {"no significant difference"}
 
 
-def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunResult:
-    """40 steps whose entropy decays from 1.0 towards `floor`, accuracy on the law 0.9 - 0.25 exp(H) plus seed noise,
-    a checkpoint evaluated every 2 steps and a measured entropy change (half the prediction, plus noise) every 5."""
+def synthetic_run(run_dir: Path, method: str, seed: int, floor: float, late_slope: float = 0.0) -> RunResult:
+    """40 steps whose entropy decays from 1.0 towards `floor`, accuracy on the law 0.9 - 0.25 exp(H) plus seed noise
+    (plus `late_slope` per step after step 20), a checkpoint evaluated every 2 steps and a measured entropy change
+    (half the prediction, plus noise) every 5."""
     rng = np.random.default_rng(seed)
     steps = np.arange(1, 41)
     entropy = floor + (1.0 - floor) * np.exp(-steps / 10) + rng.normal(0, 0.005, len(steps))
@@ -242,7 +243,7 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float) -> RunRes
         rows.append(row)
     curve = []
     for step, h in zip(steps[1::2].tolist(), entropy[1::2].tolist(), strict=True):
-        accuracy = 0.9 - 0.25 * float(np.exp(h)) + float(rng.normal(0, 0.003))
+        accuracy = 0.9 - 0.25 * float(np.exp(h)) + float(rng.normal(0, 0.003)) + late_slope * max(step - 20, 0)
         curve.append(
             {
                 "step": step,
@@ -272,7 +273,7 @@ def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_pa
         for seed in range(3)
     ]
     page = write_page(study, data, [], results, 16, argv, 60.0).read_text()
-    assert "GRPO (`none`) lost at least half of its starting entropy" in page
+    assert "GRPO (`none`) collapsed: it lost at least 70% of its starting entropy" in page
     assert "`clip_cov` vs `none`: final entropy **higher**" in page
     assert "final avg@4 **lower**" in page
     assert "1 of 1 methods ended with significantly higher entropy than GRPO and 0 of 1" in page
@@ -283,13 +284,42 @@ def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_pa
     assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window
     assert "The law fitted on GRPO's runs puts its ceiling" in page and "above the ceiling" in page
     assert "one law fitted to all 3 runs' points: " in page and ", 95 % interval [" in page
-    assert "- Over the last quarter of training (step 30 to 40) GRPO's avg@4 went from " in page
+    assert "- Over the last third of training (the 7 checkpoints from step 28 to 40) GRPO's avg@4 changed by " in page
     assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
     assert "Fitted on the first 15% of each run's points (3 of 20)" in page
     assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
     assert "consistent with coefficients shared" in page
     for name in FIGURES:
         assert (tmp_path / "docs" / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+@pytest.mark.parametrize(
+    ("late_slope", "late_checkpoints", "verdict"),
+    [
+        (0.0, True, "**a plateau**: the interval's upper end is below the 0.03"),
+        (0.004, True, "**not a plateau**: accuracy was still rising"),
+        (
+            0.0,
+            False,
+            "- Plateau: cannot tell, the last third of training holds 0 checkpoint(s) per run, fewer than the 4",
+        ),
+    ],
+)
+def test_plateau_is_the_last_third_s_gain_against_the_planned_difference(
+    tmp_path, late_slope, late_checkpoints, verdict
+):
+    argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--steps", "40", "--save_steps", "2"]
+    study, data = load_study(build_parser().parse_args([*argv, "--doc_dir", str(tmp_path / "docs")]))
+    results = [
+        synthetic_run(tmp_path / method / f"seed{seed}", method, seed, 0.2, late_slope)
+        for method in ("none", "clip_cov")
+        for seed in range(3)
+    ]
+    if not late_checkpoints:  # the last third (from step 27) evaluated nowhere
+        for result in results:
+            result.run.curve[:] = [row for row in result.run.curve if row["step"] < 27]
+    page = write_page(study, data, [], results, 16, argv, 60.0).read_text()
+    assert verdict in page
 
 
 def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):

@@ -91,6 +91,27 @@ def test_metrics_jsonl_has_one_row_per_step(make_model, tokenizer, train_dataset
     assert len(logged) == 4  # reached TRL's logging (and so report_to backends)
 
 
+def test_trl_logs_are_the_mean_of_the_metrics_rows_of_their_window(make_model, tokenizer, train_dataset, tmp_path):
+    # One source of truth: each step's row goes to metrics.jsonl and into TRL's metrics, which TRL averages over
+    # the logging_steps window for log_history and report_to.
+    trainer = train(
+        EntropyGRPOTrainer,
+        EntropyGRPOConfig,
+        make_model(),
+        tokenizer,
+        train_dataset,
+        tmp_path,
+        max_steps=4,
+        logging_steps=2,
+    )
+    rows = read_rows(tmp_path / "metrics.jsonl")
+    logged = [h for h in trainer.state.log_history if "cov/logp_adv" in h]
+    assert [h["step"] for h in logged] == [2, 4]
+    for log, window in zip(logged, (rows[:2], rows[2:]), strict=True):
+        for key in DIAGNOSTIC_KEYS - {"step"}:
+            assert log[key] == pytest.approx(sum(r[key] for r in window) / 2, rel=1e-6), key
+
+
 def test_equal_rewards_give_nan_free_metrics(make_model, tokenizer, train_dataset, tmp_path):
     args = EntropyGRPOConfig(output_dir=str(tmp_path), **{**TINY_GRPO, "max_steps": 2})
     trainer = EntropyGRPOTrainer(

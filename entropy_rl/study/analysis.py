@@ -179,9 +179,7 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
     return {
         # accuracy at the middle checkpoint: final - half is what the second half of training still gained
         "half_acc": curve[(len(curve) - 1) // 2]["avg@k"] if curve else nan,
-        # and at the start of the last quarter: final - late is what the end of training still gained (a plateau?)
-        "late_acc": curve[max(3 * len(curve) // 4 - 1, 0)]["avg@k"] if curve else nan,
-        "late_step": float(curve[max(3 * len(curve) // 4 - 1, 0)]["step"]) if curve else nan,
+        **_late_gain(curve, study.steps),
         "start_h": _edge_mean(entropy, study.fit.window, last=False),
         "end_h": _edge_mean(entropy, study.fit.window, last=True),
         "first_acc": curve[0]["avg@k"] if curve else nan,
@@ -190,6 +188,23 @@ def _edge_numbers(run: Run, study: Study) -> dict[str, float]:
         "final_pass": last.get("pass@k", {}).get(str(last.get("k")), nan),
         "eval_h": last.get("eval_entropy", nan),
     }
+
+
+LATE_FRACTION = 1 / 3  # a plateau is judged on the checkpoints of the last third of training
+LATE_MIN_POINTS = 4  # and needs at least this many of them
+
+
+def _late_gain(curve: list[dict[str, Any]], steps: int) -> dict[str, float]:
+    """What the last third of training still gained in accuracy: the least-squares slope of avg@k over the
+    checkpoints from step (1 - LATE_FRACTION)·steps on, times the steps they span (less noisy than the difference of
+    two checkpoints); NaN with fewer than LATE_MIN_POINTS such checkpoints."""
+    late = [row for row in curve if row["step"] >= (1 - LATE_FRACTION) * steps]
+    step = np.array([row["step"] for row in late], dtype=float)
+    numbers = {"late_points": float(len(late)), "late_step": float(step[0]) if len(late) else float("nan")}
+    if len(late) < LATE_MIN_POINTS:
+        return numbers | {"late_gain": float("nan")}
+    slope = np.polyfit(step, [row["avg@k"] for row in late], 1)[0]
+    return numbers | {"late_gain": float(slope * (step[-1] - step[0]))}
 
 
 def _attribution_numbers(run: Run) -> dict[str, float]:
