@@ -30,15 +30,7 @@ if TYPE_CHECKING:
 
 def curve_settings(args: EntropyGRPOConfig) -> EvalSettings:
     """The evaluator's settings from the trainer's `curve_*` fields."""
-    return EvalSettings(
-        batch_size=args.curve_batch_size,
-        seed=args.curve_seed,
-        k=args.curve_k,
-        temperature=args.curve_temperature,
-        max_new_tokens=args.curve_max_new_tokens,
-        pass_ks=tuple(args.curve_pass_ks),
-        progress=False,
-    )
+    return EvalSettings.from_options(args, "curve_", pass_ks=tuple(args.curve_pass_ks), progress=False)
 
 
 def load_curve_benchmarks(args: EntropyGRPOConfig) -> list[Benchmark]:

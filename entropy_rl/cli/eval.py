@@ -161,19 +161,6 @@ def _check_target(args: EvalArguments) -> None:
         raise ConfigError(f"invalid --model {args.model}: the local folder does not exist")
 
 
-def _settings(args: EvalArguments) -> EvalSettings:
-    return EvalSettings(
-        batch_size=args.batch_size,
-        seed=args.seed,
-        k=args.k,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        pass_ks=args.pass_ks,
-        progress=not args.no_progress,
-    )
-
-
 def _benchmarks(args: EvalArguments, settings: EvalSettings) -> list[Benchmark]:
     """The benchmarks to run, checked (with the sampling overrides) before any model is loaded."""
     names = [name for name in args.benchmarks.split(",") if name.strip()]
@@ -212,7 +199,7 @@ def _evaluate(args: EvalArguments) -> list[dict[str, Any]]:
     _check_numbers(args)
     _check_target(args)
     state = process_state()  # before the grader starts its worker processes, as the evaluator always did
-    settings = _settings(args)
+    settings = EvalSettings.from_options(args, progress=not args.no_progress)
     benchmarks = _benchmarks(args, settings)
     with Grader(timeout_s=args.grading_timeout, workers=args.grading_workers) as grader:
         options = {"settings": settings, "grader": grader, "output_dir": args.output_dir}

@@ -12,7 +12,7 @@ import gc
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,13 @@ class EvalSettings:
     max_new_tokens: int | None = None
     pass_ks: tuple[int, ...] = ()  # reported besides pass@1 and pass@k
     progress: bool = True
+
+    @classmethod
+    def from_options(cls, options: Any, prefix: str = "", **given: Any) -> EvalSettings:
+        """The settings named `prefix + field` on `options` (a command's arguments, a config), then `given`; a
+        field that `options` lacks keeps its default. The one place every command and the training curve build them."""
+        found = {f.name: getattr(options, prefix + f.name) for f in fields(cls) if hasattr(options, prefix + f.name)}
+        return cls(**{**found, **given})
 
     def sampling(self, benchmark: Benchmark) -> Sampling:
         default = benchmark.sampling

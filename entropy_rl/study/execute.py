@@ -31,13 +31,7 @@ TIME_FILE = "study_time.json"  # per run: seconds spent training and evaluating,
 
 def eval_settings(study: Study, benchmark: Benchmark) -> EvalSettings:
     """The evaluator's settings for the study; a bad sampling (k > 1 at temperature 0) fails here, before training."""
-    settings = EvalSettings(
-        batch_size=study.eval.batch_size,
-        seed=study.eval.seed,
-        k=study.eval.k,
-        temperature=study.eval.temperature,
-        progress=False,
-    )
+    settings = EvalSettings.from_options(study.eval, progress=False)
     settings.sampling(benchmark)
     return settings
 
