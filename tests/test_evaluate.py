@@ -223,6 +223,7 @@ def test_generation_entropy_matches_teacher_forced_scoring(module_model_dir, sam
     """The entropies recorded while generating equal those of a teacher-forced pass over the same tokens."""
     from entropy_rl.evaluation.generation import (
         _completion_mask,
+        _Draws,
         _generate_hf,
         load_checkpoint_model,
         rescore_entropies,
@@ -230,7 +231,7 @@ def test_generation_entropy_matches_teacher_forced_scoring(module_model_dir, sam
 
     model, tokenizer = load_checkpoint_model(module_model_dir, "cpu")
     prompts = ["3+4=", "12+35=", "99+1="]
-    completions, entropies = _generate_hf(model, tokenizer, prompts, [1, 2, 3], sampling, max_new_tokens=6)
+    completions, entropies = _generate_hf(model, tokenizer, _Draws(prompts, [1, 2, 3], sampling, max_new_tokens=6))
     mask = _completion_mask(completions, [tokenizer.eos_token_id])
     temperature = sampling.temperature or 1.0
     for prompt, row, keep, streamed in zip(prompts, completions, mask, entropies, strict=True):

@@ -9,6 +9,7 @@ pass over the sampled tokens (vLLM, whose logprobs are not the full distribution
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,28 +140,33 @@ def _render_prompt(tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, pro
     return prompt
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """What to sample, whatever the backend: one completion per (prompt, seed) row."""
+
+    prompts: list[str]
+    seeds: list[int]
+    sampling: Sampling
+    max_new_tokens: int
+
+
 def _generate_hf(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    seeds: list[int],
-    sampling: Sampling,
-    max_new_tokens: int,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, draws: _Draws
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Completion token ids (rows x steps, padded after the end) and per-token entropies (same shape)."""
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
     # No special tokens, left padding: prompts are tokenized exactly as TRL's GRPOTrainer does for training.
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    inputs = tokenizer(draws.prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     inputs = inputs.to(model.device)
-    sampler = _SampleAndMeasure(sampling, seeds, model.device)
+    sampler = _SampleAndMeasure(draws.sampling, draws.seeds, model.device)
     eos_ids = _eos_ids(model, tokenizer)
     # Neutral values set explicitly: generate() fills unset ones from the checkpoint's generation_config (which
     # may carry a repetition penalty or top-k), and this evaluation must measure the plain distribution.
     config = GenerationConfig(
         do_sample=False,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=draws.max_new_tokens,
         num_beams=1,
         temperature=1.0,
         top_k=None,
@@ -189,15 +195,16 @@ def rescore_entropies(
 
 
 # ------------------------------------------------------------------------------------------------------- vLLM
-def _generate_vllm(
-    llm: Any, prompt_ids: list[list[int]], seeds: list[int], sampling: Sampling, max_new_tokens: int
-) -> list[list[int]]:
+def _generate_vllm(llm: Any, prompt_ids: list[list[int]], draws: _Draws) -> list[list[int]]:
     """Completion token ids from vLLM, one request per sample with that sample's seed (as the HF path)."""
     from vllm import SamplingParams
 
+    sampling = draws.sampling
     params = [
-        SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=max_new_tokens, seed=seed)
-        for seed in seeds
+        SamplingParams(
+            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=draws.max_new_tokens, seed=seed
+        )
+        for seed in draws.seeds
     ]
     # Token ids, not text: vLLM would otherwise add special tokens that the transformers path does not.
     requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
@@ -206,24 +213,18 @@ def _generate_vllm(
 
 # ---------------------------------------------------------------------------------------------- per problem
 def _sample_tokens(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    seeds: list[int],
-    sampling: Sampling,
-    max_new_tokens: int,
-    llm: Any,
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, draws: _Draws, llm: Any
 ) -> tuple[list[list[int]], list[list[float]]]:
     """(completion token ids, their token entropies) per prompt, from transformers or, given `llm`, vLLM."""
     if llm is None:
-        completions, entropies = _generate_hf(model, tokenizer, prompts, seeds, sampling, max_new_tokens)
+        completions, entropies = _generate_hf(model, tokenizer, draws)
         mask = _completion_mask(completions, _eos_ids(model, tokenizer))
         token_lists = [row[keep].tolist() for row, keep in zip(completions, mask, strict=True)]
         entropy_lists = [row[keep].tolist() for row, keep in zip(entropies, mask, strict=True)]
         return token_lists, entropy_lists
-    prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-    token_lists = _generate_vllm(llm, prompt_ids, seeds, sampling, max_new_tokens)
-    temperature = _entropy_temperature(sampling)
+    prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in draws.prompts]
+    token_lists = _generate_vllm(llm, prompt_ids, draws)
+    temperature = _entropy_temperature(draws.sampling)
     entropy_lists = [
         rescore_entropies(model, ids, tokens, temperature) for ids, tokens in zip(prompt_ids, token_lists, strict=True)
     ]
@@ -245,7 +246,8 @@ def generate_records(
     rows = [(problem, j) for problem in batch for j in range(sampling.k)]
     prompts = [_render_prompt(tokenizer, benchmark, problem["prompt"]) for problem, _ in rows]
     seeds = [sample_seed(seed, benchmark.name, problem["id"], j) for problem, j in rows]
-    token_lists, entropy_lists = _sample_tokens(model, tokenizer, prompts, seeds, sampling, max_new_tokens, llm)
+    draws = _Draws(prompts, seeds, sampling, max_new_tokens)
+    token_lists, entropy_lists = _sample_tokens(model, tokenizer, draws, llm)
     records: dict[str, dict[str, Any]] = {}
     for (problem, _), tokens, token_entropies in zip(rows, token_lists, entropy_lists, strict=True):
         if problem["id"] not in records:
