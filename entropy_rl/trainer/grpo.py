@@ -23,6 +23,7 @@ the Trainer's own methods.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -54,6 +55,8 @@ ROW_KEY_PREFIXES = ("rewards/", "dynamic_sampling/")
 MAX_LOG_RATIO = 20.0
 
 logger = logging.getLogger(__name__)
+# GRPOTrainer.__init__'s parameter names, which EntropyGRPOTrainer.__init__ repeats and forwards.
+_GRPO_PARAMETERS = tuple(inspect.signature(GRPOTrainer.__init__).parameters)[1:]
 
 
 def as_entropy_config(args: GRPOConfig | None, model: Any) -> EntropyGRPOConfig:
@@ -120,22 +123,9 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
         rollout_func: Callable | None = None,
         environment_factory: Any = None,
     ):
-        super().__init__(
-            model,
-            reward_funcs=reward_funcs,
-            args=as_entropy_config(args, model),
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        # The signature above is GRPOTrainer's: every parameter goes to it as given, but `args`, upgraded.
+        given = {name: value for name, value in locals().items() if name in _GRPO_PARAMETERS}
+        super().__init__(**{**given, "args": as_entropy_config(args, model)})
         schedule = self.args.edit_schedule()
         self.regularizer = schedule.regularizer
         if not schedule.uses_ppo_clip:  # KL-Cov optimises the unclipped surrogate (Cui et al.)
