@@ -1,9 +1,9 @@
 """EntropyGRPOConfig: TRL's GRPOConfig plus the entropy diagnostics and regularizer fields.
 
 Every field's `help` doubles as CLI documentation (`entropy-rl train --help`), as in TRL. The built-in regularizers'
-hyperparameters are written out below, one group per method, as copies of the method's dataclass fields (same name,
-type and default, help prefixed with the method's name; tests/test_config.py fails when the two drift apart). A method
-added later needs no field here: its parameters go through `regularizer_kwargs`.
+hyperparameters are written out below, one group per method, by name and type; each takes its default and help
+(prefixed with the method's name) from the method's dataclass field (`_parameter_field`; tests/test_config.py fails
+when the two drift apart). A method added later needs no field here: its parameters go through `regularizer_kwargs`.
 
 The fields come in option groups, mixin dataclasses that each hold their checks; EntropyGRPOConfig puts them on top of
 GRPOConfig and runs the checks, with those that span groups or concern TRL's own options.
@@ -68,6 +68,17 @@ def _regularizer_help() -> str:
     # Token-level methods first, then the switches of TRL's own options.
     names = sorted(REGISTRY, key=lambda name: issubclass(REGISTRY[name], NativeRegularizer))
     return "Entropy regularizer(s), '+'-joined: " + ", ".join(["none", *names])
+
+
+def _parameter_field(name: str) -> typing.Any:
+    """The config's field for a built-in method's parameter `name`: the method's default, its help prefixed with the
+    method's name (the flag's name and type are written out where this is called)."""
+    for method in REGISTRY.values():
+        for spec in dataclasses.fields(method):
+            if spec.name == name:
+                help_text = f"{method.name}: {spec.metadata['help']}"
+                return field(default=spec.default, default_factory=spec.default_factory, metadata={"help": help_text})
+    raise TypeError(f"no registered regularizer has a parameter {name!r}")
 
 
 @dataclass
@@ -197,70 +208,32 @@ class RegularizerOptions:
     )
 
     # ------------------------------------------------------------ the regularizers' parameters (docs/regularizers.md)
-    # Copies of each method's dataclass fields in entropy_rl/regularizers/<method>.py: same name, type and default,
-    # help prefixed with the method's name (tests/test_config.py checks that they agree). entropy_bonus, clip_higher
-    # and high_entropy_tokens have none: they switch TRL's own entropy_coef / use_adaptive_entropy, epsilon_high and
-    # top_entropy_quantile on.
+    # Each method's dataclass fields in entropy_rl/regularizers/<method>.py, by name and type; default and help come
+    # from there, the help prefixed with the method's name (tests/test_config.py checks that they agree).
+    # entropy_bonus, clip_higher and high_entropy_tokens have none: they switch TRL's own entropy_coef /
+    # use_adaptive_entropy, epsilon_high and top_entropy_quantile on.
 
     # Clip_B (clip_b.py)
-    clip_b_mu: float = field(
-        default=2.5,
-        metadata={"help": "clip_b: z-score below which negative-advantage tokens are removed."},
-    )
+    clip_b_mu: float = _parameter_field("clip_b_mu")
 
     # Clip-Cov (clip_cov.py)
-    clip_cov_ratio: float = field(
-        default=2e-4,
-        metadata={"help": "clip_cov: fraction of valid tokens whose gradient is stopped (Cui et al.: 2e-4)."},
-    )
-    clip_cov_lb: float = field(
-        default=1.0,
-        metadata={"help": "clip_cov: lower bound (exclusive) of the token covariance band."},
-    )
-    clip_cov_ub: float = field(
-        default=5.0,
-        metadata={"help": "clip_cov: upper bound (exclusive) of the token covariance band."},
-    )
+    clip_cov_ratio: float = _parameter_field("clip_cov_ratio")
+    clip_cov_lb: float = _parameter_field("clip_cov_lb")
+    clip_cov_ub: float = _parameter_field("clip_cov_ub")
 
     # Clip_V (clip_v.py)
-    clip_v_mu: float = field(
-        default=8.5,
-        metadata={"help": "clip_v: tokens with A <= 0 and N - S above mu * std are removed."},
-    )
-    clip_v_max_frac: float = field(
-        default=1e-4,
-        metadata={"help": "clip_v: cap on the share of valid tokens removed per step."},
-    )
+    clip_v_mu: float = _parameter_field("clip_v_mu")
+    clip_v_max_frac: float = _parameter_field("clip_v_max_frac")
 
     # KL-Cov (kl_cov.py)
-    kl_cov_ratio: float = field(
-        default=2e-3,
-        metadata={"help": "kl_cov: fraction (not percent) of valid tokens, top by covariance, that get the penalty."},
-    )
-    kl_cov_coef: float = field(
-        default=1.0,
-        metadata={"help": "kl_cov: weight of the |log p - log p_old| penalty (verl's ppo_kl_coef)."},
-    )
+    kl_cov_ratio: float = _parameter_field("kl_cov_ratio")
+    kl_cov_coef: float = _parameter_field("kl_cov_coef")
 
     # STEER (steer.py)
-    steer_lambda_min: float = field(
-        default=0.8,
-        metadata={"help": "steer: smallest token weight (paper v4: 0.7; code: 0.8)."},
-    )
-    steer_lambda_max: float = field(
-        default=1.2,
-        metadata={"help": "steer: largest token weight (linear map; 1.0 for exp)."},
-    )
-    steer_mapping: str = field(
-        default="linear",
-        metadata={"help": "steer: 'linear' into [min, max] or 'exp' floored at min."},
-    )
-    steer_estimator: str = field(
-        default="code",
-        metadata={
-            "help": "steer: 'code' (authors' (A/p_old) p(1-p)(log p + H)) or 'exact' (A ratio 1[unclipped] (S - N))."
-        },
-    )
+    steer_lambda_min: float = _parameter_field("steer_lambda_min")
+    steer_lambda_max: float = _parameter_field("steer_lambda_max")
+    steer_mapping: str = _parameter_field("steer_mapping")
+    steer_estimator: str = _parameter_field("steer_estimator")
 
     def edit_schedule(self) -> EditSchedule:
         """The chosen methods with their parameters, split by when they run (refuses invalid parameters)."""
