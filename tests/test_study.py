@@ -133,7 +133,7 @@ def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, c
 
 def test_unknown_study_key_is_refused(tmp_path, capsys):
     config = tmp_path / "study.yaml"
-    config.write_text(Path(CONFIG).read_text().replace("seeds: 3", "seeds: 3\nsteeds: 3"))
+    config.write_text(Path(CONFIG).read_text().replace("seeds: 5", "seeds: 5\nsteeds: 3"))
     assert main(["--config", str(config), "--dry_run"]) == 2
     assert "unknown keys ['steeds']" in capsys.readouterr().err
 
@@ -141,7 +141,7 @@ def test_unknown_study_key_is_refused(tmp_path, capsys):
 def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
     assert main(["--config", CONFIG, "--dry_run", "--output", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert out.count(": new\n") == 10 * 3  # 10 methods x 3 seeds, nothing trained yet
+    assert out.count(": new\n") == 10 * 5  # 10 methods x 5 seeds, nothing trained yet
     assert "entropy-rl train --config" in out and "kl_cov.yaml" in out and "--seed 2" in out
     assert "Power plan" in out and "no pilot: 0 evaluated run(s) of none" in out  # nothing to plan from yet
     assert not (tmp_path / "runs").exists()
@@ -275,18 +275,18 @@ def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_pa
     page = write_page(study, data, [], results, 16, argv, 60.0).read_text()
     assert "GRPO (`none`) collapsed: it lost at least 70% of its starting entropy" in page
     assert "`clip_cov` vs `none`: final entropy **higher**" in page
-    assert "final avg@4 **lower**" in page
+    assert "final avg@32 **lower**" in page
     assert "1 of 1 methods ended with significantly higher entropy than GRPO and 0 of 1" in page
-    assert "| method | seeds | std of final avg@4 | evaluation s.e. |" in page
+    assert "| method | seeds | std of final avg@32 | evaluation s.e. |" in page
     assert "Holm p = " in page and "after Holm's correction across the 1 methods" in page
     assert "**strong**" in page  # measured = half the prediction
     assert "Parameter-space prediction `dynamics/predicted_dH_param`" in page
     assert "| `none` | 24 | 0.98 | 0.97 | 1.00 | 1.00 | strong |" in page  # both predictions, per step and window
     assert "The law fitted on GRPO's runs puts its ceiling" in page and "above the ceiling" in page
     assert "one law fitted to all 3 runs' points: " in page and ", 95 % interval [" in page
-    assert "- Over the last third of training (the 7 checkpoints from step 28 to 40) GRPO's avg@4 changed by " in page
+    assert "- Over the last third of training (the 7 checkpoints from step 28 to 40) GRPO's avg@32 changed by " in page
     assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
-    assert "Fitted on the first 15% of each run's points (3 of 20)" in page
+    assert "Fitted on the first 25% of each run's points (5 of 20)" in page
     assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
     assert "consistent with coefficients shared" in page
     for name in FIGURES:
