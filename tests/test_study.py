@@ -287,6 +287,7 @@ def test_page_states_collapse_tested_differences_and_the_early_prediction(tmp_pa
     assert "- Over the last third of training (the 7 checkpoints from step 28 to 40) GRPO's avg@32 changed by " in page
     assert "| method | measured | `pos_adv_S_gt_N`" in page  # the attribution table
     assert "Fitted on the first 25% of each run's points (5 of 20)" in page
+    assert "(median over 6 runs; quartiles " in page  # the early prediction's error with its spread
     assert "weak" not in page.split("## Entropy and accuracy")[0]  # the law holds by construction
     assert "consistent with coefficients shared" in page
     for name in FIGURES:

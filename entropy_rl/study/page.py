@@ -274,10 +274,12 @@ def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, s
     early = [a for a in fitted if "early_rmse" in a.numbers]
     if early:
         early_rmse, full_rmse = (float(np.nanmedian(column(early, key))) for key in ("early_rmse", "rmse"))
+        low, high = np.nanpercentile(column(early, "early_rmse"), [25, 75])
         n_fit, n = (int(np.nanmedian(column(early, key))) for key in ("early_n", "n"))
         lines.append(
             f"- Fitted on the first {study.fit.early_fraction:.0%} of each run's points ({n_fit} of {n}), the law "
-            f"predicts the rest with RMSE {early_rmse:.3f} (median over {len(early)} runs), "
+            f"predicts the rest with RMSE {early_rmse:.3f} (median over {len(early)} runs; quartiles {low:.3f}–"
+            f"{high:.3f}), "
             f"{early_rmse / full_rmse:.1f}× the full fit's residual RMSE of {full_rmse:.3f} (the noise floor)."
         )
     if joint_fit is not None:
