@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import t as t_distribution
 
 from entropy_rl.errors import EntropyRLError
-from entropy_rl.fit import JointFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
+from entropy_rl.fit import JointFit, LawFit, LawFitError, Pairs, fit_early, fit_joint, fit_law, load_pairs
 from entropy_rl.param_prediction import MOMENTUM_PARTS, QUADRANTS, cumulative_windows
 from entropy_rl.rundir import DEFAULT_ENTROPY_KEY, Run
 from entropy_rl.stats import pearson
@@ -161,6 +161,24 @@ def compare_methods(groups: Groups, key: str) -> dict[str, Comparison]:
     return compare_all(
         {method: welch(column(analyses, key), base) for method, analyses in groups.items() if method != BASELINE}
     )
+
+
+def versus_ceiling(groups: Groups, pooled: LawFit) -> dict[str, Comparison]:
+    """Every method's mean final accuracy minus the ceiling of the baseline's pooled law: a t-test whose standard
+    error adds the seeds' and the fit's (from its 95 % t-interval), on the fewer degrees of freedom of the two
+    (conservative), Holm-corrected across the methods."""
+    low, high = pooled.ceiling_ci
+    fit_df = max(pooled.n - 2, 1)
+    fit_se = (high - low) / (2 * float(t_distribution.ppf(0.975, fit_df)))
+    tests = {}
+    for method, analyses in groups.items():
+        values = _finite(column(analyses, "final_acc"))
+        if method == BASELINE or len(values) < 2:
+            continue
+        se = math.sqrt(values.var(ddof=1) / len(values) + fit_se**2)
+        diff = float(values.mean()) - pooled.ceiling
+        tests[method] = (diff, *_t_test(diff, se, min(len(values) - 1, fit_df)))
+    return compare_all(tests)
 
 
 def strength(r: float | None) -> str:

@@ -43,6 +43,7 @@ from .analysis import (
     mean_std,
     paired,
     strength,
+    versus_ceiling,
     windowed_r,
 )
 from .execute import TIME_FILE
@@ -197,24 +198,37 @@ def _plateau_findings(groups: Groups, study: Study) -> list[str]:
     k = study.eval.k
     half, final = mean_std(column(base, "half_acc"))[0], mean_std(column(base, "final_acc"))[0]
     ceiling = mean_std(column(base, "ceiling"))[0]
-    pooled = _pooled_ceiling(base)
+    pooled = _pooled_fit(base)
+    clause = ""
+    if pooled is not None:
+        low, high = pooled.ceiling_ci
+        interval = f"95 % interval [{low:.3f}, {high:.3f}]"
+        fitted = sum(a.pairs is not None for a in base)
+        clause = f"; one law fitted to all {fitted} runs' points: {pooled.ceiling:.3f}, {interval}"
     lines = [
         f"- GRPO's held-out avg@{k} went from {half:.3f} at the middle checkpoint to {final:.3f} at the end "
         f"({final - half:+.3f} in the second half of training). The law fitted on GRPO's runs puts its ceiling "
-        f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds){pooled}."
+        f"(b − a, accuracy at H = 0) at {ceiling:.3f} (mean over seeds){clause}."
     ]
     lines += _late_gain_finding(base, study)
-    above = []
-    versus = compare_methods(groups, "final_acc")
-    for method, analyses in groups.items():
-        if method == BASELINE:
-            continue
-        acc = mean_std(column(analyses, "final_acc"))[0]
-        side = "above" if acc > ceiling else "not above"
-        above.append(f"`{method}` {acc:.3f} ({side} the ceiling; vs GRPO's final: {versus[method].verdict})")
-    if above:
-        lines.append(f"- Final avg@{k} per method against that ceiling: " + "; ".join(above) + ".")
+    if pooled is not None and len(groups) > 1:
+        lines.append(_above_ceiling_finding(groups, pooled, k))
     return lines
+
+
+def _above_ceiling_finding(groups: Groups, pooled: LawFit, k: int) -> str:
+    """Each method's final accuracy against the ceiling of GRPO's pooled law (analysis.versus_ceiling)."""
+    found = versus_ceiling(groups, pooled)
+    verdicts = {"higher": "above", "lower": "below", "no significant difference": "not different from"}
+    parts = [
+        f"`{method}` {c.diff:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}], Holm p = {c.p_holm:.2g}: "
+        f"**{verdicts.get(c.verdict, c.verdict)}** the ceiling"
+        for method, c in found.items()
+    ]
+    return (
+        f"- Final avg@{k} per method minus GRPO's ceiling (t-test with the seeds' and the fit's standard errors, "
+        "Holm-corrected across the methods): " + "; ".join(parts) + "."
+    )
 
 
 def _late_gain_finding(base: Sequence[RunAnalysis], study: Study) -> list[str]:
@@ -246,18 +260,15 @@ def _late_gain_finding(base: Sequence[RunAnalysis], study: Study) -> list[str]:
     ]
 
 
-def _pooled_ceiling(runs: Sequence[RunAnalysis]) -> str:
-    """The ceiling of one law fitted to the pooled points of the runs, with its 95 % t-interval, as a clause."""
+def _pooled_fit(runs: Sequence[RunAnalysis]) -> LawFit | None:
+    """One law fitted to the pooled points of the runs (None if it cannot be fitted)."""
     pairs = [a.pairs for a in runs if a.pairs is not None]
     if not pairs:
-        return ""
+        return None
     try:
-        fit = fit_law(np.concatenate([p.H for p in pairs]), np.concatenate([p.R for p in pairs]), source="pooled")
+        return fit_law(np.concatenate([p.H for p in pairs]), np.concatenate([p.R for p in pairs]), source="pooled")
     except LawFitError:
-        return ""
-    low, high = fit.ceiling_ci
-    interval = f"95 % interval [{low:.3f}, {high:.3f}]"
-    return f"; one law fitted to all {len(pairs)} runs' points: {fit.ceiling:.3f}, {interval}"
+        return None
 
 
 def _law_findings(analyses: Sequence[RunAnalysis], joint_fit: JointFit | None, study: Study) -> list[str]:
