@@ -39,6 +39,10 @@ def train(trainer_cls, config_cls, model, tokenizer, dataset, tmp_path, **overri
     return trainer
 
 
+def train_ours(model, tokenizer, dataset, tmp_path, **overrides):
+    return train(EntropyGRPOTrainer, EntropyGRPOConfig, model, tokenizer, dataset, tmp_path, **overrides)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -49,16 +53,7 @@ def train(trainer_cls, config_cls, model, tokenizer, dataset, tmp_path, **overri
 )
 def test_diagnostics_do_not_change_training(make_model, tokenizer, train_dataset, tmp_path, overrides):
     plain = train(GRPOTrainer, GRPOConfig, make_model(), tokenizer, train_dataset, tmp_path / "plain", **overrides)
-    ours = train(
-        EntropyGRPOTrainer,
-        EntropyGRPOConfig,
-        make_model(),
-        tokenizer,
-        train_dataset,
-        tmp_path / "ours",
-        dynamics_every=1,
-        **overrides,
-    )
+    ours = train_ours(make_model(), tokenizer, train_dataset, tmp_path / "ours", dynamics_every=1, **overrides)
     plain_losses = [h["loss"] for h in plain.state.log_history if "loss" in h]
     our_losses = [h["loss"] for h in ours.state.log_history if "loss" in h]
     assert plain_losses == our_losses
@@ -68,16 +63,7 @@ def test_diagnostics_do_not_change_training(make_model, tokenizer, train_dataset
 
 
 def test_metrics_jsonl_has_one_row_per_step(make_model, tokenizer, train_dataset, tmp_path):
-    trainer = train(
-        EntropyGRPOTrainer,
-        EntropyGRPOConfig,
-        make_model(),
-        tokenizer,
-        train_dataset,
-        tmp_path,
-        max_steps=4,
-        dynamics_every=2,
-    )
+    trainer = train_ours(make_model(), tokenizer, train_dataset, tmp_path, max_steps=4, dynamics_every=2)
     rows = read_rows(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["reward"] == next(h["reward"] for h in trainer.state.log_history if "reward" in h)
@@ -94,16 +80,7 @@ def test_metrics_jsonl_has_one_row_per_step(make_model, tokenizer, train_dataset
 def test_trl_logs_are_the_mean_of_the_metrics_rows_of_their_window(make_model, tokenizer, train_dataset, tmp_path):
     # One source of truth: each step's row goes to metrics.jsonl and into TRL's metrics, which TRL averages over
     # the logging_steps window for log_history and report_to.
-    trainer = train(
-        EntropyGRPOTrainer,
-        EntropyGRPOConfig,
-        make_model(),
-        tokenizer,
-        train_dataset,
-        tmp_path,
-        max_steps=4,
-        logging_steps=2,
-    )
+    trainer = train_ours(make_model(), tokenizer, train_dataset, tmp_path, max_steps=4, logging_steps=2)
     rows = read_rows(tmp_path / "metrics.jsonl")
     logged = [h for h in trainer.state.log_history if "cov/logp_adv" in h]
     assert [h["step"] for h in logged] == [2, 4]
