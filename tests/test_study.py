@@ -59,7 +59,8 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     for run_dir in runs.values():
         assert [row["step"] for row in read_rows(run_dir / "metrics.jsonl")] == list(range(1, 7))
         curve = read_rows(run_dir / "curve.jsonl")
-        assert [(row["step"], row["k"], row["num_problems"]) for row in curve] == [(2, 4, 16), (4, 4, 16), (6, 4, 16)]
+        expected = [(2, 32, 16), (4, 32, 16), (6, 32, 16)]  # the study YAML's k; --quick evaluates 16 problems
+        assert [(row["step"], row["k"], row["num_problems"]) for row in curve] == expected
     capsys.readouterr()
 
     # Re-run: nothing retrains or re-evaluates; the page is rewritten from the same files.
@@ -94,7 +95,7 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     assert "was trained with other settings (max_steps: 6 then, 8 now)" in capsys.readouterr().err
     assert main(mini_argv(tmp_path, "--eval_k", "2")) == 2
     # The study evaluates during training (curve_* train flags): other evaluation settings are other train settings.
-    assert "was trained with other settings (curve_k: 4 then, 2 now)" in capsys.readouterr().err
+    assert "was trained with other settings (curve_k: 32 then, 2 now)" in capsys.readouterr().err
 
 
 def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(tmp_path):
