@@ -4,15 +4,18 @@
     entropy-rl study --config recipes/toy/study.yaml --dry_run         # the runs, their state, their train commands
     entropy-rl study --quick --output runs/study-quick                 # CI miniature (doc in runs/study-quick/docs)
     entropy-rl study --steps 4 --seeds 1 --methods none,clip_cov --eval_problems 16 --output runs/mini --doc_dir /tmp/d
+    entropy-rl study --config recipes/toy/study.yaml --from_summaries  # docs/results/toy.md from toy_runs/ alone
 
 A run is finished when its final/ model exists and its metrics file has one row per step: a re-run skips it (and the
 evaluator skips evaluated checkpoints), resumes an unfinished run from its last checkpoint, and refuses a run
-directory trained with other settings. Flags are TRL's --snake_case; the dashed spellings (--save-steps, --dry-run,
-...) are still accepted.
+directory trained with other settings. With the page it writes <doc_dir>/<name>_runs/, the small per-run summaries
+the page is computed from (entropy_rl/study/summary.py, to be committed with it), which --from_summaries renders the
+page from again. Flags are TRL's --snake_case; the dashed spellings (--save-steps, --dry-run, ...) are still accepted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 import tempfile
@@ -23,7 +26,7 @@ from typing import Any
 
 from entropy_rl.cli.common import run_command
 from entropy_rl.cli.options import CommandParser
-from entropy_rl.errors import ConfigError
+from entropy_rl.errors import ConfigError, check
 from entropy_rl.resources import find_recipe
 from entropy_rl.study.spec import (
     DEFAULT_CONFIG,
@@ -79,6 +82,13 @@ class StudyArguments:
     )
     pilot: str | None = field(
         default=None, metadata={"help": "output root of a pilot study for the power plan (default: this study's)"}
+    )
+    from_summaries: bool = field(
+        default=False,
+        metadata={
+            "help": "re-render the page and its figures from the per-run summaries in <doc_dir>/<name>_runs/ alone "
+            "(the study as it was run, with its command line); train and evaluate nothing, no run directories needed"
+        },
     )
     workers: int = field(
         default=1,
@@ -147,11 +157,15 @@ def _study(argv: list[str], started: float) -> int:
     from entropy_rl.study.execute import eval_settings, execute, planned_status, run_workers, torch_threads
     from entropy_rl.study.page import write_page
     from entropy_rl.study.plan import plan_runs
+    from entropy_rl.study.summary import write_summaries
 
     (args,) = build_parser().parse(argv)
     if args.workers < 1:
         raise ConfigError(f"invalid config: workers={args.workers}; allowed: an integer >= 1")
     study, data = load_study(args)
+    if args.from_summaries:
+        check(not args.dry_run, "--dry_run", True, "not with --from_summaries, which trains nothing")
+        return _from_summaries(study, find_recipe(args.config).parent, started)
     benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
     settings = eval_settings(study, benchmark)
     problems = len(benchmark.problems)
@@ -171,8 +185,25 @@ def _study(argv: list[str], started: float) -> int:
         plans = plan_runs(study, problems)  # the workers finished them: now only the report is left
     with torch_threads(study.threads):
         results = execute(study, plans, benchmark, settings, report=_print, done_by_workers=done_by_workers)
+        summaries = write_summaries(study, results, argv, data, problems)
         page = write_page(study, data, plans, results, problems, argv, time.perf_counter() - started)
-    print(f"wrote {page}")
+    print(f"wrote {page} and the per-run summaries it was computed from, {summaries}")
+    return 0
+
+
+def _from_summaries(located: Study, recipes: Path, started: float) -> int:
+    """The page from <doc_dir>/<name>_runs/: the study, command line and config they record, nothing trained."""
+    from entropy_rl.study.page import write_page
+    from entropy_rl.study.plan import plan_runs
+    from entropy_rl.study.summary import read_summaries, summary_dir
+
+    found = read_summaries(summary_dir(located), recipes)
+    study = dataclasses.replace(found.study, doc_dir=located.doc_dir)  # the page goes where its summaries are
+    plans = plan_runs(study, found.problems)  # the train commands the page shows; nothing is trained
+    page = write_page(
+        study, found.data, plans, found.results, found.problems, found.argv, time.perf_counter() - started
+    )
+    print(f"wrote {page} from {summary_dir(located)}")
     return 0
 
 

@@ -12,6 +12,7 @@ figures <doc_dir>/<name>_*.png, regenerated entirely on every invocation.
     analysis.py  numbers per run, per method over seeds and over all runs
     figures.py   the page's figures
     page.py      the page, one builder per section
+    summary.py   the per-run summaries the page is computed from (<doc_dir>/<name>_runs/, committed with it)
 
 The command (argument parsing, printing, exit codes) is entropy_rl/cli/study.py. Nothing is imported here: the
 submodules pull in torch and TRL.

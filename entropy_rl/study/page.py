@@ -1,7 +1,8 @@
 """The study's Markdown page, <doc_dir>/<name>.md, with its figures <doc_dir>/<name>_*.png.
 
 Everything on it is recomputed from the run directories on every invocation (nothing is carried over from an earlier
-page). One builder per section; `write_page` analyses the runs, draws the figures and joins the sections.
+page), or from their summaries (summary.py) with `--from_summaries`. One builder per section; `write_page` analyses the
+runs, draws the figures and joins the sections.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from .execute import TIME_FILE
 from .figures import plot_accuracy, plot_dynamics, plot_entropy_bands, plot_pooled_law
 from .power import POWER, detectable_difference, planning_alpha
 from .spec import Study
+from .summary import summary_dir
 
 if TYPE_CHECKING:
     from .plan import Planned
@@ -539,13 +541,18 @@ def _time_section(analyses: Sequence[RunAnalysis], study: Study, invocation_s: f
     ]
 
 
-def _reproduce_section(argv: Sequence[str], data: dict[str, Any], plans: Sequence[Planned]) -> list[str]:
+def _reproduce_section(study: Study, argv: Sequence[str], data: dict[str, Any], plans: Sequence[Planned]) -> list[str]:
+    rerender = [*argv, *(["--from_summaries"] if "--from_summaries" not in argv else [])]
     return [
         "## Reproduce",
         "",
         "```bash",
         shlex.join(["entropy-rl", "study", *argv]),
         "```",
+        "",
+        f"The per-run summaries this page was computed from are in `{summary_dir(study).name}/` next to it (each run's "
+        "config, held-out evaluations, recorded times and the metrics the page reads); "
+        f"`{shlex.join(['entropy-rl', 'study', *rerender])}` re-renders the page and its figures from them alone.",
         "",
         "The study config as used (the YAML with the command-line overrides applied):",
         "",
@@ -601,7 +608,7 @@ def write_page(
         *_law_section(groups, joint_fit, study, figures),
         *_notes_section(analyses, joint_error),
         *_time_section(analyses, study, invocation_s),
-        *_reproduce_section(argv, data, plans),
+        *_reproduce_section(study, argv, data, plans),
     ]
     page = study.doc_dir / f"{study.name}.md"
     page.parent.mkdir(parents=True, exist_ok=True)
