@@ -1,12 +1,16 @@
 """How much of the measured entropy change each token group explains once Adam's momentum is attributed too.
 
-    python perf/momentum_attribution.py [--steps 150] [--every 5] [--out runs/momentum-attribution]
+    python perf/momentum_attribution.py [--steps 150] [--every 5] [--collapse_steps 300] [--collapse_every 10]
+                                        [--out runs/momentum-attribution]
                                         [--markdown docs/results/momentum-attribution.md]
 
 Trains, with `dynamics_momentum_groups` on (docs/metrics.md), the built-in default run (`entropy-rl train`) and GRPO
 on the hard task with the hard study's settings (recipes/toy/grpo.yaml, `arithmetic_hard`, 16 prompts x 8
-completions, two optimizer steps per rollout batch), both for `--steps` steps measuring every `--every`th, two at a
-time, one torch thread each. A run whose metrics already reach `--steps` in `--out` is read, not trained again.
+completions, two optimizer steps per rollout batch), both for `--steps` steps measuring every `--every`th, and GRPO in
+the collapse regime with the collapse study's settings (recipes/toy/study.yaml: 256 training problems, lr 1.5e-4) for
+`--collapse_steps` measuring every `--collapse_every`th (the start of the study's runs, where the entropy falls
+fastest); two at a time, one torch thread each. A run whose metrics already reach its steps in `--out` is read (its
+first steps: the learning rate is constant), not trained again.
 
 Over each run's measured steps it sums the measured change and every part of the parameter-space prediction: each
 quadrant's part from the step's own gradient and the part its earlier gradients still carry through the optimizer's
@@ -32,7 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5
 HARD = ["--config", "recipes/toy/grpo.yaml", "--dataset_name", "arithmetic_hard"]  # run from the repository root
 HARD += ["--per_device_train_batch_size", "128", "--learning_rate", "0.0001", "--logging_steps", "50"]
-RUNS = {"default run": [], "hard task (GRPO)": HARD}
+COLLAPSE = ["--config", "recipes/toy/grpo.yaml", "--num_train_problems", "256"]
+COLLAPSE += ["--per_device_train_batch_size", "128", "--learning_rate", "0.00015", "--logging_steps", "50"]
+RUNS = {"default run": [], "hard task (GRPO)": HARD, "collapse regime (GRPO)": COLLAPSE}
 
 
 def command(name: str, out: Path, steps: int, every: int) -> list[str]:
@@ -49,7 +55,7 @@ def run(name: str, out: Path, steps: int, every: int) -> list[dict]:
         cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out.resolve(), steps, every)[1:]]
         subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         rows = read_rows(metrics)
-    return [row for row in rows if "dynamics/measured_dH" in row]
+    return [row for row in rows if "dynamics/measured_dH" in row and row["step"] <= steps]  # a longer run: its start
 
 
 def summary(rows: list[dict]) -> dict[str, float]:
@@ -118,21 +124,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--collapse_steps", type=int, default=300)
+    parser.add_argument("--collapse_every", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("runs/momentum-attribution"))
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     dirs = {name: args.out / name.split()[0] for name in RUNS}
-    with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(lambda name: run(name, dirs[name], args.steps, args.every), RUNS)
-        results = {name: summary(rows) for name, rows in zip(RUNS, runs, strict=True)}
-    commands = "\n".join(" ".join(command(name, dirs[name], args.steps, args.every)) for name in RUNS)
-    text = table(results) + f"\n\nThe runs (each `--steps` {args.steps}, measured every {args.every}th step):\n\n"
+    schedule = {name: (args.steps, args.every) for name in RUNS}
+    schedule["collapse regime (GRPO)"] = (args.collapse_steps, args.collapse_every)
+    with ThreadPoolExecutor(2) as pool:  # the longest run first, so the two short ones share the other thread
+        order = sorted(RUNS, key=lambda name: -schedule[name][0])
+        runs = dict(zip(order, pool.map(lambda name: run(name, dirs[name], *schedule[name]), order), strict=True))
+        results = {name: summary(runs[name]) for name in RUNS}
+    commands = "\n".join(" ".join(command(name, dirs[name], *schedule[name])) for name in RUNS)
+    text = table(results) + "\n\nThe runs:\n\n"
     text += f"```bash\n{commands}\n```\n"
     print(text)
     if args.markdown:
         title = "# The entropy change explained, Adam's momentum included\n\n"
         source = (
-            f"Written by `python perf/momentum_attribution.py --steps {args.steps} --every {args.every}` "
+            f"Written by `python perf/momentum_attribution.py --steps {args.steps} --every {args.every} "
+            f"--collapse_steps {args.collapse_steps} --collapse_every {args.collapse_every}` "
             "(docs/metrics.md explains the parts); summed over each run's measured steps, in parentheses the share "
             f"of the summed measured change. Groups: {', '.join(MOMENTUM_GROUPS)}.\n\n"
         )
