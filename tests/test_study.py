@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from entropy_rl.cli.study import build_parser, load_study, main, worker_commands
 from entropy_rl.jsonl import read_rows, rewrite_rows
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG = str(REPO / "recipes" / "toy" / "study.yaml")
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
-METHODS = ("none", "clip_cov", "kl_cov")
+METHODS = ("none", "clip_cov", "clip_b")
 FIGURES = ("toy_entropy.png", "toy_accuracy.png", "toy_dynamics.png", "toy_law.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,7 +52,7 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     for heading in ("## Findings", "## Final numbers per method", "## Predicted vs measured", "## Entropy-performance"):
         assert heading in page
     assert "GRPO (`none`)" in page and "70% of its starting entropy" in page
-    assert "`clip_cov` vs `none`" in page and "`kl_cov` vs `none`" in page
+    assert "`clip_cov` vs `none`" in page and "`clip_b` vs `none`" in page
     assert "joint (all runs)" in page and "entropy-rl study --config" in page
     for name in FIGURES:
         assert (tmp_path / "docs" / name).read_bytes().startswith(PNG_MAGIC), name
@@ -134,7 +135,7 @@ def test_bad_settings_fail_at_start_naming_the_value(extra, message, tmp_path, c
 
 def test_unknown_study_key_is_refused(tmp_path, capsys):
     config = tmp_path / "study.yaml"
-    config.write_text(Path(CONFIG).read_text().replace("seeds: 5", "seeds: 5\nsteeds: 3"))
+    config.write_text(Path(CONFIG).read_text().replace("\nsave_steps:", "\nsteeds: 3\nsave_steps:"))
     assert main(["--config", str(config), "--dry_run"]) == 2
     assert "unknown keys ['steeds']" in capsys.readouterr().err
 
@@ -142,8 +143,9 @@ def test_unknown_study_key_is_refused(tmp_path, capsys):
 def test_dry_run_lists_every_run_with_its_train_command(tmp_path, capsys):
     assert main(["--config", CONFIG, "--dry_run", "--output", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert out.count(": new\n") == 10 * 5  # 10 methods x 5 seeds, nothing trained yet
-    assert "entropy-rl train --config" in out and "kl_cov.yaml" in out and "--seed 2" in out
+    data = yaml.safe_load(Path(CONFIG).read_text())
+    assert out.count(": new\n") == len(data["methods"]) * data["seeds"]  # every method x seed, nothing trained yet
+    assert "entropy-rl train --config" in out and "clip_b.yaml" in out and "--seed 2" in out
     assert "Power plan" in out and "no pilot: 0 evaluated run(s) of none" in out  # nothing to plan from yet
     assert not (tmp_path / "runs").exists()
 
@@ -153,6 +155,8 @@ def test_dry_run_plans_the_seeds_from_a_pilot(tmp_path, capsys):
     for method, floor in (("none", 0.2), ("clip_cov", 0.6)):
         for seed in range(3):
             synthetic_run(pilot / method / f"seed{seed}", method, seed, floor)
+    training = pilot / "clip_cov" / "seed3"  # still training (no final/): its last checkpoint is not its end
+    synthetic_run(training, "clip_cov", 3, 0.9).run.path.joinpath("final").rmdir()
     argv = ["--config", CONFIG, "--methods", "none,clip_cov", "--output", str(tmp_path / "runs"), "--dry_run"]
     assert main([*argv, "--pilot", str(pilot), "--detect", "0.01"]) == 0
     out = capsys.readouterr().out
@@ -257,7 +261,7 @@ def synthetic_run(run_dir: Path, method: str, seed: int, floor: float, late_slop
                 "eval_entropy": h,
             }
         )
-    run_dir.mkdir(parents=True)
+    (run_dir / "final").mkdir(parents=True)  # a finished run
     rewrite_rows(run_dir / "metrics.jsonl", rows)
     rewrite_rows(run_dir / "curve.jsonl", curve)
     (run_dir / "entropy_rl_config.json").write_text(json.dumps({"regularizer": method, "seed": seed}))
