@@ -123,6 +123,17 @@ class DiagnosticsOptions:
             "(plus up to 7 transient ones). One process only."
         },
     )
+    dynamics_second_order: bool = field(
+        default=False,
+        metadata={
+            "help": "With dynamics_momentum_groups: also take the gradient of the batch's entropy after the update and "
+            "log the prediction's second-order (curvature) term 1/2 (grad H after - grad H before) . d as "
+            "dynamics/dH_param/second_order, split by update part (dynamics/dH_param/second_order/<part>), and the "
+            "second-order prediction dynamics/predicted_dH_param_2nd (docs/metrics.md). Costs, on measuring steps, "
+            "one forward and one backward pass over the step's batch after the update, and one copy of the trainable "
+            "parameters per part (11) until then."
+        },
+    )
     metrics_file: str = field(
         default="metrics.jsonl",
         metadata={"help": "File name, inside output_dir, of the per-step metrics (one JSON row per optimizer step)."},
@@ -148,6 +159,12 @@ class DiagnosticsOptions:
             "dynamics_momentum_groups",
             self.dynamics_momentum_groups,
             "False unless dynamics_param=True and dynamics_every > 0 (it splits the parameter-space prediction)",
+        )
+        check(
+            not self.dynamics_second_order or self.dynamics_momentum_groups,
+            "dynamics_second_order",
+            self.dynamics_second_order,
+            "False unless dynamics_momentum_groups=True (its split needs every part of the update)",
         )
 
 

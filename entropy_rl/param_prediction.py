@@ -33,6 +33,17 @@ loss terms outside the surrogate) and SGD's weight decay; started with the optim
 `rest`), they add up to m exactly, so d splits linearly through the shared denominator into each group's part from
 this step's gradient and its part carried from earlier steps, and `other` is float noise (tests/test_dynamics.py).
 
+Second order (`add_entropy_after`, the trainer's `dynamics_second_order`). The first-order prediction misses the
+curvature of H along the update: H(theta + d) - H(theta) = grad H(theta) . d + 1/2 d^T (Hessian H) d + O(|d|^3). The
+gradient after the update gives that term without a Hessian: the trapezoid rule
+
+    dH_2nd = 1/2 (grad H(theta_before) + grad H(theta_after)) . d
+
+is exact to second order, so the correction 1/2 (grad H(theta_after) - grad H(theta_before)) . d is the curvature term
+up to third order. It is linear in d, so with the momentum groups (whose update parts d_k add up to d) it splits
+exactly into each part's correction 1/2 (grad H(theta_after) - grad H(theta_before)) . d_k: the tokens that moved the
+parameters are charged with the curvature their own displacement met along the step.
+
 Distributed: every dot product is a sum of local products (`dot`), so the caller adds them to its one all-reduce per
 step. Under DDP / ZeRO-1/2 the attribution needs the entropy gradient of the whole batch of every rank: one all-reduce
 of that vector. Under FSDP2 each rank holds a shard of every vector and the gradients come reduce-scattered from
@@ -64,6 +75,8 @@ MOMENTUM_GROUPS = (*QUADRANTS, "rest")
 # Their parts beyond the quadrants' current ones: each buffer's carried part, rest's current part, and weight decay
 # (AdamW's decoupled decay; SGD's coupled decay, now and carried). With them `other` is float noise.
 MOMENTUM_PARTS = (*(f"carried/{name}" for name in MOMENTUM_GROUPS), "rest", "weight_decay")
+# With the second-order term (`add_entropy_after`): the whole correction, then each update part's share of it.
+SECOND_ORDER_PARTS = (*QUADRANTS, *MOMENTUM_PARTS)
 
 Params = list[torch.Tensor]
 
@@ -260,11 +273,22 @@ class ParamPrediction:
     group per `add_groups` call, each from a fresh forward.
     """
 
-    def __init__(self, params: Params, *, sharded_world: int = 0, moments: GroupMoments | None = None):
+    def __init__(
+        self,
+        params: Params,
+        *,
+        sharded_world: int = 0,
+        moments: GroupMoments | None = None,
+        second_order: bool = False,
+    ):
         self.params = params
         self.sharded_world = sharded_world
         self.moments = moments  # the quadrants' gradients go to it too; its parts join values()
         self.momentum_parts: torch.Tensor | None = None
+        # second_order (needs `moments`): each update part's vector d_k, kept until `add_entropy_after`
+        self.updates: dict[str, Params] | None = {} if second_order else None
+        self.second_order_parts: torch.Tensor | None = None
+        self.scales: Params | None = None  # D, the step's preconditioner
         self.before = snapshot(params)
         self.grad_h: Params | None = None  # grad of this rank's entropy sum (sharded: shard of the sum over ranks)
         self.direction: Params | None = None  # D * (grad of the entropy sum of every rank), None: no attribution
@@ -298,7 +322,7 @@ class ParamPrediction:
             chunks = flat.split([g.numel() for g in grad_h])
             grad_h = [chunk.view_as(g) for chunk, g in zip(chunks, grad_h, strict=True)]
         self.direction = [d * g.double() for d, g in zip(scales, grad_h, strict=True)]
-        self.scale = scale
+        self.scales, self.scale = scales, scale
         return True
 
     def add_groups(self, losses: dict[str, torch.Tensor]) -> None:
@@ -306,14 +330,32 @@ class ParamPrediction:
         for i, name in enumerate(names):
             g = self._grad(losses[name], i + 1 < len(names))
             self.parts[GROUPS.index(name)] -= self.scale * dot(self.direction, g)
+            if self.updates is not None and name in QUADRANTS:
+                update = [-self.scale * d * x.double() for d, x in zip(self.scales, g, strict=True)]
+                kept = self.updates.get(name)
+                self.updates[name] = update if kept is None else [a + b for a, b in zip(kept, update, strict=True)]
             if self.moments is not None and name in QUADRANTS:
                 self.moments.add(name, g)
 
     def advance_moments(self, optimizer: torch.optim.Optimizer) -> None:
         """After `add_groups`: the momentum groups' parts of this step (they need `set_direction`'s attribution)."""
         attributed = self.direction is not None
-        parts = self.moments.advance(optimizer, self.scale, self.grad_h if attributed else None)
+        updates = self.updates if attributed else None
+        parts = self.moments.advance(optimizer, self.scale, self.grad_h if attributed else None, updates=updates)
         self.momentum_parts = parts if attributed else None
+
+    @torch.no_grad()
+    def add_entropy_after(self, grad_after: Params) -> None:
+        """After `optimizer.step()`, given the gradient of the same entropy sum at the new parameters: the second-order
+        correction 1/2 (grad_after - grad_before) . d and each update part's share of it (module docstring)."""
+        if self.updates is None or self.momentum_parts is None or self.grad_h is None:
+            return
+        change = [_local(a).double() - b.double() for a, b in zip(grad_after, self.grad_h, strict=True)]
+        total = 0.5 * dot(change, difference(self.params, self.before))
+        zeros = [torch.zeros_like(c) for c in change]
+        parts = [0.5 * dot(change, self.updates.get(name, zeros)) for name in SECOND_ORDER_PARTS]
+        self.second_order_parts = torch.stack([total, *parts]).to(self.parts.device)
+        self.updates = {}  # the vectors are spent
 
     @torch.no_grad()
     def values(self) -> torch.Tensor:
@@ -322,6 +364,8 @@ class ParamPrediction:
         flag = torch.ones(()) if self.direction is not None else torch.zeros(())
         head = torch.stack([total.double().cpu(), flag.double()]).to(self.parts.device)
         tail = [] if self.momentum_parts is None else [self.momentum_parts.to(self.parts.device)]
+        if self.second_order_parts is not None:
+            tail.append(self.second_order_parts)
         return torch.cat([head, self.parts, *tail])
 
 
@@ -354,12 +398,17 @@ class GroupMoments:
 
     @torch.no_grad()
     def advance(
-        self, optimizer: torch.optim.Optimizer, scale: float, grad_h: Params | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        scale: float,
+        grad_h: Params | None = None,
+        *,
+        updates: dict[str, Params] | None = None,
     ) -> torch.Tensor | None:
         """This step's parts (sums in MOMENTUM_PARTS order, when `grad_h` is given), then the buffers take the step.
 
-        `scale`: the gradient-clipping factor. None, and the buffers dropped, for an optimizer `coefficients` does
-        not support.
+        `scale`: the gradient-clipping factor. `updates`: a dict that receives each part's update vector (the second
+        order). None, and the buffers dropped, for an optimizer `coefficients` does not support.
         """
         found = coefficients(optimizer, self.params)
         grads, self.grads = self.grads, {}
@@ -377,21 +426,42 @@ class GroupMoments:
             self.buffers["rest"] = [
                 b if c.moment is None else c.moment.clone() for b, c in zip(self.buffers["rest"], found, strict=True)
             ]
-        parts = None if grad_h is None else self._parts(found, grad_h, step, theta)
+        parts = None if grad_h is None else self._parts(found, grad_h, step, theta, updates)
         for name, buffers in self.buffers.items():
             for buffer, g, c in zip(buffers, step[name], found, strict=True):
                 buffer.mul_(c.keep).add_(g.to(buffer.dtype), alpha=c.add)
         return parts
 
-    def _parts(self, found: list[Coefficients], grad_h: Params, step: dict[str, Params], theta: Params) -> torch.Tensor:
-        current = [c.current * g.double() for c, g in zip(found, grad_h, strict=True)]
-        carried = [c.carried * g.double() for c, g in zip(found, grad_h, strict=True)]
-        decay = [c.decay * g.double() for c, g in zip(found, grad_h, strict=True)]
-        values = {f"carried/{name}": -dot(carried, self.buffers[name]) for name in MOMENTUM_GROUPS}
-        values["rest"] = -dot(current, step["rest"])
-        coupled = dot(current, step["weight_decay"]) + dot(carried, self.buffers["weight_decay"])
-        values["weight_decay"] = -dot(decay, theta) - coupled
-        return torch.stack([values[name] for name in MOMENTUM_PARTS])
+    def _parts(
+        self,
+        found: list[Coefficients],
+        grad_h: Params,
+        step: dict[str, Params],
+        theta: Params,
+        updates: dict[str, Params] | None,
+    ) -> torch.Tensor:
+        """grad_h . d_k for each part's update vector d_k (each built, dotted and, for `updates`, kept in turn)."""
+
+        def carried(name: str) -> Params:
+            return [-c.carried * b.double() for c, b in zip(found, self.buffers[name], strict=True)]
+
+        def rest() -> Params:
+            return [-c.current * g.double() for c, g in zip(found, step["rest"], strict=True)]
+
+        def weight_decay() -> Params:
+            # AdamW's decoupled decay, and SGD's coupled decay now (through D) and carried (through its buffer)
+            parts = zip(found, theta, step["weight_decay"], self.buffers["weight_decay"], strict=True)
+            return [-c.decay * t.double() - c.current * w.double() - c.carried * b.double() for c, t, w, b in parts]
+
+        builders = {f"carried/{name}": (lambda name=name: carried(name)) for name in MOMENTUM_GROUPS}
+        builders.update(rest=rest, weight_decay=weight_decay)
+        values = []
+        for name in MOMENTUM_PARTS:
+            vector = builders[name]()
+            values.append(dot(grad_h, vector))
+            if updates is not None:
+                updates[name] = vector
+        return torch.stack(values)
 
 
 def step_values(values: Sequence[float], tokens: float, ranks: int) -> dict[str, float]:
@@ -402,10 +472,15 @@ def step_values(values: Sequence[float], tokens: float, ranks: int) -> dict[str,
     row = {"dynamics/predicted_dH_param": total / tokens}
     if flag >= ranks - 0.5:  # every rank attributed (same optimizer everywhere, so all or none)
         # The parts are already global (the direction was reduced); each rank adds its own tokens' groups.
-        names = GROUPS if len(parts) == len(GROUPS) else GROUPS + MOMENTUM_PARTS
+        first_order = GROUPS if len(parts) == len(GROUPS) else GROUPS + MOMENTUM_PARTS
+        names = [*first_order]
+        if len(parts) > len(first_order):  # the second-order correction and its parts follow
+            names += ["second_order", *(f"second_order/{name}" for name in SECOND_ORDER_PARTS)]
         for name, value in zip(names, parts, strict=True):
             row[f"dynamics/dH_param/{name}"] = value / tokens
-        explained = sum(row[f"dynamics/dH_param/{name}"] for name in names if name not in COUNTERFACTUAL)
+        if "dynamics/dH_param/second_order" in row:
+            row["dynamics/predicted_dH_param_2nd"] = total / tokens + row["dynamics/dH_param/second_order"]
+        explained = sum(row[f"dynamics/dH_param/{name}"] for name in first_order if name not in COUNTERFACTUAL)
         row["dynamics/dH_param/other"] = row["dynamics/predicted_dH_param"] - explained
     return row
 

@@ -15,9 +15,11 @@ first steps: the learning rate is constant), not trained again.
 Over each run's measured steps it sums the measured change and every part of the parameter-space prediction: each
 quadrant's part from the step's own gradient and the part its earlier gradients still carry through the optimizer's
 first moment, `rest` (gradient outside the quadrants, now and carried), weight decay, and `other` (what the parts
-leave of the prediction: float noise). Unexplained = measured - the sum of the parts: the prediction's second-order
-error plus `other`. Shares are of the summed measured change; the per-step figure sums |measured - parts| over
-steps instead, so errors of opposite sign do not cancel.
+leave of the prediction: float noise). With `dynamics_second_order` each part also gets its share of the curvature
+term (its update vector dotted with half the change of the entropy gradient over the step). Unexplained = measured -
+the sum of the parts, first-order parts alone (the first-order prediction's error) and with their curvature shares
+(the second-order prediction's, third order and up). Shares are of the summed measured change; the per-step figures
+sum |measured - parts| over steps instead, so errors of opposite sign do not cancel.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from entropy_rl.jsonl import read_rows
-from entropy_rl.param_prediction import MOMENTUM_GROUPS, MOMENTUM_PARTS, QUADRANTS, agreement
+from entropy_rl.param_prediction import MOMENTUM_GROUPS, MOMENTUM_PARTS, QUADRANTS, SECOND_ORDER_PARTS, agreement
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 5
@@ -43,7 +45,8 @@ RUNS = {"default run": [], "hard task (GRPO)": HARD, "collapse regime (GRPO)": C
 
 def command(name: str, out: Path, steps: int, every: int) -> list[str]:
     flags = [*RUNS[name], "--max_steps", str(steps), "--seed", "0", "--dynamics_every", str(every)]
-    flags += ["--dynamics_momentum_groups", "true", "--save_strategy", "no", "--disable_tqdm", "true"]
+    flags += ["--dynamics_momentum_groups", "true", "--dynamics_second_order", "true"]
+    flags += ["--save_strategy", "no", "--disable_tqdm", "true"]
     return ["entropy-rl", "train", *flags, "--output_dir", str(out)]
 
 
@@ -71,12 +74,18 @@ def summary(rows: list[dict]) -> dict[str, float]:
         out[name] = total(f"dH_param/{name}")
     # What the split without the momentum groups left in `other`: the prediction minus the quadrants' current parts.
     out["other without groups"] = out["predicted"] - sum(out[f"current/{name}"] for name in QUADRANTS)
-    parts = [f"dH_param/{name}" for name in (*QUADRANTS, *MOMENTUM_PARTS)]
-    per_step = [row["dynamics/measured_dH"] - sum(row[f"dynamics/{key}"] for key in parts) for row in rows]
-    out["unexplained"] = sum(per_step)
-    out["unexplained per step"] = sum(abs(x) for x in per_step) / sum(abs(r["dynamics/measured_dH"]) for r in rows)
-    fit = agreement([r["dynamics/predicted_dH_param"] for r in rows], [r["dynamics/measured_dH"] for r in rows], WINDOW)
-    out["r"], out["r_window"] = fit["r"], fit["r_window"]
+    for name in SECOND_ORDER_PARTS + ("",):
+        out[f"second/{name}"] = total(f"dH_param/second_order/{name}".rstrip("/"))
+    first = [f"dH_param/{name}" for name in (*QUADRANTS, *MOMENTUM_PARTS)]
+    second = first + [f"dH_param/second_order/{name}" for name in SECOND_ORDER_PARTS]
+    measured = sum(abs(row["dynamics/measured_dH"]) for row in rows)
+    for label, parts in (("unexplained", first), ("unexplained 2nd", second)):
+        per_step = [row["dynamics/measured_dH"] - sum(row[f"dynamics/{key}"] for key in parts) for row in rows]
+        out[label] = sum(per_step)
+        out[f"{label} per step"] = sum(abs(x) for x in per_step) / measured
+    for label, key in (("r", "predicted_dH_param"), ("r 2nd", "predicted_dH_param_2nd")):
+        fit = agreement([r[f"dynamics/{key}"] for r in rows], [r["dynamics/measured_dH"] for r in rows], WINDOW)
+        out[label], out[f"{label} window"] = fit["r"], fit["r_window"]
     return out
 
 
@@ -94,28 +103,39 @@ def table(results: dict[str, dict[str, float]]) -> str:
 
     lines.append("| measured change (nats, summed) | " + " | ".join(f"{r['measured']:+.4f}" for r in results.values()))
     lines[-1] += " |"
-    lines.append(line("parameter-space prediction", "predicted"))
+    for r in results.values():
+        r["predicted 2nd"] = r["predicted"] + r["second/"]
+    lines.append(line("parameter-space prediction, first order", "predicted"))
+    lines.append(line("its second-order (curvature) term", "second/"))
+    lines.append(line("parameter-space prediction, second order", "predicted 2nd"))
     for name in QUADRANTS:
         for r in results.values():
-            r[f"total/{name}"] = r[f"current/{name}"] + r[f"carried/{name}"]
+            r[f"curvature/{name}"] = r[f"second/{name}"] + r[f"second/carried/{name}"]
+            r[f"total/{name}"] = r[f"current/{name}"] + r[f"carried/{name}"] + r[f"curvature/{name}"]
         lines.append(line(f"`{name}`: this step's gradient", f"current/{name}"))
         lines.append(line(f"`{name}`: carried by the momentum", f"carried/{name}"))
-        lines.append(line(f"`{name}`: both", f"total/{name}"))
+        lines.append(line(f"`{name}`: curvature of both", f"curvature/{name}"))
+        lines.append(line(f"`{name}`: all", f"total/{name}"))
     for r in results.values():
-        r["rest both"] = r["rest"] + r["carried/rest"]
-    lines.append(line("`rest` (outside the quadrants), both", "rest both"))
-    lines.append(line("weight decay", "weight_decay"))
-    lines.append(line("`other` (prediction − parts)", "other"))
-    lines.append(line("**unexplained** (measured − parts)", "unexplained"))
+        r["rest all"] = r["rest"] + r["carried/rest"] + r["second/rest"] + r["second/carried/rest"]
+        r["weight decay all"] = r["weight_decay"] + r["second/weight_decay"]
+    lines.append(line("`rest` (outside the quadrants), all", "rest all"))
+    lines.append(line("weight decay, with its curvature", "weight decay all"))
+    lines.append(line("`other` (first-order prediction − first-order parts)", "other"))
     lines.append(line("`other` of the split without the groups", "other without groups"))
-    lines.append(
-        "| unexplained per step (Σ\\|measured − parts\\| / Σ\\|measured\\|) | "
-        + " | ".join(f"{100 * r['unexplained per step']:.0f} %" for r in results.values())
-        + " |"
-    )
-    lines.append("| r per measured step | " + " | ".join(number(r["r"]) for r in results.values()) + " |")
-    lines.append(f"| r over windows of {WINDOW} | " + " | ".join(number(r["r_window"]) for r in results.values()))
-    lines[-1] += " |"
+    lines.append(line("unexplained by the first order (measured − first-order parts)", "unexplained"))
+    lines.append(line("**unexplained** (measured − all parts)", "unexplained 2nd"))
+    for label, key in (("first order", "unexplained per step"), ("second order", "unexplained 2nd per step")):
+        lines.append(
+            f"| unexplained per step, {label} (Σ\\|measured − parts\\| / Σ\\|measured\\|) | "
+            + " | ".join(f"{100 * r[key]:.0f} %" for r in results.values())
+            + " |"
+        )
+    for label, key in (("first order", "r"), ("second order", "r 2nd")):
+        lines.append(f"| r per measured step, {label} | " + " | ".join(number(r[key]) for r in results.values()))
+        lines[-1] += " |"
+        cells = " | ".join(number(r[f"{key} window"]) for r in results.values())
+        lines.append(f"| r over windows of {WINDOW}, {label} | {cells} |")
     lines.append("| measured steps | " + " | ".join(str(r["steps"]) for r in results.values()) + " |")
     return "\n".join(lines)
 

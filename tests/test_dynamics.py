@@ -165,9 +165,12 @@ def test_adam_momentum_carry_goes_to_other():
     assert carried > 0.1  # the third step's update is mostly momentum from the first two
 
 
-def momentum_run(make_optimizer, steps: int, *, moments_from: int = 0, max_norm: float = 0.0):
+def momentum_run(
+    make_optimizer, steps: int, *, moments_from: int = 0, max_norm: float = 0.0, second_order: bool = False
+):
     """Rows of `steps` optimizer steps on TinyNet with the momentum groups tracked from step `moments_from` on: two
-    advantage-sign groups, and a small entropy term outside them (what `rest` holds)."""
+    advantage-sign groups, and a small entropy term outside them (what `rest` holds). Each row has the measured
+    change `measured` too."""
     model = TinyNet()
     targets, advantages = data()
     optimizer = make_optimizer(model.parameters())
@@ -178,8 +181,11 @@ def momentum_run(make_optimizer, steps: int, *, moments_from: int = 0, max_norm:
     for step in range(steps):
         optimizer.zero_grad()
         tracked = step >= moments_from
-        prediction = param_prediction.ParamPrediction(params, moments=moments if tracked else None)
-        prediction.add_entropy(mean_entropy(model()) * T)
+        prediction = param_prediction.ParamPrediction(
+            params, moments=moments if tracked else None, second_order=second_order
+        )
+        before = mean_entropy(model())
+        prediction.add_entropy(before * T)
         (policy_loss(model(), targets, advantages) - 0.05 * mean_entropy(model())).backward()
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm else None
         scale = param_prediction.clip_factor(None if norm is None else float(norm), max_norm)
@@ -189,7 +195,11 @@ def momentum_run(make_optimizer, steps: int, *, moments_from: int = 0, max_norm:
         if tracked:
             prediction.advance_moments(optimizer)
         optimizer.step()
-        rows.append(param_prediction.step_values(prediction.values().tolist(), tokens=T, ranks=1))
+        after = mean_entropy(model())
+        if second_order:
+            prediction.add_entropy_after(param_prediction.grad(after * T, params))
+        row = param_prediction.step_values(prediction.values().tolist(), tokens=T, ranks=1)
+        rows.append({**row, "measured": (after - before).item()})
     return rows, optimizer, moments
 
 
@@ -247,6 +257,33 @@ def test_sgd_momentum_groups_reduce_to_the_current_split():
     assert rows[-1]["dynamics/dH_param/carried/neg_adv_S_lt_N"] != 0 != rows[-1]["dynamics/dH_param/weight_decay"]
 
 
+def test_second_order_term_splits_by_part_and_is_exact_to_second_order():
+    """The trapezoid correction 1/2 (grad H after - grad H before) . d splits exactly over the update parts (which add
+    up to d), and the second-order prediction's error falls like the step cubed: its relative error like the step
+    squared, where the first order's falls like the step."""
+
+    def adamw(lr: float):
+        return lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=0.1)
+
+    rows, _, _ = momentum_run(adamw(1e-2), 3, second_order=True)
+    row = rows[-1]  # momentum carried from two steps, weight decay
+    parts = sum(row[f"dynamics/dH_param/second_order/{name}"] for name in param_prediction.SECOND_ORDER_PARTS)
+    assert parts == pytest.approx(row["dynamics/dH_param/second_order"], rel=1e-9)
+    assert row["dynamics/dH_param/second_order/carried/pos_adv_S_gt_N"] != 0
+    plain, _, _ = momentum_run(adamw(1e-2), 3)
+    assert "dynamics/dH_param/second_order" not in plain[-1]
+    for key, value in plain[-1].items():  # the first-order numbers do not change
+        assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
+    first, second = [], []
+    for lr in (1e-2, 5e-3, 2.5e-3):  # one step from the same point, smaller and smaller
+        row = momentum_run(adamw(lr), 1, second_order=True)[0][0]
+        first.append(abs(row["dynamics/predicted_dH_param"] - row["measured"]) / abs(row["measured"]))
+        second.append(abs(row["dynamics/predicted_dH_param_2nd"] - row["measured"]) / abs(row["measured"]))
+    assert all(s < f / 10 for s, f in zip(second, first, strict=True)), (first, second)
+    for big, small in zip(second, second[1:], strict=False):
+        assert 3.3 < big / small < 4.7, second  # O(step^2) relative error; the first order's is O(step)
+
+
 def test_windowed_agreement():
     predicted = [0.1, -0.2, 0.3, 0.0, 0.1, -0.1, 0.2, 0.05]
     assert param_prediction.cumulative_windows(predicted, 3) == pytest.approx([0.2, 0.0])
@@ -276,9 +313,10 @@ def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_trainer,
 
 
 def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_path):
-    """AdamW with weight decay, two iterations per rollout batch, measuring every 2nd step: with the option on, the
-    groups' current and carried parts, `rest` and weight decay add up to dH_param; every number the run logs without
-    it (training, prediction, the quadrants' current parts) is the same."""
+    """AdamW with weight decay, two iterations per rollout batch, measuring every 2nd step: with the option on (and the
+    second order), the groups' current and carried parts, `rest` and weight decay add up to dH_param, and their
+    curvature shares to the second-order term; every number the run logs without them (training, prediction, the
+    quadrants' current parts) is the same."""
     from entropy_rl.config import EntropyGRPOConfig
 
     settings = {**TINY_GRPO, "max_steps": 4, "dynamics_every": 2, "learning_rate": 1e-3, "weight_decay": 0.1}
@@ -286,7 +324,13 @@ def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_
     for on in (False, True):
         out = tmp_path / str(on)
         trainer = make_trainer(
-            EntropyGRPOConfig(output_dir=str(out), num_iterations=2, dynamics_momentum_groups=on, **settings)
+            EntropyGRPOConfig(
+                output_dir=str(out),
+                num_iterations=2,
+                dynamics_momentum_groups=on,
+                dynamics_second_order=on,
+                **settings,
+            )
         )
         trainer.train()
         rows[on] = [row for row in read_rows(out / "metrics.jsonl") if "dynamics/measured_dH" in row]
@@ -298,6 +342,10 @@ def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_
         assert abs(grouped["dynamics/dH_param/other"]) < 1e-4 * abs(total)
         assert grouped["dynamics/dH_param/weight_decay"] != 0
         assert any(grouped[f"dynamics/dH_param/carried/{name}"] for name in param_prediction.QUADRANTS)
+        curvature = grouped["dynamics/dH_param/second_order"]
+        shares = [grouped[f"dynamics/dH_param/second_order/{name}"] for name in param_prediction.SECOND_ORDER_PARTS]
+        assert curvature != 0 and sum(shares) == pytest.approx(curvature, rel=1e-4, abs=1e-12)
+        assert grouped["dynamics/predicted_dH_param_2nd"] == pytest.approx(total + curvature, rel=1e-12)
     # `other` held the carried momentum and the weight decay before; the quadrants now take what they built.
     assert abs(rows[False][-1]["dynamics/dH_param/other"]) > 1e-2 * abs(rows[False][-1]["dynamics/predicted_dH_param"])
 
@@ -319,6 +367,8 @@ def test_momentum_groups_refused_with_several_processes(make_trainer, tmp_path):
         trainer._check_param_dynamics()
     with pytest.raises(ConfigError, match="dynamics_momentum_groups=True; allowed: False unless dynamics_param"):
         EntropyGRPOConfig(output_dir=str(tmp_path), dynamics_momentum_groups=True, dynamics_param=False)
+    with pytest.raises(ConfigError, match="dynamics_second_order=True; allowed: False unless dynamics_momentum_groups"):
+        EntropyGRPOConfig(output_dir=str(tmp_path), dynamics_second_order=True)
 
 
 def synthetic_run_dir(path, steps: int = 40):

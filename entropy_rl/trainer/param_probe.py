@@ -55,6 +55,7 @@ class ParamProbe:
         self.grad_norm: float | None = None  # pre-clip gradient norm of the step about to be taken
         self._prediction: param_prediction.ParamPrediction | None = None
         self._moments: param_prediction.GroupMoments | None = None
+        self._update: Update | None = None  # the measured step's update, for the gradient after it (second order)
 
     def check(
         self,
@@ -100,8 +101,12 @@ class ParamProbe:
         accelerator.clip_grad_norm_ = recording
 
     def take_prediction(self) -> param_prediction.ParamPrediction | None:
-        """The measured step's prediction, once (None on other steps)."""
+        """After optimizer.step(): the measured step's prediction, once (None on other steps), with its second-order
+        term when asked for (the gradient of the same batch's entropy at the new parameters)."""
         prediction, self._prediction = self._prediction, None
+        update, self._update = self._update, None
+        if prediction is not None and update is not None:
+            prediction.add_entropy_after(_entropy_grad(self.loss, update))
         return prediction
 
     def before_update(self, update: Update, *, measuring: bool) -> None:
@@ -117,7 +122,9 @@ class ParamProbe:
             param_prediction.trainable(update.model),
             sharded_world=update.world if update.sharded else 0,
             moments=self._moments,
+            second_order=self.args.dynamics_second_order,
         )
+        self._update = update if self.args.dynamics_second_order else None
         batches = update.batches
         reuse = len(batches) == 1 and not update.sharded  # one micro-batch: its graph serves both passes
         kept = []
@@ -154,6 +161,17 @@ class ParamProbe:
             self._moments.add_losses({name: losses[name] for name in param_prediction.QUADRANTS if name in losses})
         clip = param_prediction.clip_factor(self.grad_norm, self.args.max_grad_norm)
         self._moments.advance(update.optimizer, clip)
+
+
+def _entropy_grad(loss: PolicyLoss, update: Update) -> param_prediction.Params:
+    """The gradient of the update's batch's entropy sum at the current parameters (one process: the second order)."""
+    params = param_prediction.trainable(update.model)
+    total: param_prediction.Params | None = None
+    for inputs in update.batches:
+        entropies = _forward(loss, update.model, inputs)[1]
+        g = param_prediction.grad((entropies * valid_mask(inputs)).sum(), params)
+        total = g if total is None else [a + b for a, b in zip(total, g, strict=True)]
+    return total
 
 
 def _forward(
