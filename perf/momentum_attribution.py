@@ -1,7 +1,7 @@
 """How much of the measured entropy change each token group explains once Adam's momentum is attributed too.
 
     python perf/momentum_attribution.py [--steps 150] [--every 5] [--collapse_steps 300] [--collapse_every 10]
-                                        [--out runs/momentum-attribution]
+                                        [--seeds 1] [--out runs/momentum-attribution]
                                         [--markdown docs/results/momentum-attribution.md]
 
 Trains, with `dynamics_momentum_groups` on (docs/metrics.md), the built-in default run (`entropy-rl train`) and GRPO
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -43,19 +44,19 @@ COLLAPSE += ["--per_device_train_batch_size", "128", "--learning_rate", "0.00015
 RUNS = {"default run": [], "hard task (GRPO)": HARD, "collapse regime (GRPO)": COLLAPSE}
 
 
-def command(name: str, out: Path, steps: int, every: int) -> list[str]:
-    flags = [*RUNS[name], "--max_steps", str(steps), "--seed", "0", "--dynamics_every", str(every)]
+def command(name: str, out: Path, steps: int, every: int, seed: int) -> list[str]:
+    flags = [*RUNS[name], "--max_steps", str(steps), "--seed", str(seed), "--dynamics_every", str(every)]
     flags += ["--dynamics_momentum_groups", "true", "--dynamics_second_order", "true"]
     flags += ["--save_strategy", "no", "--disable_tqdm", "true"]
     return ["entropy-rl", "train", *flags, "--output_dir", str(out)]
 
 
-def run(name: str, out: Path, steps: int, every: int) -> list[dict]:
+def run(name: str, out: Path, steps: int, every: int, seed: int) -> list[dict]:
     metrics = out / "metrics.jsonl"
     rows = read_rows(metrics) if metrics.is_file() else []
     if not rows or rows[-1]["step"] < steps:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out.resolve(), steps, every)[1:]]
+        cli = [sys.executable, "-m", "entropy_rl.cli", *command(name, out.resolve(), steps, every, seed)[1:]]
         subprocess.run(cli, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         rows = read_rows(metrics)
     return [row for row in rows if "dynamics/measured_dH" in row and row["step"] <= steps]  # a longer run: its start
@@ -140,33 +141,65 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def spread(per_seed: dict[str, list[dict[str, float]]]) -> str:
+    """Each seed's unexplained share and agreement, and their mean ± standard deviation over seeds."""
+    rows = [
+        ("unexplained by the first order, share", "unexplained", True),
+        ("**unexplained**, share", "unexplained 2nd", True),
+        ("unexplained per step, second order", "unexplained 2nd per step", False),
+        ("r per measured step, first order", "r", False),
+        ("r per measured step, second order", "r 2nd", False),
+    ]
+    names = list(per_seed)
+    lines = ["Per seed (seed 0, 1, ...), then mean ± standard deviation over seeds:", ""]
+    lines += ["| figure | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for label, key, of_measured in rows:
+        cells = []
+        for seeds in per_seed.values():
+            values = [r[key] / r["measured"] if of_measured else r[key] for r in seeds]
+            shown = [100 * v if key.startswith("unexplained") else v for v in values]
+            unit = " %" if key.startswith("unexplained") else ""
+            digits = 0 if unit else 2
+            listed = ", ".join(f"{v:.{digits}f}" for v in shown)
+            sd = statistics.stdev(shown) if len(shown) > 1 else 0.0
+            cells.append(f"{listed} ({statistics.mean(shown):.{digits}f} ± {sd:.{digits}f}{unit})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--collapse_steps", type=int, default=300)
     parser.add_argument("--collapse_every", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per run (0, 1, ...)")
     parser.add_argument("--out", type=Path, default=Path("runs/momentum-attribution"))
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
-    dirs = {name: args.out / name.split()[0] for name in RUNS}
+    # Seed 0 in <out>/<run>, seed k in <out>/<run>-seed<k>.
+    jobs = [(name, seed) for name in RUNS for seed in range(args.seeds)]
+    dirs = {(name, k): args.out / (name.split()[0] + (f"-seed{k}" if k else "")) for name, k in jobs}
     schedule = {name: (args.steps, args.every) for name in RUNS}
     schedule["collapse regime (GRPO)"] = (args.collapse_steps, args.collapse_every)
-    with ThreadPoolExecutor(2) as pool:  # the longest run first, so the two short ones share the other thread
-        order = sorted(RUNS, key=lambda name: -schedule[name][0])
-        runs = dict(zip(order, pool.map(lambda name: run(name, dirs[name], *schedule[name]), order), strict=True))
-        results = {name: summary(runs[name]) for name in RUNS}
-    commands = "\n".join(" ".join(command(name, dirs[name], *schedule[name])) for name in RUNS)
-    text = table(results) + "\n\nThe runs:\n\n"
+    with ThreadPoolExecutor(2) as pool:  # the longest runs first, so the short ones share what is left
+        order = sorted(jobs, key=lambda job: -schedule[job[0]][0])
+        done = pool.map(lambda job: run(job[0], dirs[job], *schedule[job[0]], job[1]), order)
+        runs = dict(zip(order, done, strict=True))
+    # The table pools every seed's measured steps; the spread rows give each seed's own figures.
+    results = {name: summary([row for k in range(args.seeds) for row in runs[name, k]]) for name in RUNS}
+    per_seed = {name: [summary(runs[name, k]) for k in range(args.seeds)] for name in RUNS}
+    commands = "\n".join(" ".join(command(name, dirs[name, k], *schedule[name], k)) for name, k in jobs)
+    text = table(results) + "\n\n" + spread(per_seed) + "\n\nThe runs:\n\n"
     text += f"```bash\n{commands}\n```\n"
     print(text)
     if args.markdown:
-        title = "# The entropy change explained, Adam's momentum included\n\n"
+        title = "# The entropy change explained: Adam's momentum and the step's curvature included\n\n"
         source = (
             f"Written by `python perf/momentum_attribution.py --steps {args.steps} --every {args.every} "
-            f"--collapse_steps {args.collapse_steps} --collapse_every {args.collapse_every}` "
-            "(docs/metrics.md explains the parts); summed over each run's measured steps, in parentheses the share "
-            f"of the summed measured change. Groups: {', '.join(MOMENTUM_GROUPS)}.\n\n"
+            f"--collapse_steps {args.collapse_steps} --collapse_every {args.collapse_every} --seeds {args.seeds}` "
+            "(docs/metrics.md explains the parts); summed over the measured steps of every seed's run, in "
+            f"parentheses the share of the summed measured change. Groups: {', '.join(MOMENTUM_GROUPS)}.\n\n"
         )
         args.markdown.write_text(title + source + text)
 

@@ -494,7 +494,9 @@ def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[st
             "(loss terms outside the PPO-clip surrogate and weight decay; each quadrant includes what its earlier "
             "gradients carry through the optimizer's momentum, `dynamics_momentum_groups`)"
             if any(a.numbers.get("momentum_groups") for analyses in groups.values() for a in analyses)
-            else "(Adam's momentum from earlier steps, and loss terms outside the PPO-clip surrogate)"
+            else "(Adam's momentum from earlier steps, and loss terms outside the PPO-clip surrogate; "
+            "momentum-attribution.md splits it too, and adds the prediction's second-order term, on GRPO runs with "
+            "the settings of both studies)"
         )
         + ". Summed over each run's measured steps (nats), mean ± std over seeds:",
         "",
