@@ -98,6 +98,19 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     # The study evaluates during training (curve_* train flags): other evaluation settings are other train settings.
     assert "was trained with other settings (curve_k: 32 then, 2 now)" in capsys.readouterr().err
 
+    # An option the config gained after a run was trained: at its default the run counts as finished, set otherwise
+    # the run is refused.
+    saved_path = runs["none"] / "entropy_rl_config.json"
+    saved = json.loads(saved_path.read_text())
+    assert saved.pop("dynamics_second_order") is False
+    saved_path.write_text(json.dumps(saved))
+    assert main(mini_argv(tmp_path)) == 0
+    assert "none seed 0: skipped (finished)" in capsys.readouterr().out
+    saved["dynamics_momentum_groups"] = True
+    saved_path.write_text(json.dumps(saved))
+    assert main(mini_argv(tmp_path)) == 2
+    assert "dynamics_momentum_groups: True then, False now" in capsys.readouterr().err
+
 
 def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(tmp_path):
     """Two study processes on one output folder: the one whose plan went stale finds the run finished under its lock."""

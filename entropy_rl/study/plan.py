@@ -9,7 +9,7 @@ refused rather than mixed.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +77,26 @@ def _saved_settings(planned: Planned) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
+# The config's own options at their defaults, as a saved config holds them.
+_DEFAULTS = {
+    f.name: json.loads(json.dumps(f.default, default=str))
+    for f in fields(EntropyGRPOConfig)
+    if f.default is not MISSING and f.init
+}
+
+
 def _check_same_settings(planned: Planned) -> None:
     run_dir = planned.run_dir
     if not (run_dir / CONFIG_FILE).is_file():
         return
     saved, now = read_config(run_dir), _saved_settings(planned)
-    # A resumed (or restarted) run records how it started; everything else must match.
+    # A resumed (or restarted) run records how it started; everything else must match, except an option added to the
+    # config after the run was trained, at its default (the run trained as that default does).
     how = ("resume_from_checkpoint", "overwrite_output_dir")
-    changed = sorted(k for k in saved.keys() | now.keys() if k not in how and saved.get(k) != now.get(k))
+    added = {k for k in now.keys() - saved.keys() if k in _DEFAULTS and now[k] == _DEFAULTS[k]}
+    changed = sorted(
+        k for k in saved.keys() | now.keys() if k not in how and k not in added and saved.get(k) != now.get(k)
+    )
     if changed:
         diff = "; ".join(f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now" for key in changed[:5])
         raise ConfigError(
