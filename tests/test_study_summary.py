@@ -147,3 +147,37 @@ def test_read_summaries_gives_the_study_as_run(miniature):
     assert [(r.method, r.seed, r.status) for r in found.results] == [("none", 0, STATUS), ("clip_cov", 0, STATUS)]
     times = json.loads((miniature / "runs" / "none" / "seed0" / "study_time.json").read_text())
     assert (found.results[0].train_s, found.results[0].eval_s) == (times["train_s"], times["eval_s"])
+
+
+def test_on_a_fresh_machine_the_study_restores_its_summarized_runs_and_trains_only_new_seeds(miniature, capsys):
+    """No run directories, the committed summaries: a dry run lists the runs as summarized and writes nothing; the
+    study restores them (nothing retrained or re-evaluated), trains only the seed added, and its page and summaries
+    hold both."""
+    argv = [*mini_argv(miniature, "--methods", "none"), "--seeds", "2"]
+    docs, runs = miniature / "docs", miniature / "runs"
+    kept = miniature.parent / f"{miniature.name}-kept"
+    shutil.copytree(docs, kept / "docs")
+    runs.rename(kept / "runs")
+    before = (docs / "toy_runs" / "none" / "seed0" / "metrics.jsonl").read_bytes()
+    try:
+        capsys.readouterr()
+        assert main([*argv, "--dry_run"]) == 0
+        out = capsys.readouterr().out
+        assert "none seed 0: summarized" in out and "none seed 1: new" in out
+        assert not runs.exists()
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "none seed 0: restored from its summary; 0 checkpoints evaluated now" in out
+        assert "none seed 1: trained;" in out
+        restored = runs / "none" / "seed0"
+        assert (restored / "restored_from_summary.json").is_file() and not (restored / "final").exists()
+        assert (docs / "toy_runs" / "none" / "seed0" / "metrics.jsonl").read_bytes() == before
+        assert (docs / "toy_runs" / "none" / "seed1" / "metrics.jsonl").is_file()
+        page = (docs / "toy.md").read_text()
+        assert "| `none` | 0 | restored from its summary |" in page and "| `none` | 1 | trained |" in page
+        assert "Setup: 1 methods × 2 seed(s)" in page
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+        shutil.rmtree(docs)
+        (kept / "runs").rename(runs)
+        (kept / "docs").rename(docs)

@@ -10,7 +10,9 @@ A run is finished when its final/ model exists and its metrics file has one row 
 evaluator skips evaluated checkpoints), resumes an unfinished run from its last checkpoint, and refuses a run
 directory trained with other settings. With the page it writes <doc_dir>/<name>_runs/, the small per-run summaries
 the page is computed from (entropy_rl/study/summary.py, to be committed with it), which --from_summaries renders the
-page from again. Flags are TRL's --snake_case; the dashed spellings (--save-steps, --dry-run, ...) are still accepted.
+page from again; on another machine (no run directories) a run whose summary holds it whole, with the same settings,
+is restored from it instead of trained, so more seeds or methods add to the committed ones. Flags are TRL's
+--snake_case; the dashed spellings (--save-steps, --dry-run, ...) are still accepted.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ def _study(argv: list[str], started: float) -> int:
     benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
     settings = eval_settings(study, benchmark)
     problems = len(benchmark.problems)
-    plans = plan_runs(study, problems)
+    plans = plan_runs(study, problems, restore_summaries=not args.dry_run)  # a dry run writes nothing
     if args.dry_run:
         from entropy_rl.study.power import pilot_accuracies, plan_lines
 
@@ -199,7 +201,7 @@ def _from_summaries(located: Study, recipes: Path, started: float) -> int:
 
     found = read_summaries(summary_dir(located), recipes)
     study = dataclasses.replace(found.study, doc_dir=located.doc_dir)  # the page goes where its summaries are
-    plans = plan_runs(study, found.problems)  # the train commands the page shows; nothing is trained
+    plans = plan_runs(study, found.problems, restore_summaries=False)  # the train commands the page shows
     page = write_page(
         study, found.data, plans, found.results, found.problems, found.argv, time.perf_counter() - started
     )

@@ -23,10 +23,10 @@ from entropy_rl.rundir import load_run
 from entropy_rl.training import train_run
 
 from .analysis import RunResult
-from .plan import Planned, plan_run
+from .plan import TIME_FILE, Planned, is_restored, plan_run
 from .spec import Study
 
-TIME_FILE = "study_time.json"  # per run: seconds spent training and evaluating, summed over invocations
+RESTORED_STATUS = "restored from its summary"  # a finished run whose directory the study rebuilt from its summary
 
 
 def eval_settings(study: Study, benchmark: Benchmark) -> EvalSettings:
@@ -48,7 +48,9 @@ def add_time(run_dir: Path, key: str, seconds: float) -> dict[str, float]:
 def planned_status(plan: Planned) -> str:
     """What training a run in the plan's state does, for the page's "this invocation" column."""
     if plan.state == "finished":
-        return "skipped (finished)"
+        return RESTORED_STATUS if is_restored(plan.run_dir) else "skipped (finished)"
+    if plan.state == "summarized":
+        return RESTORED_STATUS
     return "trained" if plan.state == "new" else f"resumed from {Path(str(plan.config.resume_from_checkpoint)).name}"
 
 
@@ -93,8 +95,10 @@ def execute(
             status = _train(study, plan, len(benchmark.problems), head, report)
             status = (done_by_workers or {}).get((plan.method, plan.seed), status)
             started = time.perf_counter()
-            added = evaluate_run(plan.run_dir, [benchmark], settings=settings, grader=grader)
-            times = add_time(plan.run_dir, "eval_s", time.perf_counter() - started)
+            # A restored run has no checkpoints left: its summary kept every evaluation.
+            restored = is_restored(plan.run_dir)
+            added = [] if restored else evaluate_run(plan.run_dir, [benchmark], settings=settings, grader=grader)
+            times = add_time(plan.run_dir, "eval_s", 0.0 if restored else time.perf_counter() - started)
             train_s, eval_s = times.get("train_s", 0.0), times["eval_s"]
             report(
                 f"{head}: {status}; {len(added)} checkpoints evaluated now; recorded train {train_s:.0f} s, "

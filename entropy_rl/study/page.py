@@ -47,11 +47,10 @@ from .analysis import (
     versus_ceiling,
     windowed_r,
 )
-from .execute import TIME_FILE
 from .figures import plot_accuracy, plot_dynamics, plot_entropy_bands, plot_pooled_law
+from .plan import TIME_FILE
 from .power import POWER, detectable_difference, planning_alpha
-from .spec import Study
-from .summary import summary_dir
+from .spec import Study, summary_dir
 
 if TYPE_CHECKING:
     from .plan import Planned

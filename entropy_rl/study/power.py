@@ -18,6 +18,7 @@ from entropy_rl.errors import EntropyRLError
 from entropy_rl.rundir import FINAL_DIR, load_run
 
 from .analysis import ALPHA, BASELINE, eval_curve, mean_std
+from .plan import is_restored
 from .spec import Study
 
 POWER = 0.8  # the chance of detecting a true difference that a study is planned for
@@ -59,14 +60,15 @@ def planning_alpha(methods: int) -> float:
 
 
 def pilot_accuracies(study: Study, pilot: str | None = None) -> dict[str, list[float]]:
-    """Held-out avg@k at the last evaluated checkpoint of each finished run (its final/ model saved) under the pilot's
-    output root (default: this study's), per method. A run still training is left out: its last checkpoint is not
-    its end, and a study planned while its later seeds train would read them too early."""
+    """Held-out avg@k at the last evaluated checkpoint of each finished run (its final/ model saved, or restored from
+    its summary) under the pilot's output root (default: this study's), per method. A run still training is left
+    out: its last checkpoint is not its end, and a study planned while its later seeds train would read them too
+    early."""
     root = study.output if pilot is None else Path(pilot)
     found: dict[str, list[float]] = {}
     for method in study.methods:
         for run_dir in sorted((root / method.name).glob("seed*")):
-            if not (run_dir / FINAL_DIR).is_dir():
+            if not ((run_dir / FINAL_DIR).is_dir() or is_restored(run_dir)):
                 continue
             try:
                 curve = eval_curve(load_run(run_dir), study.eval.benchmark)

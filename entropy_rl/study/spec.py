@@ -95,6 +95,14 @@ class Study:
     detect: float  # the difference in final held-out avg@k the seeds are planned to detect
 
 
+# The per-run summaries of a study (study/summary.py): <doc_dir>/<name>_runs/<method>/seed<k>/ and this record.
+SUMMARY_RECORD = "study.json"
+
+
+def summary_dir(study: Study) -> Path:
+    return study.doc_dir / f"{study.name}_runs"
+
+
 def _keys(section: Any, required: set[str], optional: set[str], where: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"invalid config: {where} must be a mapping, got {section!r}")

@@ -23,10 +23,10 @@ from entropy_rl.param_prediction import MOMENTUM_PARTS
 from entropy_rl.rundir import CONFIG_FILE, CURVE_FILE, DEFAULT_ENTROPY_KEY, load_run, metrics_path
 
 from .analysis import ATTRIBUTION, MEASURED, PREDICTED, PREDICTED_PARAM, RunResult
-from .execute import TIME_FILE
-from .spec import Study, build_study
+from .plan import TIME_FILE
+from .spec import SUMMARY_RECORD as RECORD_FILE
+from .spec import Study, build_study, summary_dir
 
-RECORD_FILE = "study.json"
 STATUS = "read from the summary"  # the page's "this invocation" column for a run re-rendered from its summary
 # The metrics the analysis, the figures and the page read (analysis.py, figures.py); every other key is dropped.
 SUMMARY_KEYS = (
@@ -48,10 +48,6 @@ class Summaries:
     argv: list[str]
     data: dict[str, Any]
     problems: int  # benchmark problems evaluated
-
-
-def summary_dir(study: Study) -> Path:
-    return study.doc_dir / f"{study.name}_runs"
 
 
 def summary_keys(study: Study) -> tuple[str, ...]:
