@@ -164,6 +164,7 @@ def test_on_a_fresh_machine_the_study_restores_its_summarized_runs_and_trains_on
         assert main([*argv, "--dry_run"]) == 0
         out = capsys.readouterr().out
         assert "none seed 0: summarized" in out and "none seed 1: new" in out
+        assert f"no pilot: 1 evaluated run(s) of none under {runs} and the summaries in {docs / 'toy_runs'}" in out
         assert not runs.exists()
         assert main(argv) == 0
         out = capsys.readouterr().out

@@ -174,10 +174,15 @@ def _study(argv: list[str], started: float) -> int:
     plans = plan_runs(study, problems, restore_summaries=not args.dry_run)  # a dry run writes nothing
     if args.dry_run:
         from entropy_rl.study.power import pilot_accuracies, plan_lines
+        from entropy_rl.study.spec import summary_dir
 
         for plan in plans:
             print(f"{plan.method} seed {plan.seed}: {plan.state}\n  {shlex.join(['entropy-rl', 'train', *plan.argv])}")
-        print("\n".join(plan_lines(study, pilot_accuracies(study, args.pilot), args.pilot or str(study.output))))
+        # Without --pilot, the runs a real invocation would restore from their summaries count too.
+        summarized = [summary_dir(study) / p.method / f"seed{p.seed}" for p in plans if p.state == "summarized"]
+        source = args.pilot or f"{study.output} and the summaries in {summary_dir(study)}"
+        accuracies = pilot_accuracies(study, args.pilot, [] if args.pilot else summarized)
+        print("\n".join(plan_lines(study, accuracies, source)))
         return 0
     done_by_workers = None
     if args.workers > 1:

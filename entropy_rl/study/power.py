@@ -59,19 +59,24 @@ def planning_alpha(methods: int) -> float:
     return ALPHA / max(methods, 1)
 
 
-def pilot_accuracies(study: Study, pilot: str | None = None) -> dict[str, list[float]]:
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / FINAL_DIR).is_dir() or is_restored(run_dir)
+
+
+def pilot_accuracies(study: Study, pilot: str | None = None, summarized: Sequence[Path] = ()) -> dict[str, list[float]]:
     """Held-out avg@k at the last evaluated checkpoint of each finished run (its final/ model saved, or restored from
-    its summary) under the pilot's output root (default: this study's), per method. A run still training is left
-    out: its last checkpoint is not its end, and a study planned while its later seeds train would read them too
+    its summary) under the pilot's output root (default: this study's), and of the `summarized` runs (summaries of
+    this study's runs that have no directory yet: <summaries>/<method>/seed<k>), per method. A run still training is
+    left out: its last checkpoint is not its end, and a study planned while its later seeds train would read them too
     early."""
     root = study.output if pilot is None else Path(pilot)
     found: dict[str, list[float]] = {}
     for method in study.methods:
-        for run_dir in sorted((root / method.name).glob("seed*")):
-            if not ((run_dir / FINAL_DIR).is_dir() or is_restored(run_dir)):
-                continue
+        run_dirs = {path.name: path for path in summarized if path.parent.name == method.name}
+        run_dirs |= {path.name: path for path in (root / method.name).glob("seed*") if _finished(path)}
+        for name in sorted(run_dirs):
             try:
-                curve = eval_curve(load_run(run_dir), study.eval.benchmark)
+                curve = eval_curve(load_run(run_dirs[name]), study.eval.benchmark)
             except EntropyRLError:
                 continue  # not a run (yet): nothing to learn from
             if curve:
