@@ -2,10 +2,11 @@
 
     python perf/dynamics_overhead.py [--steps 500] [--pairs 1] [--every 10]
                                      [--markdown docs/performance/dynamics-param.md]
-                                     [--option dynamics_momentum_groups]
+                                     [--option dynamics_momentum_groups | dynamics_second_order]
 
 `--option dynamics_momentum_groups` measures that option instead (on and off, dynamics_param on in both): it works on
-every step, so the extra time of the other steps is reported too.
+every step, so the extra time of the other steps is reported too. `--option dynamics_second_order` measures the
+second-order term on top of the momentum groups (on in both, as the term needs them).
 
 Runs the built-in default (`entropy-rl train` with no arguments, dynamics_every=10) with dynamics_param on and off,
 alternating (on, off, on, off, ...), with the same seed. The prediction only observes (no RNG draw, no gradient
@@ -30,6 +31,8 @@ def run_default(out: Path, steps: int, param: bool, option: str = "dynamics_para
     command = [sys.executable, "-m", "entropy_rl.cli", "train", "--output_dir", str(out), "--max_steps", str(steps)]
     command += ["--dynamics_every", str(every)]
     command += [f"--{option}", str(param).lower(), "--save_strategy", "no", "--disable_tqdm", "true"]
+    if option == "dynamics_second_order":
+        command += ["--dynamics_momentum_groups", "true"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return read_rows(out / "metrics.jsonl")
 
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--pairs", type=int, default=1)
     parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--option", choices=("dynamics_param", "dynamics_momentum_groups"), default="dynamics_param")
+    options = ("dynamics_param", "dynamics_momentum_groups", "dynamics_second_order")
+    parser.add_argument("--option", choices=options, default="dynamics_param")
     parser.add_argument("--every", type=int, default=10, help="dynamics_every (10: the default run's)")
     args = parser.parse_args(argv)
     every = args.every
