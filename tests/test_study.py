@@ -344,7 +344,7 @@ def test_plateau_is_the_last_third_s_gain_against_the_planned_difference(
     assert verdict in page
 
 
-def test_workers_split_the_methods_and_the_parent_writes_one_page(tmp_path):
+def test_workers_split_the_runs_and_the_parent_writes_one_page(tmp_path):
     out = tmp_path / "runs"
     argv = ["--quick", "--steps", "2", "--methods", "none,clip_cov", "--output", str(out), "--workers", "2"]
     assert main(argv) == 0
@@ -367,10 +367,18 @@ def test_dashed_flags_are_hidden_aliases_of_the_snake_case_ones():
     assert "--save_steps" in usage and "--dynamics_every" in usage and "--save-steps" not in usage
 
 
-def test_each_worker_gets_its_methods_and_a_scratch_page_whatever_the_spelling(tmp_path):
-    argv = ["--quick", "--workers", "2", "--doc-dir", "docs", "--methods=none,clip_cov,kl_cov", "--doc_dir=x"]
-    commands = worker_commands(argv, ["none", "clip_cov", "kl_cov"], 2, tmp_path)
+def test_each_worker_gets_its_runs_whatever_the_spelling(tmp_path, capsys):
+    argv = ["--quick", "--workers", "2", "--doc-dir", "docs", "--methods=none,clip_cov,kl_cov", "--runs=none:0"]
+    commands = worker_commands(argv, [["none:0", "kl_cov:0"], ["clip_cov:0"]])
+    study = ["--quick", "--doc-dir", "docs", "--methods=none,clip_cov,kl_cov"]  # the parent's study, as it is
     assert [command[2:] for command in commands] == [
-        ["entropy_rl.cli", "study", "--quick", "--methods", "none,kl_cov", "--doc_dir", str(tmp_path / "0")],
-        ["entropy_rl.cli", "study", "--quick", "--methods", "clip_cov", "--doc_dir", str(tmp_path / "1")],
+        ["entropy_rl.cli", "study", *study, "--runs", "none:0,kl_cov:0"],
+        ["entropy_rl.cli", "study", *study, "--runs", "clip_cov:0"],
     ]
+    out = str(tmp_path / "runs")
+    assert main(["--quick", "--output", out, "--runs", "none:0,steer:3"]) == 2
+    assert "invalid config: runs='none:0,steer:3'; allowed: comma-separated method:seed runs of the study" in (
+        capsys.readouterr().err
+    )
+    assert main(["--quick", "--output", out, "--runs", "none:0", "--workers", "2"]) == 2
+    assert "workers=2; allowed: 1 with --runs" in capsys.readouterr().err

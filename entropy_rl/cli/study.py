@@ -20,11 +20,10 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entropy_rl.cli.common import run_command
 from entropy_rl.cli.options import CommandParser
@@ -39,6 +38,9 @@ from entropy_rl.study.spec import (
     read_study_file,
     select_methods,
 )
+
+if TYPE_CHECKING:
+    from entropy_rl.study.plan import Planned
 
 COMMAND = "study"
 
@@ -95,8 +97,15 @@ class StudyArguments:
     workers: int = field(
         default=1,
         metadata={
-            "help": "train in N processes at once, each taking every N-th method (use one per CPU core, with threads "
-            "1); the page is written once all are done"
+            "help": "train in N processes at once, each taking every N-th run still to train (use one per CPU core, "
+            "with threads 1); the page is written once all are done"
+        },
+    )
+    runs: str | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated method:seed runs of the study to train and evaluate, then stop without writing "
+            "the page (what --workers gives each of its processes)"
         },
     )
 
@@ -127,13 +136,12 @@ def load_study(args: StudyArguments) -> tuple[Study, dict[str, Any]]:
 
 
 # Flags each worker gets its own value for (every spelling), dropped from the parent's arguments.
-_PER_WORKER = ("--workers", "--methods", "--doc_dir", "--doc-dir")
+_PER_WORKER = ("--workers", "--runs")
 
 
-def worker_commands(argv: list[str], methods: list[str], workers: int, scratch: Path) -> list[list[str]]:
-    """One command line per worker: this same study restricted by --methods (round-robin split), so it trains and
-    evaluates its runs and skips finished ones; its own page goes to a scratch directory, and the parent then writes
-    the real page over every run."""
+def worker_commands(argv: list[str], shares: list[list[str]]) -> list[list[str]]:
+    """One command line per share of runs (method:seed): this same study restricted by --runs, so the worker trains
+    and evaluates those runs and stops; the parent then writes the page over every run."""
     rest: list[str] = []
     skip = False
     for arg in argv:
@@ -143,11 +151,17 @@ def worker_commands(argv: list[str], methods: list[str], workers: int, scratch: 
             skip = True
         elif not arg.startswith(tuple(f"{flag}=" for flag in _PER_WORKER)):
             rest.append(arg)
-    return [
-        [sys.executable, "-m", "entropy_rl.cli", COMMAND, *rest, "--methods", ",".join(methods[i::workers]),
-         "--doc_dir", str(scratch / str(i))]
-        for i in range(min(workers, len(methods)))
-    ]  # fmt: skip
+    return [[sys.executable, "-m", "entropy_rl.cli", COMMAND, *rest, "--runs", ",".join(share)] for share in shares]
+
+
+def select_runs(plans: list[Planned], runs: str) -> list[Planned]:
+    """The plans `runs` (comma-separated method:seed) names, in the study's order; an unknown one is a ConfigError."""
+    by_name = {f"{plan.method}:{plan.seed}": plan for plan in plans}
+    wanted = [name.strip() for name in runs.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in by_name]
+    example = next(iter(by_name), "none:0")
+    check(bool(wanted) and not unknown, "runs", runs, f"comma-separated method:seed runs of the study, e.g. {example}")
+    return [plan for name, plan in by_name.items() if name in wanted]
 
 
 def _print(line: str) -> None:
@@ -164,6 +178,7 @@ def _study(argv: list[str], started: float) -> int:
     (args,) = build_parser().parse(argv)
     if args.workers < 1:
         raise ConfigError(f"invalid config: workers={args.workers}; allowed: an integer >= 1")
+    check(args.runs is None or args.workers == 1, "workers", args.workers, "1 with --runs (a worker's own runs)")
     study, data = load_study(args)
     if args.from_summaries:
         check(not args.dry_run, "--dry_run", True, "not with --from_summaries, which trains nothing")
@@ -184,11 +199,16 @@ def _study(argv: list[str], started: float) -> int:
         accuracies = pilot_accuracies(study, args.pilot, [] if args.pilot else summarized)
         print("\n".join(plan_lines(study, accuracies, source)))
         return 0
+    if args.runs is not None:  # a worker: its runs only, no page
+        with torch_threads(study.threads):
+            execute(study, select_runs(plans, args.runs), benchmark, settings, report=_print)
+        return 0
     done_by_workers = None
-    if args.workers > 1:
+    todo = [f"{plan.method}:{plan.seed}" for plan in plans if plan.state != "finished"]
+    if args.workers > 1 and todo:
         done_by_workers = {(plan.method, plan.seed): planned_status(plan) for plan in plans}
-        with tempfile.TemporaryDirectory() as scratch:
-            run_workers(worker_commands(argv, [method.name for method in study.methods], args.workers, Path(scratch)))
+        # Runs, not methods, round-robin: a method with more runs left does not hold up one worker.
+        run_workers(worker_commands(argv, [todo[i :: args.workers] for i in range(min(args.workers, len(todo)))]))
         plans = plan_runs(study, problems)  # the workers finished them: now only the report is left
     with torch_threads(study.threads):
         results = execute(study, plans, benchmark, settings, report=_print, done_by_workers=done_by_workers)

@@ -2,7 +2,7 @@
 
 The seconds spent training and evaluating each run are summed over invocations in RUN_DIR/study_time.json (the page's
 time table). Progress lines go to a `report` callback (the command prints them). `run_workers` runs several copies of
-the command at once, each on a share of the methods.
+the command at once, each on a share of the runs still to train.
 """
 
 from __future__ import annotations
