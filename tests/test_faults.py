@@ -151,3 +151,40 @@ def test_rewards_that_turn_nan_mid_run_stop_it_and_keep_the_rows_before(tmp_path
     assert checkpoint_files.latest_checkpoint(run)[0] == run / "checkpoint-2", (
         "the last good checkpoint stays resumable"
     )
+
+
+def test_every_rank_waits_for_the_final_save_before_leaving_the_process_group(tmp_path, tiny_model_dir, monkeypatch):
+    """Only the main process writes final/; a rank that left the process group while it still wrote aborted the
+    launch (exit -6, "terminate called without an active exception"). The barrier must sit between the two."""
+    from accelerate import Accelerator
+
+    from entropy_rl.trainer import EntropyGRPOTrainer
+
+    calls: list[str] = []
+    for owner, name in (
+        (EntropyGRPOTrainer, "save_model"),
+        (EntropyGRPOTrainer, "end"),
+        (Accelerator, "wait_for_everyone"),
+    ):
+        original = getattr(owner, name)
+
+        def recorded(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+    argv = ["train", "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "run")]
+    argv += ["--max_steps", "1", "--per_device_train_batch_size", "8", "--num_generations", "4"]
+    argv += [
+        "--max_completion_length",
+        "4",
+        "--save_strategy",
+        "no",
+        "--curve_benchmarks",
+        "",
+        "--disable_tqdm",
+        "true",
+    ]
+    assert main(argv) == 0
+    last_save = len(calls) - 1 - calls[::-1].index("save_model")
+    assert calls[last_save:] == ["save_model", "wait_for_everyone", "end"], calls[last_save:]
