@@ -76,6 +76,9 @@ def test_miniature_study_writes_the_page_then_skips_and_resumes(tmp_path, capsys
     assert {m: (d / "final" / "model.safetensors").stat().st_mtime_ns for m, d in runs.items()} == finals
     assert {m: (d / "curve.jsonl").read_bytes() for m, d in runs.items()} == curves
     assert "skipped (finished)" in (tmp_path / "docs" / "toy.md").read_text()
+    assert main(mini_argv(tmp_path, "--dry_run")) == 0  # a finished run is listed with its plain train command
+    listing = capsys.readouterr().out
+    assert listing.count(" seed 0: finished") == len(METHODS) and "--overwrite_output_dir" not in listing
 
     # A run killed after its step-4 checkpoint resumes from it and ends with the same rows, none duplicated.
     killed = runs["clip_cov"]

@@ -195,7 +195,7 @@ def plan_run(study: Study, method: Method, seed: int, problems: int, *, restore_
     if checkpoint is not None:
         argv += _flag("resume_from_checkpoint", checkpoint)
         config.resume_from_checkpoint = str(checkpoint)
-    elif run_contents(run_dir, config.metrics_file):  # killed before its first checkpoint, same settings: restart it
+    elif state == "new" and run_contents(run_dir, config.metrics_file):  # killed before its first checkpoint: restart
         argv += _flag("overwrite_output_dir", True)
         config.overwrite_output_dir = True
     planned.state = state
