@@ -494,8 +494,8 @@ def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[st
             "gradients carry through the optimizer's momentum, `dynamics_momentum_groups`)"
             if any(a.numbers.get("momentum_groups") for analyses in groups.values() for a in analyses)
             else "(Adam's momentum from earlier steps, and loss terms outside the PPO-clip surrogate; "
-            "momentum-attribution.md splits it too, and adds the prediction's second-order term, on GRPO runs with "
-            "the settings of both studies)"
+            "momentum-attribution.md splits it too, and adds the prediction's second-order term, on runs of GRPO "
+            "and of the entropy-collapse papers' four methods with the settings of both studies)"
         )
         + ". Summed over each run's measured steps (nats), mean ± std over seeds:",
         "",
