@@ -7,6 +7,7 @@ that writes docs/results/toy.md cannot rot without CI noticing.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -132,6 +133,36 @@ def test_a_run_finished_by_another_process_since_the_plan_is_not_trained_again(t
     (result,) = execute(study, [stale], benchmark, eval_settings(study, benchmark))
     assert result.status == "skipped (finished) by another process"
     assert metrics.read_bytes() == rows
+
+
+def test_an_invocation_killed_while_training_is_credited_until_its_last_metrics_row(tmp_path, monkeypatch):
+    """A kill skips the code after train_run, so the study's time table would lose that invocation's training."""
+    from entropy_rl.evaluation.benchmarks import load_benchmark
+    from entropy_rl.study import execute as study_execute
+    from entropy_rl.study.plan import plan_runs
+
+    study, _ = load_study(build_parser().parse_args(mini_argv(tmp_path, "--methods", "none")))
+    benchmark = load_benchmark(study.eval.benchmark, limit=study.eval.problems)
+    (plan,) = plan_runs(study, len(benchmark.problems))
+    times_path = plan.run_dir / "study_time.json"
+
+    def killed_after_100_s(*args):
+        since = json.loads(times_path.read_text())["training_since"]
+        rewrite_rows(plan.run_dir / "metrics.jsonl", [{"step": 1}])
+        os.utime(plan.run_dir / "metrics.jsonl", (since + 100, since + 100))  # its last row, 100 s after the start
+        raise KeyboardInterrupt  # stands for the kill: nothing after train_run runs
+
+    monkeypatch.setattr(study_execute, "train_run", killed_after_100_s)
+    with pytest.raises(KeyboardInterrupt):
+        study_execute.execute(study, [plan], benchmark, study_execute.eval_settings(study, benchmark))
+    assert "train_s" not in json.loads(times_path.read_text())
+
+    study_execute.start_training_clock(plan.run_dir)  # the next invocation credits the killed one
+    assert json.loads(times_path.read_text())["train_s"] == pytest.approx(100, abs=1e-3)
+    study_execute.stop_training_clock(plan.run_dir, 30.0)
+    assert json.loads(times_path.read_text()) == pytest.approx({"train_s": 130.0}, abs=1e-3)
+    study_execute.start_training_clock(plan.run_dir)  # a finished invocation leaves nothing to credit
+    assert json.loads(times_path.read_text())["train_s"] == pytest.approx(130.0, abs=1e-3)
 
 
 @pytest.mark.parametrize(

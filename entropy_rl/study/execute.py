@@ -1,8 +1,9 @@
 """Running a study's plan: train what is not finished, evaluate what is not evaluated, one run after the other.
 
 The seconds spent training and evaluating each run are summed over invocations in RUN_DIR/study_time.json (the page's
-time table). Progress lines go to a `report` callback (the command prints them). `run_workers` runs several copies of
-the command at once, each on a share of the runs still to train.
+time table); an invocation killed while training is credited with the time until its last metrics row. Progress
+lines go to a `report` callback (the command prints them). `run_workers` runs several copies of the command at once,
+each on a share of the runs still to train.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from entropy_rl.evaluation.benchmarks import Benchmark
 from entropy_rl.evaluation.runner import EvalSettings, evaluate_run
 from entropy_rl.grading import Grader
 from entropy_rl.locks import file_lock
-from entropy_rl.rundir import load_run
+from entropy_rl.rundir import load_run, metrics_path
 from entropy_rl.training import train_run
 
 from .analysis import RunResult
@@ -27,6 +28,7 @@ from .plan import TIME_FILE, Planned, is_restored, plan_run
 from .spec import Study
 
 RESTORED_STATUS = "restored from its summary"  # a finished run whose directory the study rebuilt from its summary
+TRAINING_SINCE = "training_since"  # in study_time.json while an invocation trains the run (epoch seconds)
 
 
 def eval_settings(study: Study, benchmark: Benchmark) -> EvalSettings:
@@ -36,13 +38,44 @@ def eval_settings(study: Study, benchmark: Benchmark) -> EvalSettings:
     return settings
 
 
+def _read_times(run_dir: Path) -> dict[str, float]:
+    path = run_dir / TIME_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_times(run_dir: Path, times: dict[str, float]) -> None:
+    (run_dir / TIME_FILE).write_text(json.dumps(times, indent=2) + "\n")
+
+
 def add_time(run_dir: Path, key: str, seconds: float) -> dict[str, float]:
     """Add `seconds` to the run's recorded `key` ("train_s" or "eval_s"); return all its recorded times."""
-    path = run_dir / TIME_FILE
-    times = json.loads(path.read_text()) if path.is_file() else {}
+    times = _read_times(run_dir)
     times[key] = times.get(key, 0.0) + seconds
-    path.write_text(json.dumps(times, indent=2) + "\n")
+    _write_times(run_dir, times)
     return times
+
+
+def start_training_clock(run_dir: Path) -> None:
+    """Mark that an invocation starts training the run, first crediting one that was killed while training it.
+
+    A killed invocation never adds its seconds, so its mark is still there: it trained from the mark until its last
+    metrics row (flushed every step), and that time is added to train_s. Steps after its last checkpoint are trained
+    again on resume, and counted again, as they were spent again."""
+    times = _read_times(run_dir)
+    if (since := times.pop(TRAINING_SINCE, None)) is not None:
+        metrics = metrics_path(run_dir)
+        last_row = metrics.stat().st_mtime if metrics.is_file() else since
+        times["train_s"] = times.get("train_s", 0.0) + max(0.0, last_row - since)
+    times[TRAINING_SINCE] = time.time()
+    _write_times(run_dir, times)
+
+
+def stop_training_clock(run_dir: Path, seconds: float) -> None:
+    """The invocation finished training the run in `seconds`: record them and clear its mark."""
+    times = _read_times(run_dir)
+    times.pop(TRAINING_SINCE, None)
+    times["train_s"] = times.get("train_s", 0.0) + seconds
+    _write_times(run_dir, times)
 
 
 def planned_status(plan: Planned) -> str:
@@ -70,9 +103,11 @@ def _train(study: Study, plan: Planned, problems: int, head: str, report: Callab
         if plan.state == "finished":
             return f"{status} by another process"
         report(f"{head}: training ({status})")
+        plan.run_dir.mkdir(exist_ok=True)
+        start_training_clock(plan.run_dir)
         started = time.perf_counter()
         train_run(plan.script_args, plan.config, plan.model_args)
-        add_time(plan.run_dir, "train_s", time.perf_counter() - started)
+        stop_training_clock(plan.run_dir, time.perf_counter() - started)
     return status
 
 

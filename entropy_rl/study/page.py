@@ -535,7 +535,8 @@ def _time_section(analyses: Sequence[RunAnalysis], study: Study, invocation_s: f
         f"Recorded compute over all runs: training {train_total / 60:.1f} min (the checkpoints' held-out evaluations "
         f"run during training and are counted in it) + evaluation afterwards {eval_total / 60:.1f} min "
         f"= {(train_total + eval_total) / 60:.1f} min (per run in RUN_DIR/{TIME_FILE}, summed over the invocations "
-        f"that worked on it). This invocation took {invocation_s / 60:.1f} min in all. {_wall_span(analyses)}",
+        f"that worked on it; one killed while training counts until its last metrics row). "
+        f"This invocation took {invocation_s / 60:.1f} min in all. {_wall_span(analyses)}",
         "",
         *_runs_table(analyses, study),
         "",
