@@ -495,7 +495,7 @@ def _dynamics_section(groups: Groups, study: Study, figures: Figures) -> list[st
             if any(a.numbers.get("momentum_groups") for analyses in groups.values() for a in analyses)
             else "(Adam's momentum from earlier steps, and loss terms outside the PPO-clip surrogate; "
             "momentum-attribution.md splits it too, and adds the prediction's second-order term, on runs of GRPO "
-            "and of the entropy-collapse papers' four methods with the settings of both studies)"
+            "and of every method of both studies with their settings)"
         )
         + ". Summed over each run's measured steps (nats), mean ± std over seeds:",
         "",
