@@ -312,6 +312,24 @@ def test_trainer_logs_param_prediction_that_tracks_measured(optim, make_trainer,
     assert "dynamics/pearson_r_param" in rows[-1]
 
 
+def test_high_entropy_token_groups_hold_only_the_tokens_of_trls_loss(make_trainer, tmp_path):
+    """TRL's `top_entropy_quantile` drops the low-entropy tokens from the loss inside its own loss function: the
+    quadrants must hold only the tokens it keeps (the dropped ones are `removed`), so that under SGD the parts add up
+    to the prediction exactly, as for GRPO."""
+    from entropy_rl.config import EntropyGRPOConfig
+    from entropy_rl.jsonl import read_rows
+
+    settings = {**TINY_GRPO, "max_steps": 2, "dynamics_every": 1, "optim": "sgd", "learning_rate": 1e-2}
+    args = EntropyGRPOConfig(
+        output_dir=str(tmp_path), num_iterations=2, regularizer="high_entropy_tokens", max_grad_norm=0.05, **settings
+    )
+    make_trainer(args).train()
+    for row in read_rows(tmp_path / "metrics.jsonl"):
+        predicted = row["dynamics/predicted_dH_param"]
+        assert abs(row["dynamics/dH_param/other"]) < 1e-4 * abs(predicted) + 1e-9, row
+        assert row["dynamics/dH_param/removed"] != 0  # the dropped tokens had advantages: they are the removed group
+
+
 def test_trainer_momentum_groups_explain_the_whole_prediction(make_trainer, tmp_path):
     """AdamW with weight decay, two iterations per rollout batch, measuring every 2nd step: with the option on (and the
     second order), the groups' current and carried parts, `rest` and weight decay add up to dH_param, and their

@@ -149,6 +149,11 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             self.epsilon_low,
             self.epsilon_high,
             attributable=is_attributable(self.loss_type, self.importance_sampling_level),
+            high_entropy_mask=(
+                lambda entropies, mask: self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+            )
+            if self.top_entropy_quantile < 1.0
+            else None,
         )
         self._step_end = StepEnd(
             self.args,

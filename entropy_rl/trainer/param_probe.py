@@ -32,6 +32,8 @@ class PolicyLoss:
     epsilon_low: float
     epsilon_high: float
     attributable: bool  # a PPO-clip loss with token-level ratios: the update splits by token group (is_attributable)
+    # TRL's top_entropy_quantile < 1: its (entropies, loss mask) -> the tokens its loss keeps; None: every loss token
+    high_entropy_mask: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,14 +140,16 @@ class ParamProbe:
         if prediction.set_direction(optimizer, scale=scale, all_reduce=update.all_reduce):
             for inputs, logps in zip(batches, kept, strict=True):
                 if not update.sharded:
-                    logps = _forward(self.loss, update.model, inputs)[0] if logps is None else logps
-                    prediction.add_groups(_group_losses(self.loss, logps, inputs))
+                    logps, entropies = (
+                        _forward(self.loss, update.model, inputs) if logps is None else (logps, entropies)
+                    )
+                    prediction.add_groups(_group_losses(self.loss, logps, entropies, inputs))
                     continue
                 # Every rank runs one backward per group (a collective), a fresh forward each: FSDP frees the
                 # gathered parameters after a backward.
                 for name in param_prediction.GROUPS:
                     losses = _group_losses(
-                        self.loss, _forward(self.loss, update.model, inputs)[0], inputs, every_group=True
+                        self.loss, *_forward(self.loss, update.model, inputs), inputs, every_group=True
                     )
                     prediction.add_groups({name: losses[name]})
         if self._moments is not None:
@@ -156,8 +160,11 @@ class ParamProbe:
         """A step that does not measure: the quadrants' gradients (a forward and up to 4 backward passes per
         micro-batch) move the momentum groups' buffers on with the optimizer's."""
         for inputs in update.batches:
-            logps = _forward(self.loss, update.model, inputs, compute_entropy=False)[0]
-            losses = _group_losses(self.loss, logps, inputs)
+            # Entropies only where TRL's loss keeps the high-entropy tokens alone.
+            logps, entropies = _forward(
+                self.loss, update.model, inputs, compute_entropy=self.loss.high_entropy_mask is not None
+            )
+            losses = _group_losses(self.loss, logps, entropies, inputs)
             self._moments.add_losses({name: losses[name] for name in param_prediction.QUADRANTS if name in losses})
         clip = param_prediction.clip_factor(self.grad_norm, self.args.max_grad_norm)
         self._moments.advance(update.optimizer, clip)
@@ -187,10 +194,16 @@ def _forward(
 
 
 def _group_losses(
-    loss: PolicyLoss, logps: torch.Tensor, inputs: dict[str, Any], *, every_group: bool = False
+    loss: PolicyLoss,
+    logps: torch.Tensor,
+    entropies: torch.Tensor | None,
+    inputs: dict[str, Any],
+    *,
+    every_group: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The part of TRL's PPO-clip loss that each token group of param_prediction.GROUPS contributes (same
-    normaliser); groups without tokens are left out unless `every_group` (a zero loss then)."""
+    normaliser); groups without tokens are left out unless `every_group` (a zero loss then). With TRL's
+    `top_entropy_quantile` its loss keeps only the high-entropy tokens: the others count as `removed`."""
     old = inputs.get("old_per_token_logps")
     ratio = token_ratio(logps.detach(), old)
     used = per_token(inputs["advantages"], logps).to(logps.dtype)
@@ -200,7 +213,7 @@ def _group_losses(
     masks = param_prediction.token_groups(
         raw_advantages=raw,
         s_minus_n=inputs[S_MINUS_N_KEY],
-        loss_mask=loss_mask(inputs),
+        loss_mask=_loss_tokens(loss, entropies, inputs),
         valid_mask=valid,
         used_advantages=used,
         unclipped=unclipped,
@@ -217,3 +230,12 @@ def _group_losses(
         for name, mask in masks.items()
         if every_group or mask.any()
     }
+
+
+def _loss_tokens(loss: PolicyLoss, entropies: torch.Tensor | None, inputs: dict[str, Any]) -> torch.Tensor:
+    """The tokens TRL's loss counts: its loss mask, less those its `top_entropy_quantile` drops (TRL's own mask,
+    from the same entropies, so the threshold is the one its loss used)."""
+    mask = loss_mask(inputs)
+    if loss.high_entropy_mask is None:
+        return mask
+    return mask * loss.high_entropy_mask(entropies.detach(), mask).to(mask.dtype)
