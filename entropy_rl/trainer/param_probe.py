@@ -133,16 +133,14 @@ class ParamProbe:
         for inputs in batches:
             logps, entropies = _forward(self.loss, update.model, inputs)
             prediction.add_entropy((entropies * valid_mask(inputs)).sum(), retain_graph=reuse)
-            kept.append(logps if reuse else None)
+            kept.append((logps, entropies) if reuse else None)
         # DDP averages the ranks' gradients.
         scale = param_prediction.clip_factor(self.grad_norm, self.args.max_grad_norm) / update.world
         optimizer = update.optimizer if self.loss.attributable else None
         if prediction.set_direction(optimizer, scale=scale, all_reduce=update.all_reduce):
-            for inputs, logps in zip(batches, kept, strict=True):
+            for inputs, forward in zip(batches, kept, strict=True):
                 if not update.sharded:
-                    logps, entropies = (
-                        _forward(self.loss, update.model, inputs) if logps is None else (logps, entropies)
-                    )
+                    logps, entropies = forward or _forward(self.loss, update.model, inputs)
                     prediction.add_groups(_group_losses(self.loss, logps, entropies, inputs))
                     continue
                 # Every rank runs one backward per group (a collective), a fresh forward each: FSDP frees the
