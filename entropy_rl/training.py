@@ -226,9 +226,6 @@ def _train_checked(
     trainer.save_model(str(run_dir / rundir.FINAL_DIR))
     if config.push_to_hub:  # as trl/scripts/grpo.py
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    # Only the main process writes final/: the others would otherwise leave the process group while it still
-    # writes, and a rank leaving alone can abort ("terminate called without an active exception", exit -6).
-    trainer.accelerator.wait_for_everyone()
     trainer.end()  # trackers closed and, under a launcher, the process group left by every rank together
     return run_dir
 

@@ -84,7 +84,9 @@ def run(
 ) -> list[dict]:
     done = launch(out, processes, regularizer, max_rounds, at_cap)
     assert done.returncode == 0, done.stderr[-4000:]
-    return [json.loads((out / f"rank{r}.json").read_text())["batches"] for r in range(processes)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+    assert all(rank["released"] for rank in ranks), "the process group outlived trainer.end()"
+    return [rank["batches"] for rank in ranks]
 
 
 def metrics(out: Path) -> list[dict]:

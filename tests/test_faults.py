@@ -155,7 +155,8 @@ def test_rewards_that_turn_nan_mid_run_stop_it_and_keep_the_rows_before(tmp_path
 
 def test_every_rank_waits_for_the_final_save_before_leaving_the_process_group(tmp_path, tiny_model_dir, monkeypatch):
     """Only the main process writes final/; a rank that left the process group while it still wrote aborted the
-    launch (exit -6, "terminate called without an active exception"). The barrier must sit between the two."""
+    launch (exit -6, "terminate called without an active exception"). The trainer's end() waits for every rank
+    before it leaves."""
     from accelerate import Accelerator
 
     from entropy_rl.trainer import EntropyGRPOTrainer
@@ -165,6 +166,7 @@ def test_every_rank_waits_for_the_final_save_before_leaving_the_process_group(tm
         (EntropyGRPOTrainer, "save_model"),
         (EntropyGRPOTrainer, "end"),
         (Accelerator, "wait_for_everyone"),
+        (Accelerator, "end_training"),
     ):
         original = getattr(owner, name)
 
@@ -187,4 +189,4 @@ def test_every_rank_waits_for_the_final_save_before_leaving_the_process_group(tm
     ]
     assert main(argv) == 0
     last_save = len(calls) - 1 - calls[::-1].index("save_model")
-    assert calls[last_save:] == ["save_model", "wait_for_everyone", "end"], calls[last_save:]
+    assert calls[last_save:] == ["save_model", "end", "wait_for_everyone", "end_training"], calls[last_save:]

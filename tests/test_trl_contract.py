@@ -51,6 +51,15 @@ def test_hooked_method_signatures():
     ]
 
 
+def test_trainer_end_is_all_in_ours_where_transformers_has_one():
+    # EntropyGRPOTrainer.end does what Trainer.end does (absent before transformers 5.18), then lets the DDP wrapper go.
+    from transformers import Trainer
+
+    if hasattr(Trainer, "end"):
+        assert parameters(Trainer.end) == ["self"]
+        assert set(Trainer.end.__code__.co_names) == {"accelerator", "end_training"}, "Trainer.end does more now"
+
+
 def test_checkpoint_files_are_written_under_get_output_dir():
     """The atomic save redirects _get_output_dir to the staging folder: every file of a checkpoint must be written
     below it, and rotation inside _save_checkpoint then only sees the staging folder (ours runs after the rename)."""

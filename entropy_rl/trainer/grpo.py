@@ -23,6 +23,7 @@ the Trainer's own methods.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import math
@@ -364,6 +365,21 @@ class EntropyGRPOTrainer(CheckpointsMixin, GRPOTrainer):
             self._step_end.metrics_file.start(self.saved_config or self.args.to_dict())
         reg_sums, draws = self.loss_edits.take_metric_sums(), self.loss_edits.generator
         self._step_end.finish(self.state.global_step, self.state.epoch, reg_sums=reg_sums, draws=draws)
+
+    def end(self) -> None:
+        """Trackers closed and the process group left, as transformers' own Trainer.end (5.18 and later; the
+        releases before it have none), then the DDP wrapper let go. The wrapper holds the process group: alive, it
+        keeps gloo's threads running into interpreter shutdown, where a rank can abort after a finished run (-6)."""
+        # Every rank leaves together: one that leaves while another still works (the main process writing the
+        # final model) can abort the other's gloo threads.
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()  # all of Trainer.end (tests/test_trl_contract.py)
+        group = getattr(self.model_wrapped, "process_group", None)  # DDP's
+        self.model_wrapped = self.model  # as before training: the bare module
+        gc.collect()  # the wrapper and its reducer sit in reference cycles (their hooks' closures)
+        # The group's last reference goes here, not in the reducer: torch then destroys it without holding the GIL,
+        # which a gloo thread may still need to let go of a finished collective's tensors (else: a deadlock).
+        del group
 
     @property
     def last_metrics_row(self) -> dict[str, float]:

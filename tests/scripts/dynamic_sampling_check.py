@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import weakref
 from pathlib import Path
 
 GROUP = 4
@@ -23,6 +24,7 @@ def position_reward(completions, flat, **kwargs) -> list[float]:
 
 
 def main(out_dir: str, regularizer: str, max_rounds: str, at_cap: str) -> None:
+    import torch.distributed as dist
     from datasets import Dataset
 
     from entropy_rl.config import EntropyGRPOConfig
@@ -73,10 +75,11 @@ def main(out_dir: str, regularizer: str, max_rounds: str, at_cap: str) -> None:
         processing_class=tokenizer,
     )
     trainer.train()
+    group = weakref.ref(dist.distributed_c10d._get_default_group()) if dist.is_initialized() else None
+    trainer.end()  # every rank leaves the process group, and nothing may keep it (and its threads) alive
+    released = group is None or group() is None
     rank = trainer.accelerator.process_index
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"batches": Recording.batches}))
-    trainer.accelerator.wait_for_everyone()  # both ranks done before the process group goes
-    trainer.end()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"batches": Recording.batches, "released": released}))
 
 
 if __name__ == "__main__":

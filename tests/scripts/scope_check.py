@@ -90,7 +90,7 @@ def main(out_dir: str, regularizer: str, where: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(
         json.dumps({"edits": edits, "metrics": metrics, "num_items": float(batch["num_items_in_batch"])})
     )
-    trainer.end()  # leave the process group together: a rank exiting alone aborts the other's gloo threads
+    trainer.end()  # every rank leaves the process group together
 
 
 if __name__ == "__main__":
