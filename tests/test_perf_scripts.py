@@ -29,6 +29,7 @@ SMOKE: dict[str, list[str]] = {
     "default_run.py": ["--help"],
     "readme_commands.py": ["--help"],
     "momentum_attribution.py": ["--help"],
+    "two_process_exit.py": ["--launches", "1", "--out", "{tmp}/exit.json"],
     "sigkill_campaign.py": ["--kills", "1", "--in_save", "0", "--max_steps", "12", "--save_steps", "2",
                             "--work", "{tmp}/work", "--out", "{tmp}/out.json"],
 }  # fmt: skip
